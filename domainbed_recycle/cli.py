@@ -1,0 +1,66 @@
+"""`drecycle` command line: one subcommand per module in `domainbed_recycle.commands`.
+
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`,
+and keeps heavy imports (torch, pandas) inside `run`, so `drecycle --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from domainbed_recycle.errors import UserError
+
+# subcommand name -> module under domainbed_recycle.commands
+COMMANDS = {
+    "train": "train",
+    "data": "data",
+    "sweep": "sweep",
+    "collect": "collect",
+    "recycle": "recycle",
+    "import": "import_ckpt",
+    "diversity": "diversity",
+    "lmc": "lmc",
+}
+
+
+def _load_commands() -> dict:
+    modules = {}
+    for name, module in COMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(f"domainbed_recycle.commands.{module}")
+        except ModuleNotFoundError as error:
+            if error.name != f"domainbed_recycle.commands.{module}":
+                raise
+    return modules
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    modules = _load_commands()
+    parser = argparse.ArgumentParser(
+        prog="drecycle", description="DomainBed-style benchmark harness for model recycling."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in modules.items():
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command_parser)
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except UserError as error:
+        print(f"drecycle {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"drecycle {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

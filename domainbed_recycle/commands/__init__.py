@@ -1,0 +1,1 @@
+"""Subcommands of the `drecycle` CLI (see `domainbed_recycle.cli`)."""
