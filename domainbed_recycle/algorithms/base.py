@@ -1,0 +1,96 @@
+"""The Algorithm contract: `update(minibatches) -> dict of floats` and `predict(x) -> logits`.
+
+A new algorithm is one subclass registered with `@ALGORITHMS.register()` plus one entry in
+`hparams_registry.ALGORITHM_HPARAMS`. The trainer calls `train_step`, which handles the
+linear-probe and LP-warm-up logic (featurizer frozen) around the subclass's `update`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from domainbed_recycle.networks import Model, build_model
+from domainbed_recycle.registry import Registry
+
+Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+
+
+def get_algorithm_class(name: str) -> type[Algorithm]:
+    import domainbed_recycle.algorithms  # noqa: F401  (registers every algorithm)
+
+    return ALGORITHMS.get(name)
+
+
+def make_optimizer(params: Any, hparams: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser named by hparams['optimizer'] (Adam as DomainBed, or SGD with momentum 0.9)."""
+    name = hparams.get("optimizer", "adam")
+    if name == "adam":
+        return torch.optim.Adam(params, lr=hparams["lr"], weight_decay=hparams["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=hparams["lr"], weight_decay=hparams["weight_decay"], momentum=0.9)
+    raise ValueError(f"unknown optimizer '{name}'")
+
+
+class Algorithm(nn.Module):
+    """Base class. Subclasses implement `update`; they may override `predict` and `eval_state_dict`.
+
+    Args:
+        arch: architecture dict (see `networks.architecture`); gives input shape and num_classes.
+        num_domains: number of training domains (len(minibatches) in `update`).
+        hparams: hyper-parameters (see `hparams_registry`).
+    Attributes:
+        network: the `Model` being trained (featurizer -> dropout -> classifier).
+        update_count: number of `train_step` calls so far.
+        linear_probe: when True the featurizer is never trained (set by the trainer).
+    """
+
+    def __init__(self, arch: dict[str, Any], num_domains: int, hparams: dict[str, Any]) -> None:
+        super().__init__()
+        self.arch = arch
+        self.num_domains = num_domains
+        self.hparams = hparams
+        self.network: Model = build_model(arch, dropout=hparams.get("dropout", 0.0))
+        self.optimizer = make_optimizer(self.network.parameters(), hparams)
+        self.update_count = 0
+        self.linear_probe = False
+
+    @property
+    def featurizer(self) -> nn.Module:
+        return self.network.featurizer
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.network.classifier
+
+    def featurizer_frozen(self) -> bool:
+        """True during a linear probe and during the first `lp_steps` steps (LP warm-up)."""
+        return self.linear_probe or self.update_count < int(self.hparams.get("lp_steps", 0))
+
+    def train_step(self, minibatches: Minibatches) -> dict[str, float]:
+        """One optimisation step: [(x [B, C, H, W], y [B]) per training domain] -> logged floats."""
+        frozen = self.featurizer_frozen()
+        for param in self.network.featurizer.parameters():
+            param.requires_grad_(not frozen)
+        self.train()
+        out = self.update(minibatches)
+        self.update_count += 1
+        return out
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, num_classes] of the model to evaluate."""
+        return self.network(x)
+
+    def eval_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights of the model that `predict` uses (what checkpoints store)."""
+        return self.network.state_dict()
+
+    def end_of_evaluation(self, record: dict[str, Any]) -> None:
+        """Hook called after each evaluation with its record (SWAD uses it to pick its window)."""

@@ -1,0 +1,149 @@
+"""The one place where model files are read and written.
+
+Our checkpoints are safetensors files whose metadata holds a JSON description (architecture, classes,
+dataset, step, ...). Foreign files (torchvision state dicts, DomainBed's `model.pkl`) are read with
+`torch.load(weights_only=True)` only: nothing in this project unpickles arbitrary objects, so a file
+that would run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from domainbed_recycle.errors import UserError
+
+FORMAT = "domainbed_recycle/1"
+_META_KEY = "drecycle"
+
+
+def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write `state_dict` + `metadata` to `path` atomically (temp file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    meta = {_META_KEY: json.dumps({"format": FORMAT, **metadata}, sort_keys=True, default=str)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Metadata of one of our safetensors checkpoints, without loading its tensors."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(_META_KEY)
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+    if raw is None:
+        return {}
+    return json.loads(raw)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) of any supported model file.
+
+    - `.safetensors`: ours (metadata from the header) or anyone's (empty metadata);
+    - anything else: `torch.load(weights_only=True)`; a DomainBed `model.pkl` (dict with `model_dict`)
+      is unwrapped and its keys mapped to ours (`featurizer.*`, `classifier.*`).
+    """
+    path = _existing(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as error:
+            raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+        return state, read_metadata(path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for unsafe pickles, RuntimeError for corrupt files
+        raise UserError(
+            f"{path}: refused to load: not a plain tensor checkpoint readable with weights_only=True "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+    return _unwrap_foreign(obj, path)
+
+
+def _unwrap_foreign(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    metadata: dict[str, Any] = {"source": str(path)}
+    if isinstance(obj, dict) and "model_dict" in obj:  # DomainBed's model.pkl
+        for key in ("model_input_shape", "model_num_classes", "model_num_domains", "model_hparams", "args"):
+            if key in obj:
+                metadata[f"domainbed_{key}"] = obj[key]
+        metadata["origin"] = "domainbed"
+        state = _map_domainbed_keys(obj["model_dict"])
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        state = obj["state_dict"]
+    elif isinstance(obj, dict):
+        state = obj
+    else:
+        raise UserError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+    bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise UserError(f"{path}: entry '{bad[0]}' is not a tensor; expected a state dict of tensors")
+    return dict(state), metadata
+
+
+def _map_domainbed_keys(model_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DomainBed's ERM saves featurizer.*, classifier.* and network.0/1.* duplicates: keep ours."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model_dict.items():
+        if key.startswith("network.0."):
+            out.setdefault("featurizer." + key[len("network.0."):], value)
+        elif key.startswith("network.1."):
+            out.setdefault("classifier." + key[len("network.1."):], value)
+        else:
+            out[key] = value
+    return out
+
+
+def split_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(featurizer part, classifier part) of a model state dict, prefixes stripped."""
+    featurizer = {k[len("featurizer."):]: v for k, v in state.items() if k.startswith("featurizer.")}
+    classifier = {k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")}
+    return featurizer, classifier
+
+
+def check_compatible(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], what: str, path: str | Path
+) -> None:
+    """Raise a UserError naming the first missing/unexpected key or shape mismatch between two state dicts."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. '{missing[0]}')")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')")
+        raise UserError(f"{path}: {what} does not match the architecture: " + ", ".join(detail) + " keys")
+    for key, tensor in expected.items():
+        if tuple(found[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"{path}: {what} does not match the architecture: '{key}' has shape "
+                f"{tuple(found[key].shape)}, expected {tuple(tensor.shape)}"
+            )
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return path

@@ -1,0 +1,287 @@
+"""One training run: `train(TrainConfig)` writes a DomainBed-style run folder.
+
+Folder contents (see DESIGN.md): `results.jsonl` (one record per evaluation, flushed line by line),
+`model_best.safetensors` (best training-domain validation accuracy), `model.safetensors` (last step),
+and `done`, written last. A folder without `done` is incomplete: `train` wipes it and starts again,
+so a relaunched job never appends to a half-written log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from domainbed_recycle import checkpoints, provenance
+from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDataset
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.misc import seed_hash
+
+RUN_FILES = ("results.jsonl", "model.safetensors", "model_best.safetensors", "done", "err.txt", "out.txt")
+
+
+@dataclass
+class TrainConfig:
+    """Arguments of one run (DomainBed's `train.py` flags plus initialisation and strategy labels)."""
+
+    dataset: str
+    output_dir: str
+    algorithm: str = "ERM"
+    test_envs: list[int] = field(default_factory=lambda: [0])
+    data_dir: str | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the registry's values
+    hparams_seed: int = 0
+    trial_seed: int = 0
+    seed: int = 0
+    steps: int | None = None  # None: the dataset's N_STEPS
+    checkpoint_freq: int | None = None  # None: the dataset's CHECKPOINT_FREQ
+    holdout_fraction: float = 0.2
+    init: str | None = None  # checkpoint giving featurizer and classifier
+    init_featurizer: str | None = None  # checkpoint giving the featurizer (overrides `init`'s)
+    init_classifier: str | None = None  # checkpoint giving the classifier (overrides `init`'s)
+    linear_probe: bool = False  # train the classifier only (featurizer frozen)
+    strategy: str | None = None  # label written into records (which strategy planned this run)
+    init_label: str | None = None  # short name of the initialisation (e.g. 'phi0', 'aux:Glyphs')
+    save_best: bool = True
+    skip_model_save: bool = False
+    progress: bool = True
+    threads: int | None = None
+
+    def to_args(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(output_dir: str | Path) -> Path:
+    """Create `output_dir`; if it holds an incomplete run (no `done`), remove that run's files first."""
+    path = Path(output_dir)
+    if path.exists() and not (path / "done").exists():
+        for name in os.listdir(path):
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _infinite_batches(split: Dataset, batch_size: int, seed: int, num_workers: int) -> Iterator[tuple]:
+    """Minibatches sampled with replacement, forever (DomainBed's InfiniteDataLoader)."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(split, InMemoryDomain):
+        while True:
+            yield split.batch(torch.randint(len(split), (batch_size,), generator=generator))
+    sampler = RandomSampler(split, replacement=True, num_samples=10**9, generator=generator)
+    loader = DataLoader(split, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
+    yield from loader
+
+
+def _peak_memory_gb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
+    """Load featurizer/classifier weights named by the config into `algorithm.network`.
+
+    Returns a JSON-able description of what was loaded (kept in every record under `init`).
+    """
+    from domainbed_recycle.networks import same_featurizer
+
+    sources = {
+        "featurizer": config.init_featurizer or config.init,
+        "classifier": config.init_classifier or config.init,
+    }
+    described: dict[str, Any] = {"label": config.init_label or ("random" if not any(sources.values()) else None)}
+    for part, path in sources.items():
+        if not path:
+            continue
+        state, meta = checkpoints.load_checkpoint(path)
+        if meta.get("arch") and part == "featurizer" and not same_featurizer(meta["arch"], algorithm.arch):
+            raise UserError(
+                f"{path}: its featurizer architecture {meta['arch']} differs from this run's {algorithm.arch}"
+            )
+        featurizer_state, classifier_state = checkpoints.split_state(state)
+        module = algorithm.network.featurizer if part == "featurizer" else algorithm.network.classifier
+        wanted = featurizer_state if part == "featurizer" else classifier_state
+        checkpoints.check_compatible(module.state_dict(), wanted, part, path)
+        if part == "classifier" and meta.get("classes") and algorithm.arch.get("classes"):
+            if list(meta["classes"]) != list(algorithm.arch["classes"]):
+                raise UserError(f"{path}: its classifier's classes {meta['classes']} differ from this dataset's")
+        module.load_state_dict(wanted)
+        described[part] = str(path)
+    return described
+
+
+def make_splits(
+    dataset: MultipleDomainDataset, holdout_fraction: float, trial_seed: int
+) -> tuple[list[Dataset], list[Dataset]]:
+    """DomainBed's per-domain `in`/`out` split, seeded by (trial_seed, domain index)."""
+    from domainbed_recycle.datasets.splits import split_domain
+
+    in_splits, out_splits = [], []
+    for env_index in range(len(dataset)):
+        split_in, split_out = split_domain(
+            dataset[env_index], holdout_fraction, seed_hash(trial_seed, env_index)
+        )
+        in_splits.append(split_in)
+        out_splits.append(split_out)
+    return in_splits, out_splits
+
+
+def evaluate_splits(
+    predict: Any, in_splits: list[Dataset], out_splits: list[Dataset], device: str = "cpu", num_workers: int = 0
+) -> dict[str, float]:
+    """`env{i}_in_acc` and `env{i}_out_acc` of `predict` for every domain i (DomainBed's record keys)."""
+    from domainbed_recycle.evaluation import accuracy
+
+    accs = {}
+    for env_index, (split_in, split_out) in enumerate(zip(in_splits, out_splits, strict=True)):
+        accs[f"env{env_index}_in_acc"] = accuracy(predict, split_in, device, num_workers)
+        accs[f"env{env_index}_out_acc"] = accuracy(predict, split_out, device, num_workers)
+    return accs
+
+
+def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> Path:
+    """Run one training job and write its folder; returns the folder. Skips a run already `done`."""
+    from domainbed_recycle import hparams_registry
+    from domainbed_recycle.algorithms import get_algorithm_class
+    from domainbed_recycle.datasets import get_dataset
+    from domainbed_recycle.networks import architecture
+
+    out_dir = Path(config.output_dir)
+    if (out_dir / "done").exists():
+        return out_dir
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    algorithm_class = get_algorithm_class(config.algorithm)  # fail fast on an unknown name
+    if dataset is None:
+        dataset = get_dataset(config.dataset, config.data_dir, config.test_envs, {})
+    n_envs = len(dataset)
+    bad = [e for e in config.test_envs if not 0 <= e < n_envs]
+    if bad:
+        raise UserError(
+            f"test env {bad[0]} out of range: {config.dataset} has {n_envs} domains "
+            f"(0..{n_envs - 1}: {', '.join(dataset.ENVIRONMENTS)})"
+        )
+    hparams = hparams_registry.get_hparams(
+        config.algorithm, dataset.HPARAMS_PROFILE, config.hparams_seed, config.hparams
+    )
+    if hparams.get("data_augmentation") and hasattr(dataset, "set_augmentation"):
+        dataset.set_augmentation(config.test_envs)
+    steps = config.steps if config.steps is not None else dataset.N_STEPS
+    checkpoint_freq = config.checkpoint_freq or dataset.CHECKPOINT_FREQ
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    out_dir = prepare_run_dir(out_dir)
+    set_seeds(config.seed)
+
+    in_splits, out_splits = make_splits(dataset, config.holdout_fraction, config.trial_seed)
+    train_envs = [i for i in range(n_envs) if i not in config.test_envs]
+    if not train_envs:
+        raise UserError("every domain is a test domain: leave at least one domain for training")
+
+    arch = architecture(dataset.input_shape, dataset.num_classes, hparams)
+    arch["classes"] = list(dataset.classes)
+    algorithm = algorithm_class(arch, len(train_envs), hparams)
+    init_description = load_initialisation(algorithm, config)
+    algorithm.linear_probe = config.linear_probe
+    algorithm.to(device)
+
+    batch_size = int(hparams["batch_size"])
+    batch_iterators = [
+        _infinite_batches(in_splits[i], batch_size, seed_hash(config.seed, "batches", i), dataset.N_WORKERS)
+        for i in train_envs
+    ]
+    steps_per_epoch = min(len(in_splits[i]) / batch_size for i in train_envs)
+    args = config.to_args() | {"environments": list(dataset.ENVIRONMENTS), "steps": steps,
+                               "checkpoint_freq": checkpoint_freq}
+    static = {
+        "args": args,
+        "hparams": hparams,
+        "init": init_description,
+        "strategy": config.strategy,
+        "versions": provenance.versions(),
+        "git_commit": provenance.git_commit(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+    }
+    metadata = {
+        "arch": arch, "dataset": config.dataset, "environments": list(dataset.ENVIRONMENTS),
+        "classes": list(dataset.classes), "test_envs": config.test_envs, "algorithm": config.algorithm,
+        "hparams": hparams, "trial_seed": config.trial_seed, "hparams_seed": config.hparams_seed,
+        "seed": config.seed, "strategy": config.strategy, "init": init_description,
+    }
+    (out_dir / "args.json").write_text(json.dumps(static, indent=2, sort_keys=True, default=str))
+
+    best_val = -1.0
+    step_times: list[float] = []
+    losses: dict[str, list[float]] = {}
+    from tqdm import tqdm
+
+    bar = tqdm(range(steps), desc=f"{config.algorithm} {config.dataset} test={config.test_envs}",
+               disable=not config.progress, file=sys.stderr, leave=False)
+    log = open(out_dir / "results.jsonl", "a", encoding="utf-8")
+
+    def log_evaluation(step: int) -> float:
+        """Evaluate every split, append one flushed record, keep the best checkpoint; returns val acc."""
+        nonlocal best_val
+        algorithm.eval()
+        record: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
+        record.update({key: float(np.mean(values)) for key, values in losses.items()})
+        record["step_time"] = float(np.mean(step_times)) if step_times else 0.0
+        record.update(evaluate_splits(algorithm.predict, in_splits, out_splits, device, dataset.N_WORKERS))
+        record["mem_gb"] = _peak_memory_gb(device)
+        val = float(np.mean([record[f"env{i}_out_acc"] for i in train_envs]))
+        record.update(static)
+        log.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        log.flush()
+        algorithm.end_of_evaluation(record)
+        bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", val=f"{val:.3f}")
+        if config.save_best and not config.skip_model_save and val > best_val:
+            best_val = val
+            checkpoints.save_checkpoint(
+                out_dir / "model_best.safetensors", algorithm.eval_state_dict(),
+                metadata | {"step": step, "val_acc": val},
+            )
+        return val
+
+    with log:
+        val = log_evaluation(0) if steps == 0 else float("nan")
+        for step in bar:
+            start = time.time()
+            minibatches = [(x.to(device), y.to(device)) for x, y in (next(it) for it in batch_iterators)]
+            for key, value in algorithm.train_step(minibatches).items():
+                losses.setdefault(key, []).append(value)
+            step_times.append(time.time() - start)
+            if (step + 1) % checkpoint_freq != 0 and step != steps - 1:
+                continue
+            val = log_evaluation(step + 1)
+            step_times, losses = [], {}
+    if not config.skip_model_save:
+        checkpoints.save_checkpoint(
+            out_dir / "model.safetensors", algorithm.eval_state_dict(),
+            metadata | {"step": steps, "val_acc": val},
+        )
+    (out_dir / "done").write_text("done\n")
+    return out_dir
