@@ -70,11 +70,16 @@ def set_seeds(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(output_dir: str | Path) -> Path:
-    """Create `output_dir`; if it holds an incomplete run (no `done`), remove that run's files first."""
+def prepare_run_dir(output_dir: str | Path, keep: tuple[str, ...] = ("out.txt", "err.txt")) -> Path:
+    """Create `output_dir`; if it holds an incomplete run (no `done`), remove that run's files first.
+
+    `keep` names files that survive (by default the stdout/stderr logs a launcher opened just before).
+    """
     path = Path(output_dir)
     if path.exists() and not (path / "done").exists():
         for name in os.listdir(path):
+            if name in keep:
+                continue
             target = path / name
             if target.is_dir():
                 shutil.rmtree(target)
