@@ -1,0 +1,113 @@
+"""`drecycle train` end to end on a built-in dataset: logs, checkpoints, reproducibility, inits, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from domainbed_recycle import checkpoints
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.training import TrainConfig, train
+
+DOMAINBED_KEYS = {"step", "epoch", "loss", "step_time", "mem_gb", "hparams", "args"}
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def _config(tmp_path, name, **kwargs):
+    base = dict(dataset="RotatedMNIST", output_dir=str(tmp_path / name), test_envs=[5], steps=20,
+                checkpoint_freq=10, progress=False, hparams={"cnn_width": 8})
+    return TrainConfig(**(base | kwargs))
+
+
+def test_run_writes_domainbed_log_checkpoints_and_done(tmp_path):
+    run = train(_config(tmp_path, "run"))
+    records = _records(run)
+    assert [r["step"] for r in records] == [10, 20]
+    for record in records:
+        assert DOMAINBED_KEYS <= set(record)
+        for env in range(6):
+            assert 0.0 <= record[f"env{env}_in_acc"] <= 1.0 and 0.0 <= record[f"env{env}_out_acc"] <= 1.0
+        assert record["args"]["test_envs"] == [5] and record["args"]["environments"][5] == "75"
+        assert record["versions"]["torch"] and "git_commit" in record
+    assert (run / "done").exists()
+    state, meta = checkpoints.load_checkpoint(run / "model_best.safetensors")
+    assert meta["arch"]["featurizer"] == "small_cnn" and meta["dataset"] == "RotatedMNIST"
+    assert any(key.startswith("classifier.") for key in state)
+    assert checkpoints.read_metadata(run / "model.safetensors")["step"] == 20
+
+
+def test_same_seeds_give_identical_numbers(tmp_path):
+    keys = ["loss"] + [f"env{e}_{s}_acc" for e in range(6) for s in ("in", "out")]
+    first = _records(train(_config(tmp_path, "a", seed=3)))
+    second = _records(train(_config(tmp_path, "b", seed=3)))
+    other = _records(train(_config(tmp_path, "c", seed=4)))
+    assert [[r[k] for k in keys] for r in first] == [[r[k] for k in keys] for r in second]
+    assert [r["loss"] for r in first] != [r["loss"] for r in other]
+
+
+def test_incomplete_folder_is_restarted_clean_and_done_is_skipped(tmp_path):
+    config = _config(tmp_path, "run")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text('{"step": 999}\n{"trunc')  # a killed run's leftovers
+    train(config)
+    assert [r["step"] for r in _records(run)] == [10, 20]
+    before = (run / "results.jsonl").read_text()
+    train(config)  # done: nothing rewritten
+    assert (run / "results.jsonl").read_text() == before
+
+
+def test_linear_probe_keeps_featurizer_and_lp_warmup_freezes_it_first(tmp_path):
+    source = train(_config(tmp_path, "source"))
+    state, _ = checkpoints.load_checkpoint(source / "model.safetensors")
+    probe = train(_config(tmp_path, "probe", init=str(source / "model.safetensors"), linear_probe=True))
+    probed, _ = checkpoints.load_checkpoint(probe / "model.safetensors")
+    for key in state:
+        same = torch.equal(state[key], probed[key])
+        assert same if key.startswith("featurizer.") else True
+    assert not torch.equal(state["classifier.weight"], probed["classifier.weight"])
+    # lp_steps as long as the run: the featurizer must not move either.
+    warm = train(_config(tmp_path, "warm", init=str(source / "model.safetensors"),
+                         hparams={"cnn_width": 8, "lp_steps": 20}))
+    warmed, _ = checkpoints.load_checkpoint(warm / "model.safetensors")
+    assert all(torch.equal(state[k], warmed[k]) for k in state if k.startswith("featurizer."))
+    moved = train(_config(tmp_path, "moved", init=str(source / "model.safetensors"),
+                          hparams={"cnn_width": 8, "lp_steps": 10}))
+    moved_state, _ = checkpoints.load_checkpoint(moved / "model.safetensors")
+    assert not all(torch.equal(state[k], moved_state[k]) for k in state if k.startswith("featurizer."))
+
+
+def test_init_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
+    source = train(_config(tmp_path, "wide", hparams={"cnn_width": 4}))
+    with pytest.raises(UserError, match="featurizer architecture"):
+        train(_config(tmp_path, "bad", init=str(source / "model.safetensors")))
+    other_classes = train(_config(tmp_path, "colored", dataset="ColoredMNIST", test_envs=[2]))
+    with pytest.raises(UserError, match="classes|classifier"):
+        train(_config(tmp_path, "bad2", init_classifier=str(other_classes / "model.safetensors")))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "PACS", "--data_dir", "/nonexistent"], "/nonexistent"),
+        (["--dataset", "NoSuchData"], "unknown dataset 'NoSuchData'"),
+        (["--dataset", "RotatedMNIST", "--algorithm", "NoSuchAlgo"], "unknown algorithm 'NoSuchAlgo'"),
+        (["--dataset", "RotatedMNIST", "--test_envs", "9"], "test env 9 out of range"),
+        (["--dataset", "RotatedMNIST", "--hparams", "{bad json"], "--hparams is not valid JSON"),
+    ],
+)
+def test_cli_bad_input_exits_non_zero_with_one_clear_line(tmp_path, argv, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "domainbed_recycle.cli", "train", *argv, "--output_dir", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
