@@ -1,0 +1,73 @@
+"""`drecycle collect`: model-selection tables from a folder of run folders (ours or DomainBed's)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from domainbed_recycle.errors import UserError
+
+HELP = "Print model-selection tables (DomainBed's three methods) for a folder of runs."
+
+SELECTIONS = ("iid", "loo", "oracle")
+MAX_WARNED_FILES = 5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `drecycle collect`."""
+    parser.add_argument("--input_dir", required=True, help="sweep folder: one sub-folder per run")
+    formats = parser.add_mutually_exclusive_group()
+    formats.set_defaults(format="text")
+    for name, text in (
+        ("latex", "a LaTeX document"),
+        ("markdown", "Markdown tables"),
+        ("csv", "CSV, one line per table cell"),
+        ("json", "JSON"),
+        ("domainbed", "DomainBed's own fixed-width text layout"),
+    ):
+        formats.add_argument(
+            f"--{name}", dest="format", action="store_const", const=name, help=f"print {text}"
+        )
+    parser.add_argument(
+        "--selection",
+        choices=[*SELECTIONS, "all"],
+        default="all",
+        help="model-selection method: training-domain validation (iid), leave-one-domain-out (loo), "
+        "test-domain oracle (oracle), or all three (default)",
+    )
+    parser.add_argument(
+        "--only_done", action="store_true", help="skip runs without a `done` file (DomainBed reads them all)"
+    )
+    parser.add_argument(
+        "--strict_averages",
+        action="store_true",
+        help="in the Averages tables, count only trials that have every domain of the dataset",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the records, select, print the tables to stdout and any load warning to stderr."""
+    from domainbed_recycle.collect import collect
+    from domainbed_recycle.records import load_records
+    from domainbed_recycle.reporting import render
+
+    try:
+        records, report = load_records(args.input_dir, only_done=args.only_done)
+    except FileNotFoundError:
+        raise UserError(f"--input_dir {args.input_dir!r} does not exist") from None
+    except NotADirectoryError:
+        raise UserError(f"--input_dir {args.input_dir!r} is not a folder") from None
+    if report.n_files == 0:
+        raise UserError(
+            f"no results.jsonl found in {args.input_dir!r} or its sub-folders; "
+            "point --input_dir at a sweep's output folder"
+        )
+    methods = SELECTIONS if args.selection == "all" else (args.selection,)
+    result = collect(records, methods=methods, strict=args.strict_averages, report=report)
+    warning = report.warning(MAX_WARNED_FILES)
+    if warning:
+        print(warning, file=sys.stderr)
+    if args.only_done and report.n_runs_excluded:
+        print(f"note: left out {report.n_runs_excluded} run(s) without a `done` file", file=sys.stderr)
+    sys.stdout.write(render(result, args.format))
+    return 0
