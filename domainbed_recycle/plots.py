@@ -1,0 +1,197 @@
+"""PNG plots of the analysis: accuracy vs number of averaged models, diversity vs accuracy, LMC curves.
+
+Every function takes plain numbers and an output path, writes one PNG (creating parent folders) and
+returns the path. Accuracies are passed as fractions in [0, 1] (the unit of DomainBed's records) and
+drawn in percent.
+
+Figures are drawn with matplotlib's object API on an Agg canvas (no ``pyplot``), so importing or
+calling this module never changes the process-wide matplotlib backend and works without a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["linear_fit", "plot_acc_vs_num_models", "plot_diversity_vs_accuracy", "plot_lmc_curves"]
+
+_DPI = 120
+
+
+def _percent(values: Sequence[float], what: str) -> np.ndarray:
+    """Fractions in [0, 1] -> percent; ValueError otherwise (catches data already in percent)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0):
+        raise ValueError(f"{what} must be finite fractions in [0, 1] (not percent), got {arr.tolist()}")
+    return 100.0 * arr
+
+
+def _new_figure() -> Figure:
+    fig = Figure(figsize=(6.0, 4.5), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    return out
+
+
+def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float, float]:
+    """Least-squares line ``y ≈ slope·x + intercept`` and Pearson correlation.
+
+    Args:
+        x, y: n >= 2 paired finite values.
+
+    Returns:
+        ``(slope, intercept, r, p)``; ``p`` is the two-sided p-value of ``scipy.stats.pearsonr`` (1.0
+        for n = 2). If x is constant, slope/intercept/r/p are nan; if only y is constant, the line is
+        flat and r/p are nan.
+    """
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
+    if xa.shape != ya.shape or xa.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of the same length, got {xa.shape} and {ya.shape}")
+    if len(xa) < 2:
+        raise ValueError(f"a linear fit needs at least 2 points, got {len(xa)}")
+    if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        raise ValueError("x and y must be finite")
+    nan = float("nan")
+    dx, dy = xa - xa.mean(), ya - ya.mean()
+    sxx, syy = float(dx @ dx), float(dy @ dy)
+    if sxx == 0.0:
+        return nan, nan, nan, nan
+    slope = float(dx @ dy) / sxx
+    intercept = float(ya.mean() - slope * xa.mean())
+    if syy == 0.0:
+        return slope, intercept, nan, nan
+    from scipy import stats  # imported here: scipy is slow to import
+
+    res = stats.pearsonr(xa, ya)
+    return slope, intercept, float(res.statistic), float(res.pvalue)
+
+
+def plot_acc_vs_num_models(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | os.PathLike[str],
+    title: str = "Accuracy vs number of averaged models",
+) -> Path:
+    """One line per selection rule (e.g. "uniform", "greedy"): accuracy (%) against M.
+
+    Args:
+        curves: name -> ``[(number of averaged models, accuracy in [0, 1]), ...]``.
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        ``Path(path)``.
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for name, points in curves.items():
+        pts = sorted((int(n), float(a)) for n, a in points)
+        ax.plot(
+            [n for n, _ in pts],
+            _percent([a for _, a in pts], f"accuracies of '{name}'"),
+            marker="o",
+            label=name,
+        )
+    ax.set_xlabel("number of averaged models M")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_diversity_vs_accuracy(
+    x_div: Sequence[float],
+    y_acc: Sequence[float],
+    labels: Sequence[str] | None,
+    path: str | os.PathLike[str],
+    xlabel: str = "diversity (ratio-error)",
+    title: str = "Diversity vs OOD accuracy",
+) -> tuple[Path, float, float, float]:
+    """Scatter of accuracy (%) against a diversity measure, with its least-squares line.
+
+    The legend reports the line's slope, Pearson r and its p-value (``scipy.stats.pearsonr``).
+
+    Args:
+        x_div: diversity of each point (unit of the measure; name it with ``xlabel``).
+        y_acc: accuracy of each point, fractions in [0, 1].
+        labels: optional text drawn next to each point (same length), or None.
+        path: output PNG.
+
+    Returns:
+        ``(path, slope, r, p)`` with ``slope`` in accuracy percentage points per unit of diversity
+        (the plotted units); nan where undefined (see ``linear_fit``).
+    """
+    x = np.asarray(x_div, dtype=np.float64)
+    y = _percent(y_acc, "y_acc")
+    if labels is not None and len(labels) != len(x):
+        raise ValueError(f"labels has {len(labels)} entries for {len(x)} points")
+    slope, intercept, r, p = linear_fit(x, y)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=25, alpha=0.8, label="models")
+    if labels is not None:
+        for xi, yi, text in zip(x, y, labels, strict=True):
+            ax.annotate(str(text), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if math.isfinite(slope):
+        xs = np.array([x.min(), x.max()])
+        ax.plot(
+            xs,
+            slope * xs + intercept,
+            color="C3",
+            label=f"fit: slope={slope:.3g} %/unit, r={r:.3f}, p={p:.2g}",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path), slope, r, p
+
+
+def plot_lmc_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike[str],
+    title: str = "Linear mode connectivity",
+) -> Path:
+    """One accuracy (%) curve per pair of models along ``θ(λ) = (1 − λ)θ_a + λθ_b``.
+
+    Args:
+        curves: name -> ``[(λ, accuracy in [0, 1]), ...]`` (e.g. from ``lmc.lmc_curve``).
+        path: output PNG.
+
+    Returns:
+        ``Path(path)``.
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for name, points in curves.items():
+        pts = sorted((float(lam), float(a)) for lam, a in points)
+        ax.plot(
+            [lam for lam, _ in pts],
+            _percent([a for _, a in pts], f"accuracies of '{name}'"),
+            marker="o",
+            label=name,
+        )
+    ax.set_xlabel("interpolation coefficient λ (0 = model a, 1 = model b)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    return _save(fig, path)
