@@ -67,6 +67,7 @@ class MultipleDomainDataset:
         ENVIRONMENTS: domain names, one per domain, in index order.
         N_STEPS, CHECKPOINT_FREQ: default training length and evaluation period (steps).
         HPARAMS_PROFILE: "small" (built-in 28x28 images, small CNN) or "resnet" (real images).
+        ROLE: "target" (a benchmark), "pretrain" (the foundation model's corpus) or "auxiliary".
         input_shape: (C, H, W) of one image.
         num_classes: number of classes; `classes` holds their names.
         datasets: one torch Dataset per domain (InMemoryDomain for the built-ins).
@@ -77,6 +78,7 @@ class MultipleDomainDataset:
     CHECKPOINT_FREQ = 100
     HPARAMS_PROFILE = "small"
     N_WORKERS = 0
+    ROLE = "target"  # "target", "pretrain" (foundation model corpus) or "auxiliary" (other label spaces)
 
     input_shape: tuple[int, int, int]
     num_classes: int
@@ -99,9 +101,25 @@ class MultipleDomainDataset:
         }
 
 
+FOLDER_PREFIX = "folder:"
+
+
+def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
+    """The class registered as `name`; "folder:/path/to/root" gives a class bound to that image tree
+    (root/<domain>/<class>/<image>, domains discovered), so `ENVIRONMENTS` is known before building."""
+    if name.startswith(FOLDER_PREFIX):
+        from domainbed_recycle.datasets.folder import folder_dataset_class
+
+        return folder_dataset_class(name[len(FOLDER_PREFIX) :])
+    return load_all_datasets().get(name)
+
+
 def get_dataset(
     name: str, data_dir: str | None, test_envs: list[int] | None = None, hparams: dict | None = None
 ) -> MultipleDomainDataset:
-    """Build the dataset registered as `name` (DomainBed's signature: data_dir, test_envs, hparams)."""
-    cls = load_all_datasets().get(name)
+    """Build the dataset registered as `name` (DomainBed's signature: data_dir, test_envs, hparams).
+
+    `name` may also be "folder:/path/to/root" for any root/<domain>/<class>/<image> tree.
+    """
+    cls = get_dataset_class(name)
     return cls(data_dir, list(test_envs or []), dict(hparams or {}))

