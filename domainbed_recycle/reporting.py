@@ -145,7 +145,9 @@ def render_csv(result: CollectResult) -> str:
     """Long-format CSV, one line per cell (see `long_rows`); empty numbers where a cell is X."""
     columns = ["selection", "table", "algorithm", "column", "mean", "se", "n_trials", "cell"]
     buffer = io.StringIO()
-    pd.DataFrame(long_rows(result), columns=columns).to_csv(buffer, index=False)
+    frame = pd.DataFrame(long_rows(result), columns=columns)
+    frame["n_trials"] = frame["n_trials"].astype("Int64")
+    frame.to_csv(buffer, index=False)
     return buffer.getvalue()
 
 
