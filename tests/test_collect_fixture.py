@@ -55,7 +55,9 @@ def test_every_number_of_expected_tables(result):
     ours = {}
     for table in result.tables:
         header, rows = format_table(table)
-        ours[table.title] = {(row[0], column): cell for row in rows for column, cell in zip(header[1:], row[1:])}
+        ours[table.title] = {
+            (row[0], column): cell for row in rows for column, cell in zip(header[1:], row[1:], strict=True)
+        }
     assert list(ours) == list(expected)
     for title, cells in expected.items():
         assert ours[title] == cells, title
