@@ -141,6 +141,11 @@ class BuiltinDataset(MultipleDomainDataset):
         )
 
     @classmethod
+    def is_prepared(cls, data_dir: str | os.PathLike | None = None) -> bool:
+        """Whether a current cache file exists (reads its header only)."""
+        return cls._is_current(_read_meta(cls.cache_path(data_dir)))
+
+    @classmethod
     def prepare(cls, data_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
         """Build the cache file unless a current one exists (or `force`); returns its path."""
         path = cls.cache_path(data_dir)
@@ -171,14 +176,25 @@ class BuiltinDataset(MultipleDomainDataset):
         return domains
 
     @classmethod
-    def domain_sizes(cls, data_dir: str | os.PathLike | None = None) -> dict[str, int]:
-        """Domain name -> size from the cache header; UserError if not prepared or a source is missing."""
+    def summary(cls, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """{"domains": {name: size}, "classes": [...]} from the cache header, without loading images.
+
+        Raises DataNotFound: status "not prepared" (cache absent) or "not found" (a source is missing).
+        """
         path = cls.cache_path(data_dir)
         meta = _read_meta(path)
-        if cls._is_current(meta):
-            return dict(zip(cls.ENVIRONMENTS, meta["sizes"], strict=True))
-        cls.check_sources(data_dir)
-        raise UserError(f"not prepared: {path} (run `drecycle data prepare --datasets {cls.__name__}`)")
+        if not cls._is_current(meta):
+            cls.check_sources(data_dir)
+            raise sources.DataNotFound(
+                f"{cls.__name__} is not prepared: {path} is absent; it is built on first use, "
+                f"or now with `drecycle data prepare --datasets {cls.__name__}`",
+                path,
+                status="not prepared",
+            )
+        return {
+            "domains": dict(zip(cls.ENVIRONMENTS, meta["sizes"], strict=True)),
+            "classes": list(cls.CLASSES),
+        }
 
 
 # --- helpers shared by recipes ------------------------------------------------------------------

