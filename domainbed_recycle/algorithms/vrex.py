@@ -1,0 +1,42 @@
+"""V-REx (Krueger et al. 2021): penalise the variance of the per-domain risks (DomainBed's version)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches, make_optimizer
+
+
+def variance_penalty(losses: torch.Tensor) -> torch.Tensor:
+    """Population variance mean_i (loss_i - mean(loss))^2 of per-domain losses [G] -> scalar."""
+    return (losses - losses.mean()).pow(2).mean()
+
+
+@ALGORITHMS.register()
+class VREx(Algorithm):
+    """mean_i loss_i + w * variance_penalty(losses), one cross-entropy per training domain.
+
+    w = 1 for the first `vrex_penalty_anneal_iters` steps, then `vrex_lambda`; the optimiser is
+    rebuilt (its moments reset) at the step where w jumps, as DomainBed does for Adam. The forward
+    pass runs on the concatenated minibatches. Logged: `loss`, `nll` (mean cross-entropy; DomainBed
+    logs the last domain's) and `penalty`.
+    """
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        anneal = int(self.hparams["vrex_penalty_anneal_iters"])
+        weight = float(self.hparams["vrex_lambda"]) if self.update_count >= anneal else 1.0
+        logits = self.network(torch.cat([x for x, _ in minibatches]))
+        losses = torch.stack([
+            F.cross_entropy(chunk, y)
+            for chunk, (_, y) in zip(logits.split([len(x) for x, _ in minibatches]), minibatches, strict=True)
+        ])
+        nll = losses.mean()
+        penalty = variance_penalty(losses)
+        loss = nll + weight * penalty
+        if self.update_count == anneal:
+            self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
