@@ -67,10 +67,15 @@ def _empty_scores() -> pd.DataFrame:
     return pd.DataFrame({column: pd.Series(dtype=object) for column in SCORE_COLUMNS})
 
 
+def _test_env(records: pd.DataFrame, k: int) -> np.ndarray:
+    """The k-th test env of every record (all of them have more than k)."""
+    return np.fromiter((envs[k] for envs in records["test_envs"]), dtype=np.int64, count=len(records))
+
+
 def single_test_env_records(records: pd.DataFrame) -> pd.DataFrame:
     """Records of runs with exactly one test env, with that env as column `test_env`."""
     single = records[records["n_test_envs"] == 1]
-    return single.assign(test_env=single["test_envs"].str[0].astype(int))
+    return single.assign(test_env=_test_env(single, 0))
 
 
 def iid_run_scores(records: pd.DataFrame) -> pd.DataFrame:
@@ -110,8 +115,7 @@ def _validation_pairs(records: pd.DataFrame) -> pd.DataFrame:
     When several records share (run of t, step, v), the last one read wins, as in DomainBed.
     """
     pairs = records[records["n_test_envs"] == 2]
-    first = pairs["test_envs"].str[0].astype(int).to_numpy()
-    second = pairs["test_envs"].str[1].astype(int).to_numpy()
+    first, second = _test_env(pairs, 0), _test_env(pairs, 1)
     keep = first != second
     pairs, first, second = pairs[keep], first[keep], second[keep]
     acc_in = _acc_matrix(pairs, "in")

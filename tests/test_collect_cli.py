@@ -1,0 +1,127 @@
+"""`drecycle collect`: errors exit 2 with one line; every output format parses."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from domainbed_recycle.cli import main
+
+FIXTURE = Path(__file__).parent / "data" / "domainbed_vlcs_sweep"
+SWEEP = str(FIXTURE / "sweep")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["collect", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty"])
+def test_bad_input_dir_exits_2_with_one_line(tmp_path, capsys, make):
+    target = tmp_path / "sweep"
+    if make == "file":
+        target.write_text("")
+    elif make == "empty":
+        target.mkdir()
+    code, out, err = run_cli(capsys, "--input_dir", str(target))
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("drecycle collect: error: ")
+    assert str(target) in err
+
+
+def test_text_output(capsys):
+    code, out, err = run_cli(capsys, "--input_dir", SWEEP)
+    assert code == 0 and err == ""
+    assert out.startswith("Total records: 200\n")
+    assert len(re.findall(r"^-------- [A-Z]", out, re.M)) == 6
+    assert "98.0 +/- 0.2" in out and "77.8 +/- 0.3" in out
+
+
+def test_domainbed_output_is_identical(capsys):
+    code, out, _ = run_cli(capsys, "--input_dir", SWEEP, "--domainbed")
+    assert code == 0 and out == (FIXTURE / "expected_tables.txt").read_text()
+
+
+def test_csv_parses(capsys):
+    code, out, _ = run_cli(capsys, "--input_dir", SWEEP, "--csv")
+    frame = pd.read_csv(io.StringIO(out))
+    assert code == 0
+    assert list(frame.columns) == [
+        "selection",
+        "table",
+        "algorithm",
+        "column",
+        "mean",
+        "se",
+        "n_trials",
+        "cell",
+    ]
+    assert len(frame) == 3 * (5 + 2)
+    row = frame[(frame.selection == "loo") & (frame.table == "VLCS") & (frame.column == "S")].iloc[0]
+    assert row.cell == "70.5 +/- 0.5" and row["mean"] == pytest.approx(70.506, abs=1e-3) and row.n_trials == 2
+
+
+def test_json_parses(capsys):
+    code, out, _ = run_cli(capsys, "--input_dir", SWEEP, "--json")
+    document = json.loads(out)
+    assert code == 0
+    assert document["total_records"] == 200
+    assert document["load_report"]["n_files"] == 40
+    assert [t["selection"] for t in document["tables"]] == ["iid", "iid", "loo", "loo", "oracle", "oracle"]
+    assert document["tables"][0]["rows"] == [
+        ["ERM", "98.0 +/- 0.2", "64.2 +/- 0.8", "74.1 +/- 0.4", "77.1 +/- 0.2", "78.3"]
+    ]
+
+
+def test_markdown_and_latex(capsys):
+    _, markdown, _ = run_cli(capsys, "--input_dir", SWEEP, "--markdown")
+    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 6 * 3 and all(line.endswith("|") for line in table_lines)
+    _, latex, _ = run_cli(capsys, "--input_dir", SWEEP, "--latex")
+    assert latex.startswith("\\documentclass{article}") and latex.rstrip().endswith("\\end{document}")
+    assert latex.count("\\begin{tabular}") == 6 and "98.0 $\\pm$ 0.2" in latex
+
+
+def test_one_selection_method(capsys):
+    _, out, _ = run_cli(capsys, "--input_dir", SWEEP, "--selection", "loo")
+    assert (
+        len(re.findall(r"^-------- [A-Z]", out, re.M)) == 2 and "leave-one-domain-out cross-validation" in out
+    )
+    assert "training-domain" not in out
+
+
+def test_formats_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["collect", "--input_dir", SWEEP, "--csv", "--json"])
+    assert error.value.code == 2
+
+
+def test_warning_on_stderr_tables_on_stdout(tmp_path, capsys):
+    run = tmp_path / "killed"
+    run.mkdir()
+    good = (FIXTURE / "sweep" / "06db52bd7fcbb8172f97f11a62015261" / "results.jsonl").read_text()
+    (run / "results.jsonl").write_text(good + '{"args": {"dataset": "VL')
+    code, out, err = run_cli(capsys, "--input_dir", str(tmp_path), "--only_done")
+    assert code == 0 and "Total records: 0" in out and "left out 1 run(s)" in err
+    code, out, err = run_cli(capsys, "--input_dir", str(tmp_path))
+    assert code == 0 and "Total records: 5" in out
+    assert err.count("\n") == 1 and "1 truncated last line" in err and "killed" in err
+
+
+def test_collector_modules_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "import domainbed_recycle.commands.collect, domainbed_recycle.collect, domainbed_recycle.reporting\n"
+        "import domainbed_recycle.records, domainbed_recycle.model_selection\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
