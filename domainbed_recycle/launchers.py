@@ -1,0 +1,442 @@
+"""Run a list of sweep jobs: in-process, on a local process pool, with submitit locally or on Slurm.
+
+Python API (used by `drecycle sweep` and by the recycling pipeline)::
+
+    from domainbed_recycle.launchers import launch, SlurmOptions
+    report = launch(jobs, launcher="pool", n_workers=2)
+    report.failed  # outcomes of the jobs that raised; their tracebacks are in <run folder>/err.txt
+
+Every launcher runs `run_job(job.args)` once per job. `run_job` skips a job that is already done,
+wipes a half-written run folder (so no record is ever written twice), tees the job's stdout/stderr
+into `out.txt`/`err.txt` of its run folder and calls `training.train`. A job that fails is recorded
+(traceback in `err.txt`, outcome "failed") and the others go on; only the `inprocess` launcher,
+meant for debugging, lets the exception propagate.
+
+Threads: on a CPU machine parallel runs are processes, and oversubscription is costly (measured on
+2 cores: 2 processes x 2 threads ran 4-7x slower than 2 x 1), so each worker sets torch's thread
+count to cores // workers before torch does any work.
+
+This module imports neither torch nor submitit at import time: pool workers unpickle `run_job`
+from it before their thread count is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.registry import Registry
+from domainbed_recycle.sweep import DONE, Job, job_state
+
+# Outcome statuses.
+RAN = "done"  # trained to the end in this launch
+SKIPPED = "skipped"  # already done before this launch
+FAILED = "failed"
+
+
+@dataclasses.dataclass
+class SlurmOptions:
+    """Resources of each Slurm job (one sweep job = one task of a Slurm job array).
+
+    `mem_gb` None requests no memory (the partition's default); on a single node it must not exceed
+    the node's RealMemory. `cpus_per_task` is also the job's torch thread count.
+    """
+
+    partition: str | None = None
+    time_min: int = 60
+    mem_gb: float | None = None
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    array_parallelism: int = 256
+    poll_s: float = 2.0  # how often the launcher checks for finished jobs
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SlurmOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown Slurm option(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(known))}")
+        return cls(**{key: value for key, value in values.items() if value is not None})
+
+
+@dataclasses.dataclass
+class JobOutcome:
+    """What happened to one job in one launch."""
+
+    job_id: str
+    output_dir: str
+    status: str  # "done", "skipped" or "failed"
+    seconds: float = 0.0
+    error: str | None = None  # one line: exception type and message (details in err.txt)
+
+
+@dataclasses.dataclass
+class LaunchReport:
+    """Outcomes of one `launch`, in the order of the jobs given."""
+
+    launcher: str
+    outcomes: list[JobOutcome]
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == FAILED]
+
+    @property
+    def n_ran(self) -> int:
+        return sum(o.status == RAN for o in self.outcomes)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(o.status == SKIPPED for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line of counts, then one line per failed job pointing at its err.txt."""
+        lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {self.n_ran} ran, "
+                 f"{self.n_skipped} already done, {len(self.failed)} failed"]
+        for outcome in self.failed:
+            lines.append(f"  FAILED {outcome.job_id}: {outcome.error} (see {outcome.output_dir}/err.txt)")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ one job
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, else os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
+    """torch threads for each of `n_workers` parallel processes: cores // workers, at least 1."""
+    return max(1, (cores or available_cores()) // max(1, n_workers))
+
+
+def limit_threads(threads: int | None) -> None:
+    """Set torch's thread count (and OpenMP/MKL's, when torch is not imported yet) to `threads`."""
+    if not threads:
+        return
+    if "torch" not in sys.modules:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only allowed before any inter-op parallel work
+        torch.set_num_interop_threads(threads)
+
+
+class _Tee(io.TextIOBase):
+    """Writes to a log file and, optionally, to the original stream too."""
+
+    def __init__(self, log: TextIO, echo: TextIO | None) -> None:
+        self.log, self.echo = log, echo
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        if self.echo is not None:
+            self.echo.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        if self.echo is not None:
+            self.echo.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _tee_output(run_dir: Path, echo: bool) -> Iterator[None]:
+    """Send sys.stdout/sys.stderr to run_dir/out.txt and err.txt (and the terminal if `echo`)."""
+    with open(run_dir / "out.txt", "a", encoding="utf-8") as out, \
+            open(run_dir / "err.txt", "a", encoding="utf-8") as err:
+        saved = sys.stdout, sys.stderr
+        sys.stdout = _Tee(out, saved[0] if echo else None)  # type: ignore[assignment]
+        sys.stderr = _Tee(err, saved[1] if echo else None)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
+def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
+            force: bool = False, reraise: bool = False) -> JobOutcome:
+    """Train one job (the `TrainConfig` arguments `args`, `output_dir` included); never raises
+    unless `reraise`.
+
+    Skips a job already done (unless `force`: its folder is removed and it runs again). Otherwise
+    wipes whatever a killed attempt left in the run folder, tees stdout/stderr to `out.txt` and
+    `err.txt` there, and trains with `progress=False` and `threads` torch threads. A failure's
+    traceback goes to `err.txt`; the outcome says "failed" and the folder stays incomplete.
+    """
+    start = time.time()
+    limit_threads(threads)
+    run_dir = Path(args["output_dir"])
+    job_id = run_dir.name
+    if (run_dir / "done").exists():
+        if not force:
+            return JobOutcome(job_id, str(run_dir), SKIPPED)
+        shutil.rmtree(run_dir)
+
+    from domainbed_recycle.training import TrainConfig, prepare_run_dir, train
+
+    prepare_run_dir(run_dir, keep=())
+    config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
+    with _tee_output(run_dir, echo):
+        print(f"job {job_id}: {config_args}", flush=True)
+        try:
+            train(TrainConfig(**config_args, progress=False, threads=threads))
+        except Exception as error:
+            traceback.print_exc()
+            if reraise:
+                raise
+            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, message)
+    return JobOutcome(job_id, str(run_dir), RAN, time.time() - start)
+
+
+# ---------------------------------------------------------------------------------- launchers
+
+
+@dataclasses.dataclass
+class LaunchContext:
+    """What a launcher function receives besides the jobs."""
+
+    n_workers: int | None
+    slurm: SlurmOptions
+    force: bool
+    log_dir: Path
+    progress: Any  # a tqdm bar (update(1) per finished job)
+
+
+LauncherFn = Callable[[list[Job], LaunchContext], list[JobOutcome]]
+LAUNCHERS: Registry[LauncherFn] = Registry("launcher")
+
+
+def _failed(job: Job, message: str, seconds: float = 0.0) -> JobOutcome:
+    return JobOutcome(job.job_id, str(job.output_dir), FAILED, seconds, message)
+
+
+def _note(bar: Any, outcome: JobOutcome) -> None:
+    bar.update(1)
+    if outcome.status == FAILED:
+        bar.write(f"job {outcome.job_id} failed: {outcome.error}")
+
+
+@LAUNCHERS.register("inprocess")
+def launch_inprocess(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
+    """Sequential, in this process (debugging): output shown, the first exception propagates."""
+    outcomes = []
+    for job in jobs:
+        outcomes.append(run_job(job.args, None, echo=True, force=ctx.force, reraise=True))
+        ctx.progress.update(1)
+    return outcomes
+
+
+def _init_pool_worker(threads: int) -> None:
+    """Pool worker initializer: fix the thread count before the first job imports torch."""
+    limit_threads(threads)
+
+
+@LAUNCHERS.register("pool")
+def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
+    """A local pool of `n_workers` spawned processes (default: one per core), each with
+    cores // n_workers torch threads. Job output goes to the run folders only."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    n_workers = min(ctx.n_workers or available_cores(), len(jobs))
+    threads = threads_per_worker(n_workers)
+    # spawn: a fresh interpreter per worker; forking a parent whose torch threads are running is unsafe.
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_pool_worker, initargs=(threads,))
+    outcomes: dict[str, JobOutcome] = {}
+    try:
+        futures = {pool.submit(run_job, job.args, threads, False, ctx.force): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                outcome = _failed(job, "a worker process died (killed or out of memory); "
+                                       "this job was running or queued then: relaunch to retry")
+            except Exception as error:  # e.g. a result that could not be pickled
+                outcome = _failed(job, f"{type(error).__name__}: {error}")
+            outcomes[job.job_id] = outcome
+            _note(ctx.progress, outcome)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [outcomes[job.job_id] for job in jobs]
+
+
+def _submitit_outcome(job: Job, submitted: Any) -> JobOutcome:
+    """The outcome a submitit job returned, or a failure if it died without returning."""
+    try:
+        return submitted.result()
+    except Exception as error:  # submitit's FailedJobError / UncompletedJobError
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        logs = getattr(getattr(submitted, "paths", None), "stderr", "")
+        return _failed(job, f"{type(error).__name__}: {first} (submitit log: {logs})")
+
+
+def _wait_submitit(pending: dict[Any, Job], ctx: LaunchContext, poll_s: float,
+                   outcomes: dict[str, JobOutcome], limit: int = 0) -> None:
+    """Poll submitit jobs until at most `limit` are still pending (0: all finished)."""
+    while len(pending) > limit:
+        finished = [sub for sub in pending if sub.done()]
+        for sub in finished:
+            job = pending.pop(sub)
+            outcomes[job.job_id] = _submitit_outcome(job, sub)
+            _note(ctx.progress, outcomes[job.job_id])
+        if len(pending) > limit and not finished:
+            time.sleep(poll_s)
+
+
+def _cancel_all(submitted: Sequence[Any]) -> None:
+    for sub in submitted:
+        with contextlib.suppress(Exception):
+            sub.cancel(check=False)
+
+
+@LAUNCHERS.register("submitit_local")
+def launch_submitit_local(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
+    """submitit's LocalExecutor: one subprocess per job, at most `n_workers` at a time (submitit
+    alone would start every job at once); logs in `log_dir`."""
+    import submitit
+
+    n_workers = min(ctx.n_workers or available_cores(), len(jobs))
+    threads = threads_per_worker(n_workers)
+    executor = submitit.LocalExecutor(folder=str(ctx.log_dir / "%j"))
+    executor.update_parameters(timeout_min=ctx.slurm.time_min)
+    pending: dict[Any, Job] = {}
+    outcomes: dict[str, JobOutcome] = {}
+    try:
+        for job in jobs:
+            _wait_submitit(pending, ctx, 0.2, outcomes, limit=n_workers - 1)
+            pending[executor.submit(run_job, job.args, threads, False, ctx.force)] = job
+        _wait_submitit(pending, ctx, 0.2, outcomes)
+    except BaseException:
+        _cancel_all(list(pending))
+        raise
+    return [outcomes[job.job_id] for job in jobs]
+
+
+@LAUNCHERS.register("slurm")
+def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
+    """One Slurm job array through submitit (`sbatch --array`, at most `array_parallelism` tasks at
+    a time); each task runs one job with `cpus_per_task` threads, with this process's Python.
+
+    The jobs keep running on the cluster if this process dies; wait for them (squeue) before
+    relaunching the sweep, since a relaunch restarts any job that is not done.
+    """
+    import submitit
+
+    opts = ctx.slurm
+    executor = submitit.AutoExecutor(folder=str(ctx.log_dir / "%j"), cluster="slurm")
+    params: dict[str, Any] = {
+        "name": "drecycle", "timeout_min": int(opts.time_min), "cpus_per_task": int(opts.cpus_per_task),
+        "slurm_array_parallelism": int(opts.array_parallelism), "slurm_partition": opts.partition,
+    }
+    if opts.mem_gb is not None:
+        params["mem_gb"] = opts.mem_gb
+    if opts.gpus_per_node:
+        params["gpus_per_node"] = int(opts.gpus_per_node)
+    executor.update_parameters(**params)
+    n = len(jobs)
+    try:
+        submitted = executor.map_array(run_job, [job.args for job in jobs], [opts.cpus_per_task] * n,
+                                       [False] * n, [ctx.force] * n)
+    except Exception as error:  # sbatch refused (bad partition, memory above the node's, no slurmctld)
+        message = str(error).strip().splitlines()
+        raise UserError(f"Slurm refused the job array: {message[-1] if message else error}") from None
+    ctx.progress.write(f"submitted Slurm job array {submitted[0].job_id.split('_')[0]} ({n} tasks); "
+                       f"logs in {ctx.log_dir}")
+    pending = dict(zip(submitted, jobs, strict=True))
+    outcomes: dict[str, JobOutcome] = {}
+    try:
+        _wait_submitit(pending, ctx, opts.poll_s, outcomes)
+    except KeyboardInterrupt:
+        ctx.progress.write("interrupted: cancelling the Slurm jobs still pending")
+        _cancel_all(list(pending))
+        raise
+    return [outcomes[job.job_id] for job in jobs]
+
+
+# --------------------------------------------------------------------------------------- API
+
+
+def default_log_dir(jobs: Sequence[Job]) -> Path:
+    """Where submitit keeps its pickles and logs: `.submitit` inside the first job's sweep folder."""
+    return jobs[0].output_dir.parent / ".submitit"
+
+
+def launch(
+    jobs: Sequence[Job],
+    launcher: str = "pool",
+    n_workers: int | None = None,
+    slurm: SlurmOptions | None = None,
+    skip_done: bool = True,
+    *,
+    log_dir: str | Path | None = None,
+    progress: bool = True,
+) -> LaunchReport:
+    """Run `jobs` with the named launcher and report what happened to each.
+
+    Args:
+        launcher: "pool" (default; local processes), "inprocess" (sequential, exceptions propagate),
+            "submitit_local" or "slurm" (a submitit job array; see `SlurmOptions`).
+        n_workers: parallel processes for "pool" and "submitit_local" (default: one per core);
+            each gets cores // n_workers torch threads.
+        slurm: resources for "slurm" (its `time_min` is also submitit_local's timeout).
+        skip_done: jobs already done are reported "skipped" without being sent to a worker; with
+            False they are wiped and trained again. Incomplete jobs always start afresh.
+        log_dir: submitit's folder (default `<sweep folder>/.submitit`).
+        progress: show a tqdm bar over jobs (stderr).
+    Failed jobs do not stop the others (except with "inprocess"): check `report.ok` / `report.failed`.
+    """
+    from tqdm import tqdm
+
+    launch_fn = LAUNCHERS.get(launcher)
+    if n_workers is not None and n_workers < 1:
+        raise UserError(f"n_workers must be >= 1, got {n_workers}")
+    start = time.time()
+    jobs = list(jobs)
+    outcomes: dict[str, JobOutcome] = {}
+    to_run: dict[str, Job] = {}  # a job listed twice runs once
+    for job in jobs:
+        if skip_done and job_state(job) == DONE:
+            outcomes[job.job_id] = JobOutcome(job.job_id, str(job.output_dir), SKIPPED)
+        else:
+            to_run.setdefault(job.job_id, job)
+    if to_run:
+        with tqdm(total=len(to_run), desc=f"jobs ({launcher})", unit="job", file=sys.stderr,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            ctx = LaunchContext(n_workers, slurm or SlurmOptions(), not skip_done,
+                                Path(log_dir) if log_dir else default_log_dir(list(to_run.values())), bar)
+            for outcome in launch_fn(list(to_run.values()), ctx):
+                outcomes[outcome.job_id] = outcome
+    return LaunchReport(launcher, [outcomes[job.job_id] for job in jobs], time.time() - start)
