@@ -1,0 +1,150 @@
+"""`drecycle sweep launch|delete_incomplete|status`: DomainBed's sweep command, plus spec files.
+
+The sweep is described either by DomainBed's flags or by `--spec sweeps/NAME.toml`; flags given
+next to `--spec` override the file's keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from domainbed_recycle.errors import UserError
+
+HELP = "Launch a sweep of training runs, delete its incomplete runs, or show its status."
+
+ACTIONS = ("launch", "delete_incomplete", "status")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Every default is None so that a flag left out does not override the spec file's key.
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("--spec", default=None, help="sweep spec file (TOML or JSON, see sweeps/)")
+    parser.add_argument("--datasets", nargs="+", default=None)
+    parser.add_argument("--algorithms", nargs="+", default=None, help="default: ERM")
+    parser.add_argument("--test_envs", type=int, nargs="+", default=None,
+                        help="domains that may be held out (default: all)")
+    parser.add_argument("--single_test_envs", action="store_true", default=None,
+                        help="only one test domain per run (default: singles and pairs)")
+    parser.add_argument("--n_hparams", type=int, default=None, help="hparams seeds per cell (default 1)")
+    parser.add_argument("--n_hparams_from", type=int, default=None, help="first hparams seed (default 0)")
+    parser.add_argument("--n_trials", type=int, default=None, help="trial seeds (default 1)")
+    parser.add_argument("--steps", type=int, default=None, help="default: each dataset's N_STEPS")
+    parser.add_argument("--checkpoint_freq", type=int, default=None)
+    parser.add_argument("--holdout_fraction", type=float, default=None)
+    parser.add_argument("--hparams", default=None, help="JSON object of hyper-parameter overrides")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--output_dir", default=None, help="sweep folder (one sub-folder per run)")
+    parser.add_argument("--skip_confirmation", action="store_true")
+    parser.add_argument("--dry_run", action="store_true", help="print the jobs and their state, run nothing")
+    parser.add_argument("--launcher", default=None,
+                        help="inprocess | pool (default) | submitit_local | slurm")
+    parser.add_argument("--n_workers", type=int, default=None, help="parallel jobs (default: one per core)")
+    parser.add_argument("--rerun_done", action="store_true", help="wipe and train again jobs already done")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    slurm = parser.add_argument_group("Slurm (--launcher slurm)")
+    slurm.add_argument("--slurm_partition", default=None)
+    slurm.add_argument("--slurm_time_min", type=int, default=None, help="time limit per job (default 60)")
+    slurm.add_argument("--slurm_mem_gb", type=float, default=None, help="memory per job (default: not asked)")
+    slurm.add_argument("--slurm_cpus_per_task", type=int, default=None, help="also torch threads (default 1)")
+    slurm.add_argument("--slurm_gpus_per_node", type=int, default=None)
+    slurm.add_argument("--slurm_array_parallelism", type=int, default=None, help="tasks running at once")
+
+
+def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec keys the flags set (None: not given)."""
+    hparams = None
+    if args.hparams is not None:
+        try:
+            hparams = json.loads(args.hparams)
+        except json.JSONDecodeError as error:
+            raise UserError(f"--hparams is not valid JSON ({error.msg}): {args.hparams}") from None
+        if not isinstance(hparams, dict):
+            raise UserError(f"--hparams must be a JSON object, got: {args.hparams}")
+    slurm = {key: getattr(args, f"slurm_{key}") for key in
+             ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism")}
+    return {
+        "datasets": args.datasets, "algorithms": args.algorithms, "test_envs": args.test_envs,
+        "single_test_envs": args.single_test_envs, "n_hparams": args.n_hparams,
+        "n_hparams_from": args.n_hparams_from, "n_trials": args.n_trials, "steps": args.steps,
+        "checkpoint_freq": args.checkpoint_freq, "holdout_fraction": args.holdout_fraction,
+        "hparams": hparams, "data_dir": args.data_dir, "output_dir": args.output_dir,
+        "launcher": args.launcher, "n_workers": args.n_workers,
+        "slurm": {key: value for key, value in slurm.items() if value is not None} or None,
+    }
+
+
+def _confirm(question: str) -> bool:
+    """Ask y/n on stdin; a closed stdin (CI, nohup) is a UserError asking for --skip_confirmation."""
+    try:
+        answer = input(f"{question} (y/n) ")
+    except EOFError:
+        print()
+        raise UserError("no answer on stdin (not interactive): pass --skip_confirmation to proceed") from None
+    return answer.strip().lower() in ("y", "yes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from domainbed_recycle import sweep
+
+    values = _spec_values(args)
+    if args.spec:
+        spec = sweep.load_spec(args.spec, values)
+    else:
+        spec = sweep.spec_from_dict({k: v for k, v in values.items() if v is not None}, source="sweep flags")
+    jobs = spec.jobs()
+    counts = sweep.status(jobs)
+
+    if args.action == "status" or args.dry_run:
+        if args.dry_run:
+            for job in jobs:
+                print(f"{job.job_id}  {sweep.job_state(job):<12}  {job.describe()}")
+            print(f"{len(jobs)} jobs in {spec.output_dir} (dry run: nothing {_verb(args.action)})")
+        if args.action == "status":
+            print(sweep.format_status(counts))
+        return 0
+
+    if args.action == "delete_incomplete":
+        incomplete = [job for job in jobs if sweep.job_state(job) == sweep.INCOMPLETE]
+        print(f"{len(incomplete)} incomplete job(s) of {len(jobs)} in {spec.output_dir}")
+        if not incomplete:
+            return 0
+        if not args.skip_confirmation and not _confirm(f"Delete the folders of {len(incomplete)} job(s)?"):
+            print("Nothing deleted.")
+            return 0
+        deleted = sweep.delete_incomplete(incomplete)
+        print(f"deleted {len(deleted)} incomplete job folder(s)")
+        return 0
+
+    return _launch(args, spec, jobs)
+
+
+def _verb(action: str) -> str:
+    return {"launch": "launched", "delete_incomplete": "deleted", "status": "changed"}[action]
+
+
+def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
+    from domainbed_recycle import sweep
+    from domainbed_recycle.launchers import SlurmOptions, launch
+
+    states = [sweep.job_state(job) for job in jobs]
+    n_done = states.count(sweep.DONE)
+    n_todo = len(jobs) - (0 if args.rerun_done else n_done)
+    print(f"{len(jobs)} jobs in {spec.output_dir}: {n_done} done, "
+          f"{states.count(sweep.INCOMPLETE)} incomplete (restarted from scratch), "
+          f"{states.count(sweep.NOT_LAUNCHED)} not launched")
+    if n_todo == 0:
+        print("Nothing to launch.")
+        return 0
+    slurm = SlurmOptions.from_dict(dict(spec.slurm))
+    where = f"launcher {spec.launcher}" + (f", {spec.n_workers} workers" if spec.n_workers else "")
+    if not args.skip_confirmation and not _confirm(f"Launch {n_todo} jobs ({where})?"):
+        print("Nevermind!")
+        return 0
+    report = launch(jobs, launcher=spec.launcher, n_workers=spec.n_workers, slurm=slurm,
+                    skip_done=not args.rerun_done, progress=not args.no_progress)
+    print(report.summary())
+    sys.stdout.flush()
+    return 1 if report.failed else 0
