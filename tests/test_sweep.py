@@ -1,0 +1,244 @@
+"""Sweeps: job ids, DomainBed's job list, states, spec validation, and real launches (pool, resume
+after SIGKILL, failures that do not stop the others)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from domainbed_recycle import cli, sweep
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.launchers import JobOutcome, LaunchReport, launch, threads_per_worker
+from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.sweep import Job, jobs_from_configs, make_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"cnn_width": 8}  # a narrower CNN: each 20-step run takes a few seconds on 2 cores
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------ job lists
+
+
+def test_job_ids_are_stable_and_ignore_where_and_how_a_job_runs(tmp_path):
+    jobs = make_jobs(["ColoredMNIST"], ["ERM"], None, 1, 1, 20, None, tmp_path, checkpoint_freq=10)
+    # Pinned: a change here renames every run folder, so old sweeps would be re-run.
+    assert jobs[0].job_id == "0ea16ff5328584ef2a8c494839e89a23"
+    assert jobs[0].args["test_envs"] == [0] and jobs[0].output_dir == tmp_path / jobs[0].job_id
+    same = Job(jobs[0].args | {"output_dir": "/elsewhere", "threads": 3, "progress": False, "init": None},
+               tmp_path / "other")
+    assert same.job_id == jobs[0].job_id and same.output_dir == tmp_path / "other" / same.job_id
+    assert "threads" not in same.args and "init" not in same.args
+    changed = Job(jobs[0].args | {"steps": 21}, tmp_path)
+    assert changed.job_id != jobs[0].job_id
+
+
+def test_make_jobs_follows_domainbed(tmp_path):
+    jobs = make_jobs(["ColoredMNIST", "RotatedMNIST"], ["ERM", "CORAL"], None, n_hparams=2, n_trials=2,
+                     steps=5, data_dir=None, output_dir=tmp_path, hparams_from=3)
+    colored = [j for j in jobs if j.args["dataset"] == "ColoredMNIST"]
+    rotated = [j for j in jobs if j.args["dataset"] == "RotatedMNIST"]
+    # 3 domains: 3 singles + 3 pairs; 6 domains: 6 + 15; x 2 algorithms x 2 hparams x 2 trials.
+    assert len(colored) == 6 * 8 and len(rotated) == 21 * 8
+    assert len({j.job_id for j in jobs}) == len(jobs)
+    combos = [j.args["test_envs"] for j in colored if j.args["algorithm"] == "ERM"
+              and j.args["hparams_seed"] == 3 and j.args["trial_seed"] == 0]
+    assert combos == [[0], [0, 1], [0, 2], [1], [1, 2], [2]]
+    assert {j.args["hparams_seed"] for j in jobs} == {3, 4}
+    assert {j.args["trial_seed"] for j in jobs} == {0, 1}
+    for job in jobs[:10]:
+        a = job.args
+        assert a["seed"] == seed_hash(a["dataset"], a["algorithm"], a["test_envs"], a["hparams_seed"],
+                                      a["trial_seed"])
+    singles = make_jobs(["ColoredMNIST"], ["ERM"], None, 1, 1, 5, None, tmp_path, single_test_envs=True)
+    assert [j.args["test_envs"] for j in singles] == [[0], [1], [2]]
+    assert sweep.test_env_combinations(0, candidates=[2, 0]) == [[0], [0, 2], [2]]
+
+
+def test_make_jobs_rejects_a_test_domain_the_dataset_lacks(tmp_path):
+    with pytest.raises(UserError, match="test env 3 out of range: ColoredMNIST has 3 domains"):
+        make_jobs(["ColoredMNIST"], ["ERM"], [[0], [3]], 1, 1, 5, None, tmp_path)
+
+
+def test_jobs_from_configs_keeps_extra_keys_dedups_and_rejects_unknown_keys(tmp_path):
+    config = {"dataset": "ColoredMNIST", "init_featurizer": "/a.safetensors", "linear_probe": True,
+              "strategy": "Ratatouille", "init_label": "aux:Glyphs", "output_dir": "ignored"}
+    jobs = jobs_from_configs([config, dict(config), config | {"init_label": "aux:Textures"}], tmp_path)
+    assert len(jobs) == 2 and jobs[0].args["init_featurizer"] == "/a.safetensors"
+    assert jobs[0].output_dir.parent == tmp_path
+    with pytest.raises(UserError, match="unknown key.*init_featurzer"):
+        jobs_from_configs([{"dataset": "ColoredMNIST", "init_featurzer": "x"}], tmp_path)
+
+
+def test_status_and_delete_incomplete(tmp_path):
+    jobs = make_jobs(["ColoredMNIST"], ["ERM"], None, 1, 1, 5, None, tmp_path)  # 6 jobs
+    jobs[0].output_dir.mkdir()
+    (jobs[0].output_dir / "done").write_text("done\n")
+    for job in jobs[1:3]:
+        job.output_dir.mkdir()
+        (job.output_dir / "results.jsonl").write_text("{}\n")
+    counts = sweep.status(jobs)[("ColoredMNIST", "ERM")]
+    assert (counts["done"], counts["incomplete"], counts["not_launched"]) == (1, 2, 3)
+    table = sweep.format_status(sweep.status(jobs))
+    assert "ColoredMNIST" in table and "not launched" in table
+    assert sweep.delete_incomplete(jobs) == jobs[1:3]
+    assert [sweep.job_state(j) for j in jobs[:3]] == ["done", "not_launched", "not_launched"]
+
+
+# ------------------------------------------------------------------------------------ spec and CLI
+
+
+def test_builtin_spec_is_valid():
+    spec = sweep.load_spec(REPO / "sweeps" / "builtin_erm.toml", {"output_dir": "/tmp/x", "steps": 7})
+    jobs = spec.jobs()
+    assert len(jobs) == 3 + 6 + 5 and {j.args["steps"] for j in jobs} == {7}
+    assert spec.slurm["partition"] == "debug"
+
+
+def test_spec_test_envs_forms(tmp_path):
+    base = {"datasets": ["ColoredMNIST"], "output_dir": str(tmp_path)}
+    def test_envs(value):
+        return [j.args["test_envs"] for j in sweep.spec_from_dict(base | {"test_envs": value}).jobs()]
+
+    assert test_envs([0, 2]) == [[0], [0, 2], [2]]
+    assert test_envs([[1, 2]]) == [[1, 2]]
+    with pytest.raises(UserError, match="test_envs must be"):
+        sweep.spec_from_dict(base | {"test_envs": "0"})
+
+
+def test_bad_spec_key_exits_2_with_one_line(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('datasets = ["ColoredMNIST", "NoSuchData"]\nbogus_key = 1\n')
+    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "status", "--spec", str(spec)]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "unknown key(s) bogus_key" in result.stderr
+    spec.write_text('datasets = ["ColoredMNIST", "NoSuchData"]\nalgorithms = ["ERM", "Nope"]\n')
+    with pytest.raises(UserError, match="unknown dataset.*NoSuchData.*unknown algorithm.*Nope"):
+        sweep.load_spec(spec, {"output_dir": str(tmp_path)})
+
+
+def _sweep_argv(action, out, *extra):
+    return ["sweep", action, "--datasets", "ColoredMNIST", "--test_envs", "0", "1", "--single_test_envs",
+            "--steps", "20", "--checkpoint_freq", "10", "--hparams", json.dumps(SMALL),
+            "--output_dir", str(out), *extra]
+
+
+def test_launch_without_confirmation_on_closed_stdin_is_refused(tmp_path, monkeypatch, capsys):
+    def closed(prompt=""):
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", closed)
+    assert cli.main(_sweep_argv("launch", tmp_path)) == 2
+    assert "--skip_confirmation" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_lists_jobs_and_runs_nothing(tmp_path, capsys):
+    assert cli.main(_sweep_argv("launch", tmp_path, "--dry_run")) == 0
+    out = capsys.readouterr().out
+    assert out.count("not_launched") == 2 and "2 jobs" in out and not any(tmp_path.iterdir())
+
+
+def test_cli_exit_status_is_1_when_a_job_failed(tmp_path, monkeypatch, capsys):
+    def fake_launch(jobs, **kwargs):
+        outcomes = [JobOutcome(j.job_id, str(j.output_dir), "done") for j in jobs]
+        outcomes[0].status, outcomes[0].error = "failed", "ValueError: boom"
+        return LaunchReport("pool", outcomes)
+
+    monkeypatch.setattr("domainbed_recycle.launchers.launch", fake_launch)
+    assert cli.main(_sweep_argv("launch", tmp_path, "--skip_confirmation")) == 1
+    assert "1 failed" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ real launches
+
+
+def test_inprocess_launcher_lets_exceptions_propagate(tmp_path):
+    bad = jobs_from_configs([{"dataset": "ColoredMNIST", "test_envs": [7], "steps": 5}], tmp_path)
+    with pytest.raises(UserError, match="out of range"):
+        launch(bad, "inprocess", progress=False)
+    assert "Traceback" in (bad[0].output_dir / "err.txt").read_text()
+
+
+def test_pool_runs_jobs_records_failures_and_skips_done(tmp_path):
+    good = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 20, None, tmp_path, checkpoint_freq=10,
+                     hparams=SMALL)
+    bad = jobs_from_configs([{"dataset": "ColoredMNIST", "test_envs": [7], "steps": 20}], tmp_path)
+    report = launch(good + bad, "pool", n_workers=2, progress=False)
+
+    assert (report.n_ran, report.n_skipped, len(report.failed)) == (2, 0, 1)
+    assert report.failed[0].job_id == bad[0].job_id and "out of range" in report.failed[0].error
+    assert "Traceback" in (bad[0].output_dir / "err.txt").read_text()
+    for job in good:
+        assert sweep.job_state(job) == "done" and _steps(job.output_dir) == [10, 20]
+        record = json.loads((job.output_dir / "results.jsonl").read_text().splitlines()[-1])
+        assert record["threads"] == threads_per_worker(2)  # cores // workers, set before torch started
+        assert f"job {job.job_id}" in (job.output_dir / "out.txt").read_text()
+    counts = sweep.status(good + bad)[("ColoredMNIST", "ERM")]
+    assert (counts["done"], counts["incomplete"]) == (2, 1)
+
+    before = {j.job_id: (j.output_dir / "results.jsonl").stat().st_mtime_ns for j in good}
+    start = time.time()
+    again = launch(good, "pool", n_workers=2, progress=False)
+    assert again.n_skipped == 2 and again.ok and time.time() - start < 5  # no worker was even started
+    assert before == {j.job_id: (j.output_dir / "results.jsonl").stat().st_mtime_ns for j in good}
+
+    assert sweep.delete_incomplete(good + bad) == bad
+    assert sweep.job_state(bad[0]) == "not_launched"
+
+
+def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path):
+    """Kill a pool sweep (the CLI and its workers) mid-way, relaunch it, and check every run."""
+    out = tmp_path / "sweep"
+    steps, freq = 40, 10
+    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredMNIST",
+            "--test_envs", "0", "1", "--single_test_envs", "--n_hparams", "2", "--steps", str(steps),
+            "--checkpoint_freq", str(freq), "--hparams", json.dumps(SMALL), "--output_dir", str(out),
+            "--n_workers", "2", "--skip_confirmation", "--no_progress"]
+    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 2, 1, steps, None, out, checkpoint_freq=freq,
+                     hparams=SMALL)
+    assert len(jobs) == 4
+
+    def started(job: Job) -> bool:
+        path = job.output_dir / "results.jsonl"
+        return path.exists() and path.stat().st_size > 0
+
+    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None:
+            states = [sweep.job_state(j) for j in jobs]
+            running = [j for j, s in zip(jobs, states, strict=True) if s == "incomplete" and started(j)]
+            if "done" in states and running:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"sweep ended before it could be killed:\n{proc.stdout.read()}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    killed_states = [sweep.job_state(j) for j in jobs]
+    assert "done" in killed_states and "incomplete" in killed_states
+    done_before = {j.job_id: (j.output_dir / "results.jsonl").read_bytes()
+                   for j, s in zip(jobs, killed_states, strict=True) if s == "done"}
+
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(done_before)} already done, 0 failed" in result.stdout
+    expected = list(range(freq, steps + 1, freq))
+    for job in jobs:
+        assert sweep.job_state(job) == "done"
+        assert _steps(job.output_dir) == expected  # strictly increasing, unique, none lost
+    for job_id, content in done_before.items():  # finished runs were not touched
+        assert (out / job_id / "results.jsonl").read_bytes() == content
