@@ -159,28 +159,38 @@ def averages_table(
     return ResultTable(title, selection, None, mean, se, n)
 
 
-def selection_tables(
-    records: pd.DataFrame,
-    selected: pd.DataFrame,
-    method: str,
-    algorithms: list[str] | None = None,
-    datasets: list[str] | None = None,
-    strict: bool = False,
-) -> list[ResultTable]:
-    """The per-dataset tables then the Averages table of one method (`selected` = its choice).
+@dataclass(frozen=True)
+class Layout:
+    """Rows and columns of the tables: algorithms, datasets and each dataset's domain names."""
 
-    Rows/columns default to every algorithm/dataset of `records` (DomainBed's order first), so an
-    algorithm without any selectable run still gets a row of X.
-    """
+    algorithms: list[str]
+    datasets: list[str]
+    environments: dict[str, tuple[str, ...]]
+
+
+def table_layout(
+    records: pd.DataFrame, algorithms: list[str] | None = None, datasets: list[str] | None = None
+) -> Layout:
+    """Every algorithm and dataset of `records` (DomainBed's order first, then sorted) unless given,
+    so that an algorithm without any selectable run still gets its row of X."""
+    if algorithms is None:
+        algorithms = order_names(records["algorithm"].unique(), DOMAINBED_ALGORITHMS)
+    if datasets is None:
+        datasets = order_names(records["dataset"].unique(), DOMAINBED_DATASETS)
+    return Layout(list(algorithms), list(datasets), {d: environment_names(records, d) for d in datasets})
+
+
+def selection_tables(
+    selected: pd.DataFrame, method: str, layout: Layout, strict: bool = False
+) -> list[ResultTable]:
+    """The per-dataset tables then the Averages table of one method (`selected` = its choice)."""
     name = get_method(method).name
-    algorithms = (
-        algorithms if algorithms is not None else order_names(records["algorithm"], DOMAINBED_ALGORITHMS)
-    )
-    datasets = datasets if datasets is not None else order_names(records["dataset"], DOMAINBED_DATASETS)
-    environments = {dataset: environment_names(records, dataset) for dataset in datasets}
-    tables = [dataset_table(selected, d, environments[d], algorithms, name, method) for d in datasets]
-    n_domains = {d: len(envs) for d, envs in environments.items()} if strict else None
-    tables.append(averages_table(selected, datasets, algorithms, name, method, n_domains))
+    tables = [
+        dataset_table(selected, d, layout.environments[d], layout.algorithms, name, method)
+        for d in layout.datasets
+    ]
+    n_domains = {d: len(envs) for d, envs in layout.environments.items()} if strict else None
+    tables.append(averages_table(selected, layout.datasets, layout.algorithms, name, method, n_domains))
     return tables
 
 
@@ -192,12 +202,15 @@ def collect(
     strict: bool = False,
     report: LoadReport | None = None,
 ) -> CollectResult:
-    """Run each selection method on `records` and build all its tables (DomainBed's print order)."""
+    """Run each selection method on `records` and build all its tables (DomainBed's print order).
+
+    `algorithms` / `datasets` fix the rows / columns (default: all of `records`); `strict` see
+    `trial_averages`.
+    """
+    layout = table_layout(records, algorithms, datasets)
     selected = {method: get_method(method).select(records) for method in methods}
     tables = [
-        table
-        for method in methods
-        for table in selection_tables(records, selected[method], method, algorithms, datasets, strict)
+        table for method in methods for table in selection_tables(selected[method], method, layout, strict)
     ]
     return CollectResult(len(records), selected, tables, report)
 

@@ -12,11 +12,15 @@ No torch here: the collector must start fast.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Any
 
 import numpy as np
@@ -104,82 +108,116 @@ class LoadReport:
         }
 
 
-def find_results_files(input_dir: str | os.PathLike) -> list[Path]:
-    """`results.jsonl` of the folder itself and of each sub-folder, sub-folders sorted by name."""
-    root = Path(input_dir)
-    found = [root / RESULTS_FILE] if (root / RESULTS_FILE).is_file() else []
+def run_folders(input_dir: str | os.PathLike) -> list[str]:
+    """The folders whose `results.jsonl` the collector reads: `input_dir` itself, then each
+    sub-folder sorted by name (paths as strings; whether they hold a results file is not checked)."""
+    root = os.fspath(input_dir)
     with os.scandir(root) as entries:
         names = sorted(entry.name for entry in entries if entry.is_dir())
-    for name in names:
-        path = root / name / RESULTS_FILE
-        if path.is_file():
-            found.append(path)
-    return found
+    return [root] + [os.path.join(root, name) for name in names]
 
 
-def parse_lines(text: str) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+def parse_lines(text: str) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
     """Parse the text of a `results.jsonl`.
 
-    Returns (records as (line number, dict)), (problems as (line number, kind)). Blank lines are
-    ignored; a last line without its newline that does not parse is `truncated_line`.
+    Returns (records, their 1-based line numbers, problems as (line number, kind)). Blank lines
+    are ignored; a last line without its newline that does not parse is `truncated_line`.
     """
+    if text.endswith("\n") and "\n\n" not in text and not text.startswith("\n"):
+        body = text[:-1]
+        try:  # fast path: the whole file in one call
+            parsed = json.loads("[" + body.replace("\n", ",") + "]")
+            if len(parsed) == body.count("\n") + 1 and all(type(p) is dict for p in parsed):
+                return parsed, list(range(1, len(parsed) + 1)), []
+        except ValueError:
+            pass
     lines = text.split("\n")
     complete = text.endswith("\n")
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    try:  # fast path: the whole file in one call
-        parsed = json.loads("[" + ",".join(line for _, line in numbered) + "]")
-        if len(parsed) == len(numbered) and all(isinstance(p, dict) for p in parsed):
-            return [(n, p) for (n, _), p in zip(numbered, parsed, strict=True)], []
-    except ValueError:
-        pass
-    records, problems = [], []
-    last = len(lines)
-    for number, line in numbered:
+    records, numbers, problems = [], [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             value = json.loads(line)
         except ValueError:
-            truncated = number == last and not complete
+            truncated = number == len(lines) and not complete
             problems.append((number, "truncated_line" if truncated else "bad_json"))
             continue
         if isinstance(value, dict):
-            records.append((number, value))
+            records.append(value)
+            numbers.append(number)
         else:
             problems.append((number, "bad_json"))
-    return records, problems
+    return records, numbers, problems
 
 
 def _valid_test_envs(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, (list, tuple)) or not value:
+    if not isinstance(value, tuple) or not value:
         return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+    if not all(type(v) is int and v >= 0 for v in value):
         return None
-    return tuple(value)
-
-
-def _valid_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _valid_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return value
 
 
 def _valid_names(value: Any) -> tuple[str, ...] | None:
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return tuple(value)
+    if isinstance(value, tuple) and value and all(type(v) is str for v in value):
+        return value
     return None
 
 
-def _acc_matrix(frame: pd.DataFrame, split: str, width: int) -> np.ndarray:
-    """(n_records, width) float matrix of `env{i}_{split}_acc`, NaN where absent or not a number."""
-    columns = []
-    for i in range(width):
-        key = f"env{i}_{split}_acc"
-        if key in frame:
-            columns.append(pd.to_numeric(frame[key], errors="coerce").to_numpy(dtype=float))
-        else:
-            columns.append(np.full(len(frame), np.nan))
-    return np.column_stack(columns) if columns else np.empty((len(frame), 0))
+def _tuples(values: list[Any], check: Callable[[Any], Any]) -> list[Any]:
+    """Lists turned into tuples and checked with `check` (once per distinct value); else None."""
+    as_tuples = [tuple(v) if type(v) in (list, tuple) else None for v in values]
+    try:
+        verdicts = {v: check(v) for v in set(as_tuples)}
+    except TypeError:  # unhashable items (nested lists, dicts): check each one
+        return [check(v) for v in as_tuples]
+    return list(map(verdicts.__getitem__, as_tuples))
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """Floats, NaN where a value is missing or not a number."""
+    try:
+        return np.array(values, dtype=float)
+    except (TypeError, ValueError):
+        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)
+
+
+def _columns(dicts: list[dict], keys: list[str]) -> list[list[Any]]:
+    """`[[d.get(key) for d in dicts] for key in keys]`, in one pass over `dicts` when every dict
+    has every key (the usual case: it is several times faster on a large sweep)."""
+    if not keys:
+        return []
+    try:
+        rows = list(map(itemgetter(*keys), dicts))
+    except (KeyError, TypeError):
+        return [[d.get(key) if type(d) is dict else None for d in dicts] for key in keys]
+    if len(keys) == 1:
+        return [rows]
+    if not rows:
+        return [[] for _ in keys]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _numeric_matrix(dicts: list[dict], keys: list[str]) -> np.ndarray:
+    """(len(dicts), len(keys)) floats, NaN where a key is missing or not a number."""
+    if not keys:
+        return np.empty((len(dicts), 0))
+    try:
+        return np.array(list(map(itemgetter(*keys), dicts)), dtype=float).reshape(len(dicts), len(keys))
+    except (KeyError, TypeError, ValueError):
+        return np.column_stack([_numbers([d.get(key) for d in dicts]) for key in keys])
+
+
+def _n_acc_domains(records: list[dict]) -> int:
+    """1 + the largest i such that some record has `env{i}_in_acc` or `env{i}_out_acc`
+    (assuming no gaps)."""
+    width = 0
+    while any(map(contains, records, repeat(f"env{width}_out_acc"))) or any(
+        map(contains, records, repeat(f"env{width}_in_acc"))
+    ):
+        width += 1
+    return width
 
 
 def flatten_records(records: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -191,57 +229,75 @@ def flatten_records(records: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
     domain i. The number of domains is `len(args["environments"])` when the record has it, else
     the count of DomainBed's dataset, else the number of consecutive `env{i}_out_acc` keys.
     """
-    raw = pd.DataFrame.from_records(records) if records else pd.DataFrame(index=range(0))
-    n = len(raw)
-    args = [a if isinstance(a, dict) else {} for a in raw.get("args", pd.Series([None] * n))]
-    out = pd.DataFrame(
-        {
-            "dataset": [_valid_str(a.get("dataset")) for a in args],
-            "algorithm": [_valid_str(a.get("algorithm")) for a in args],
-            "test_envs": [_valid_test_envs(a.get("test_envs")) for a in args],
-            "hparams_seed": [_valid_int(a.get("hparams_seed")) for a in args],
-            "trial_seed": [_valid_int(a.get("trial_seed")) for a in args],
-            "environments": [_valid_names(a.get("environments")) for a in args],
-        },
-        index=raw.index,
-    )
-    step = (
-        pd.to_numeric(raw["step"], errors="coerce") if "step" in raw else pd.Series(np.nan, index=raw.index)
-    )
-    indices = [int(m.group(1)) for m in map(_ACC_KEY.match, raw.columns) if m]
-    width = max(indices) + 1 if indices else 0
-    acc_in = _acc_matrix(raw, "in", width)
-    acc_out = _acc_matrix(raw, "out", width)
+    n = len(records)
+    (args,) = _columns(records, ["args"])
+    args = [a if type(a) is dict else {} for a in args]
+    datasets, algorithms, test_envs, hparams_seeds, trial_seeds = _columns(args, list(REQUIRED_ARGS))
+    datasets = [d if type(d) is str and d else None for d in datasets]
+    algorithms = [d if type(d) is str and d else None for d in algorithms]
+    hparams_seeds = [v if type(v) is int else None for v in hparams_seeds]
+    trial_seeds = [v if type(v) is int else None for v in trial_seeds]
+    test_envs = _tuples(test_envs, _valid_test_envs)
+    environments = _tuples([a.get("environments") for a in args], _valid_names)
+
+    width = _n_acc_domains(records)
+    acc_keys = [f"env{i}_{split}_acc" for i in range(width) for split in ("in", "out")]
+    numbers = _numeric_matrix(records, ["step", *acc_keys])
+    step, acc_in, acc_out = numbers[:, 0], numbers[:, 1::2], numbers[:, 2::2]
 
     consecutive = np.cumprod(~np.isnan(acc_out), axis=1).sum(axis=1) if width else np.zeros(n, int)
-    known = out["dataset"].map(lambda d: len(DOMAINBED_ENVIRONMENTS.get(d, ())))
-    named = out["environments"].map(lambda e: len(e) if e else 0)
+    known = np.array([len(DOMAINBED_ENVIRONMENTS.get(d, ())) for d in datasets], dtype=int)
+    named = np.array([len(e) if e else 0 for e in environments], dtype=int)
     n_envs = np.where(named > 0, named, np.where(known > 0, known, consecutive)).astype(int)
+    shape = {t: (len(t), max(t)) if t else (0, -1) for t in set(test_envs)}
+    n_test_envs, max_test_env = np.array([shape[t] for t in test_envs], dtype=int).reshape(n, 2).T
 
-    columns = np.arange(width)
-    needed = columns[None, :] < n_envs[:, None]
-    accs_ok = ~((np.isnan(acc_in) | np.isnan(acc_out)) & needed).any(axis=1) & (n_envs > 0)
-    accs_ok &= n_envs <= width
-    max_test_env = out["test_envs"].map(lambda t: max(t) if t else -1).to_numpy()
-
-    valid = (
-        out[["dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed"]]
-        .notna()
-        .all(axis=1)
-        .to_numpy()
-        & step.notna().to_numpy()
-        & accs_ok
-        & (max_test_env < n_envs)
+    needed = np.arange(width)[None, :] < n_envs[:, None]
+    accs_ok = (
+        ~((np.isnan(acc_in) | np.isnan(acc_out)) & needed).any(axis=1) & (n_envs > 0) & (n_envs <= width)
     )
-    out["n_test_envs"] = out["test_envs"].map(lambda t: len(t) if t else 0)
-    out["step"] = step
-    out["n_envs"] = n_envs
+    out = pd.DataFrame(
+        {
+            "dataset": pd.Series(datasets, dtype=object),
+            "algorithm": pd.Series(algorithms, dtype=object),
+            "test_envs": pd.Series(test_envs, dtype=object),
+            "hparams_seed": pd.Series(hparams_seeds, dtype=object),
+            "trial_seed": pd.Series(trial_seeds, dtype=object),
+            "environments": pd.Series(environments, dtype=object),
+            "n_test_envs": n_test_envs,
+            "step": step,
+            "n_envs": n_envs,
+        }
+    )
+    present = out[["dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed"]].notna().all(axis=1)
+    valid = present.to_numpy() & ~np.isnan(step) & accs_ok & (max_test_env < n_envs)
     acc_in = np.where(needed, acc_in, np.nan)
     acc_out = np.where(needed, acc_out, np.nan)
+    accs = {}
     for i in range(width):
-        out[f"env{i}_in_acc"] = acc_in[:, i]
-        out[f"env{i}_out_acc"] = acc_out[:, i]
-    return out, valid
+        accs[f"env{i}_in_acc"] = acc_in[:, i]
+        accs[f"env{i}_out_acc"] = acc_out[:, i]
+    return pd.concat([out, pd.DataFrame(accs, index=out.index)], axis=1), valid
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: parsing builds millions of small objects, and
+    the collections it triggers over them would take a good part of the loading time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _int_if_integral(values: pd.Series) -> pd.Series:
+    array = values.to_numpy(dtype=float)
+    if len(array) and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+        return values.astype("int64")
+    return values
 
 
 def load_records(input_dir: str | os.PathLike, only_done: bool = False) -> tuple[pd.DataFrame, LoadReport]:
@@ -253,48 +309,66 @@ def load_records(input_dir: str | os.PathLike, only_done: bool = False) -> tuple
     `env{i}_in_acc` / `env{i}_out_acc` (floats; NaN beyond a record's domains). Raises
     FileNotFoundError / NotADirectoryError when `input_dir` is not a folder.
     """
-    root = Path(input_dir)
-    if not root.exists():
-        raise FileNotFoundError(str(root))
-    if not root.is_dir():
-        raise NotADirectoryError(str(root))
-    report = LoadReport(input_dir=str(root))
+    root = os.fspath(input_dir)
+    if not os.path.exists(root):
+        raise FileNotFoundError(root)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(root)
+    with _gc_paused():
+        return _load(root, only_done)
+
+
+def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
+    report = LoadReport(input_dir=root)
     all_records: list[dict] = []
     run_dirs: list[str] = []
     line_numbers: list[int] = []
     done_flags: list[bool] = []
-    for path in find_results_files(root):
+    for folder in run_folders(root):
+        path = os.path.join(folder, RESULTS_FILE)
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except (FileNotFoundError, IsADirectoryError):
+            continue  # not a run folder
+        except OSError:
+            report.n_files += 1
+            report.add_problem("unreadable", path)
+            continue
         report.n_files += 1
-        run_dir = "." if path.parent == root else path.parent.name
-        done = (path.parent / DONE_FILE).exists()
+        done = os.path.exists(os.path.join(folder, DONE_FILE))
         report.n_runs_not_done += not done
         if only_done and not done:
             report.n_runs_excluded += 1
             continue
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            report.add_problem("unreadable", str(path))
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            report.add_problem("unreadable", path)
             continue
-        parsed, problems = parse_lines(text)
+        parsed, numbers, problems = parse_lines(text)
         for _, kind in problems:
-            report.add_problem(kind, str(path))
-        all_records.extend(record for _, record in parsed)
-        line_numbers.extend(number for number, _ in parsed)
+            report.add_problem(kind, path)
+        all_records.extend(parsed)
+        line_numbers.extend(numbers)
+        run_dir = "." if folder == root else os.path.basename(folder)
         run_dirs.extend([run_dir] * len(parsed))
         done_flags.extend([done] * len(parsed))
 
     frame, valid = flatten_records(all_records)
-    frame.insert(0, "run_dir", run_dirs)
+    frame.insert(0, "run_dir", pd.Series(run_dirs, dtype=object))
     frame.insert(1, "line", np.asarray(line_numbers, dtype=int))
     frame.insert(2, "done", np.asarray(done_flags, dtype=bool))
-    frame.insert(3, "order", np.arange(len(frame)))
     for k in np.flatnonzero(~valid):
-        report.add_problem("missing_keys", str(root / frame["run_dir"].iat[k] / RESULTS_FILE))
+        folder = root if run_dirs[k] == "." else os.path.join(root, run_dirs[k])
+        report.add_problem("missing_keys", os.path.join(folder, RESULTS_FILE))
     frame = frame[valid].reset_index(drop=True)
-    frame["order"] = np.arange(len(frame))
-    frame["hparams_seed"] = frame["hparams_seed"].astype("int64")
-    frame["trial_seed"] = frame["trial_seed"].astype("int64")
+    frame.insert(3, "order", np.arange(len(frame)))
+    for column in ("hparams_seed", "trial_seed"):
+        frame[column] = frame[column].astype("int64")
+    for column in ("run_dir", "dataset", "algorithm"):
+        frame[column] = frame[column].astype(str)
+    frame["step"] = _int_if_integral(frame["step"])
     report.n_records = len(frame)
     return frame, report
 
@@ -303,9 +377,9 @@ def environment_names(records: pd.DataFrame, dataset: str) -> tuple[str, ...]:
     """Domain names of `dataset`: from its records' `args["environments"]`, else DomainBed's
     names, else `env0`, `env1`, ... (as many as its records have)."""
     rows = records[records["dataset"] == dataset]
-    named = [e for e in rows["environments"] if e] if "environments" in rows else []
-    if named:
-        return named[0]
+    named = rows["environments"].dropna() if "environments" in rows else ()
+    if len(named):
+        return named.iat[0]
     if dataset in DOMAINBED_ENVIRONMENTS:
         return DOMAINBED_ENVIRONMENTS[dataset]
     n_envs = int(rows["n_envs"].max()) if len(rows) else 0

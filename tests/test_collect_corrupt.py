@@ -138,8 +138,23 @@ def test_results_file_in_the_folder_itself_is_read(tmp_path):
 
 def test_parse_lines_kinds():
     good = line(vlcs_record(0, 0))
-    records, problems = parse_lines(good + "\n\n" + "{oops\n" + good + '{"a": ')
-    assert [n for n, _ in records] == [1, 5]
+    records, numbers, problems = parse_lines(good + "\n\n" + "{oops\n" + good + '{"a": ')
+    assert numbers == [1, 5] and len(records) == 2
     assert problems == [(4, "bad_json"), (6, "truncated_line")]
     # a broken last line that does end with a newline was written whole: not a truncation
-    assert parse_lines(good + "{oops\n")[1] == [(2, "bad_json")]
+    assert parse_lines(good + "{oops\n")[2] == [(2, "bad_json")]
+    # the fast path: whole lines only
+    assert parse_lines(good + good) == ([vlcs_record(0, 0)] * 2, [1, 2], [])
+    assert parse_lines("") == ([], [], [])
+
+
+def test_odd_values_are_missing_keys(tmp_path):
+    odd = [vlcs_record(0, 0) for _ in range(5)]
+    odd[0]["step"] = "ten"
+    odd[1]["env2_out_acc"] = [0.5]
+    odd[2]["args"]["test_envs"] = [[0]]
+    odd[3]["args"]["hparams_seed"] = "0"
+    odd[4]["args"] = None
+    make_run(tmp_path, "odd", "".join(line(r) for r in odd) + line(vlcs_record(0, 1)))
+    records, report = load_records(tmp_path)
+    assert report.skipped == {"missing_keys": 5} and len(records) == 1
