@@ -177,11 +177,12 @@ def _comparable_arch(arch: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in arch.items() if key != "classes"}
 
 
-def evaluator_for(runs: Sequence[RunLike]) -> Evaluator:
+def evaluator_for(runs: Sequence[RunLike], dataset: Any = None) -> Evaluator:
     """One ``Evaluator`` serving every run: same dataset, trial seed, holdout fraction and architecture.
 
-    The dataset is built once, from the first run's ``data_dir``. Test domains may differ between runs
-    (each function takes the domain to measure on).
+    The dataset is built once, from the first run's ``data_dir``, unless the caller passes the
+    ``MultipleDomainDataset`` it already holds (it must be the runs' dataset). Test domains may differ
+    between runs (each function takes the domain to measure on).
 
     Raises:
         UserError: no runs, or a run whose dataset / trial_seed / holdout_fraction / architecture / class
@@ -210,7 +211,8 @@ def evaluator_for(runs: Sequence[RunLike]) -> Evaluator:
         classes = ref.arch.get("classes"), info.arch.get("classes")
         if all(classes) and classes[0] != classes[1]:
             raise UserError(f"{info.run_dir}: class names differ from those of {ref.run_dir}")
-    dataset = get_dataset(ref.dataset, ref.data_dir, ref.test_envs, {})
+    if dataset is None:
+        dataset = get_dataset(ref.dataset, ref.data_dir, ref.test_envs, {})
     return Evaluator(dataset, ref.trial_seed, ref.holdout_fraction, ref.arch)
 
 

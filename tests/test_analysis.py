@@ -132,7 +132,7 @@ def test_lmc_endpoints_are_each_runs_own_accuracy(runs, evaluator):
 
 
 def test_lmc_of_a_run_with_itself_is_flat(runs, evaluator):
-    result = analysis.lmc_between(runs[2], runs[2], evaluator, TEST_ENV, [0.0, 0.3, 0.7, 1.0])
+    result = analysis.lmc_between(runs[2], runs[2], evaluator, TEST_ENV, [0.0, 0.3, 1.0])
     accs = {acc for _, acc in result["test_curve"]}
     assert accs == {evaluator.test_acc(runs[2].state, TEST_ENV)}
     assert result["test_barrier"] == 0.0 and result["val_barrier"] == 0.0
