@@ -99,20 +99,24 @@ def _cells(
     frame: pd.DataFrame, column: str, rows: list[str], columns: list, labels: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """mean, se and n tables of `frame["acc"]` grouped by (algorithm, `column`), trial seeds sorted."""
-    mean = pd.DataFrame(np.nan, index=pd.Index(rows, name="algorithm"), columns=labels)
-    se, n = mean.copy(), pd.DataFrame(0, index=mean.index, columns=labels)
-    position = dict(zip(columns, labels, strict=True))
+    mean = np.full((len(rows), len(columns)), np.nan)
+    se = np.full_like(mean, np.nan)
+    n = np.zeros(mean.shape, dtype=np.int64)
+    row_of = {label: i for i, label in enumerate(rows)}
+    column_of = {key: j for j, key in enumerate(columns)}
     if not frame.empty:
         ordered = frame.sort_values("trial_seed", kind="stable")
-        grouped = ordered.groupby(["algorithm", column], sort=False)["acc"]
-        for (algorithm, key), accs in grouped:
-            if algorithm in mean.index and key in position:
-                m, s = mean_and_se(accs.to_numpy())
-                mean.loc[algorithm, position[key]] = m
-                se.loc[algorithm, position[key]] = s
-                n.loc[algorithm, position[key]] = len(accs)
-    mean[AVG] = _row_average(mean)
-    return mean, se, n
+        for (algorithm, key), accs in ordered.groupby(["algorithm", column], sort=False, observed=True)[
+            "acc"
+        ]:
+            i, j = row_of.get(algorithm), column_of.get(key)
+            if i is not None and j is not None:
+                mean[i, j], se[i, j] = mean_and_se(accs.to_numpy())
+                n[i, j] = len(accs)
+    index = pd.Index(rows, name="algorithm")
+    means = pd.DataFrame(mean, index=index, columns=labels)
+    means[AVG] = _row_average(means)
+    return means, pd.DataFrame(se, index=index, columns=labels), pd.DataFrame(n, index=index, columns=labels)
 
 
 def dataset_table(
@@ -134,7 +138,7 @@ def trial_averages(selected: pd.DataFrame, n_domains: dict[str, int] | None = No
     """Per (algorithm, dataset, trial seed): mean test accuracy over the domains the trial has
     (column `acc`) and how many (`n_domains`). With `n_domains` (dataset -> domain count), only
     trials that have all their dataset's domains are kept."""
-    grouped = selected.groupby(["algorithm", "dataset", "trial_seed"], sort=True)["test_acc"]
+    grouped = selected.groupby(["algorithm", "dataset", "trial_seed"], sort=True, observed=True)["test_acc"]
     averages = grouped.agg(lambda accs: float(np.mean(accs.to_numpy()))).rename("acc").to_frame()
     averages["n_domains"] = grouped.size()
     averages = averages.reset_index()

@@ -40,127 +40,203 @@ RUN_KEYS = [*GROUP_KEYS, "hparams_seed"]
 SCORE_COLUMNS = [*RUN_KEYS, "step", "run_dir", "val_acc", "test_acc"]
 
 
-def _acc_matrix(records: pd.DataFrame, split: str) -> np.ndarray:
-    """(n_records, n_domains) accuracies of one split, NaN where a record has no such domain."""
+def _acc_matrix(records: pd.DataFrame, split: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """(n, n_domains) accuracies of one split (of `rows` only when given), NaN where absent."""
     columns = acc_columns(records, split)
+    n = len(records) if rows is None else len(rows)
     if not columns:
-        return np.empty((len(records), 0))
-    return records[columns].to_numpy(dtype=float)
+        return np.empty((n, 0))
+    matrix = records[columns].to_numpy(dtype=float)
+    return matrix if rows is None else matrix[rows]
 
 
 def _take(matrix: np.ndarray, env: np.ndarray) -> np.ndarray:
     """matrix[k, env[k]] for every row k."""
     if not len(env):
         return np.empty(0)
-    return np.take_along_axis(matrix, env.astype(int)[:, None], axis=1)[:, 0]
+    return np.take_along_axis(matrix, env.astype(np.int64)[:, None], axis=1)[:, 0]
 
 
-def _pick(frame: pd.DataFrame, keys: list[str], by: list[str], ascending: list[bool]) -> pd.DataFrame:
-    """First row of each `keys` group once rows are sorted by `by` (NaN `val_acc` ranks lowest)."""
-    ranked = frame.assign(_val=frame["val_acc"].fillna(-np.inf))
-    by = ["_val" if column == "val_acc" else column for column in by]
-    ranked = ranked.sort_values(by, ascending=ascending, kind="stable")
-    return ranked.drop_duplicates(keys, keep="first").drop(columns="_val")
+def _codes(values: pd.Series) -> np.ndarray:
+    """Integer codes of a column (equal values, equal codes); cheap for categoricals."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy(dtype=np.int64)
+    return pd.factorize(values)[0].astype(np.int64)
 
 
-def _empty_scores() -> pd.DataFrame:
-    return pd.DataFrame({column: pd.Series(dtype=object) for column in SCORE_COLUMNS})
+def _test_envs(records: pd.DataFrame, k: int) -> np.ndarray:
+    """The k-th test env of every record, -1 where it has no such test env."""
+    column = f"test_env{k}"
+    if column in records:
+        return records[column].to_numpy(dtype=np.int64)
+    return np.fromiter((t[k] if len(t) > k else -1 for t in records["test_envs"]), np.int64, len(records))
 
 
-def _test_env(records: pd.DataFrame, k: int) -> np.ndarray:
-    """The k-th test env of every record (all of them have more than k)."""
-    return np.fromiter((envs[k] for envs in records["test_envs"]), dtype=np.int64, count=len(records))
+@dataclass(frozen=True)
+class _Columns:
+    """The columns the selection reads, as numpy arrays (one row per record)."""
+
+    dataset: np.ndarray
+    algorithm: np.ndarray
+    trial_seed: np.ndarray
+    hparams_seed: np.ndarray
+    step: np.ndarray
+    n_test_envs: np.ndarray
+    n_envs: np.ndarray
+    test_env0: np.ndarray
+    test_env1: np.ndarray
+
+    @classmethod
+    def of(cls, records: pd.DataFrame) -> _Columns:
+        return cls(
+            dataset=_codes(records["dataset"]),
+            algorithm=_codes(records["algorithm"]),
+            trial_seed=records["trial_seed"].to_numpy(dtype=np.int64),
+            hparams_seed=records["hparams_seed"].to_numpy(dtype=np.int64),
+            step=records["step"].to_numpy(dtype=float),
+            n_test_envs=records["n_test_envs"].to_numpy(dtype=np.int64),
+            n_envs=records["n_envs"].to_numpy(dtype=np.int64),
+            test_env0=_test_envs(records, 0),
+            test_env1=_test_envs(records, 1),
+        )
+
+    def keys(self, rows: np.ndarray, test_env: np.ndarray, with_step: bool = False) -> list[np.ndarray]:
+        """Run keys (dataset, algorithm, test env, trial seed, hparams seed [, step]) of `rows`."""
+        keys = [
+            self.dataset[rows],
+            self.algorithm[rows],
+            test_env,
+            self.trial_seed[rows],
+            self.hparams_seed[rows],
+        ]
+        return [*keys, self.step[rows]] if with_step else keys
 
 
-def single_test_env_records(records: pd.DataFrame) -> pd.DataFrame:
-    """Records of runs with exactly one test env, with that env as column `test_env`."""
-    single = records[records["n_test_envs"] == 1]
-    return single.assign(test_env=_test_env(single, 0))
+def _group_ids(keys: list[np.ndarray]) -> np.ndarray:
+    """One integer id per distinct combination of `keys` (parallel arrays)."""
+    if not len(keys[0]):
+        return np.empty(0, dtype=np.int64)
+    frame = pd.DataFrame({str(k): key for k, key in enumerate(keys)})
+    return frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy(dtype=np.int64)
+
+
+def _first_per_group(groups: np.ndarray, *priority: np.ndarray) -> np.ndarray:
+    """Index of the first element of each group once sorted by `priority` (first key first)."""
+    if not len(groups):
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((*reversed(priority), groups))
+    sorted_groups = groups[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    return order[first]
+
+
+def _descending(val: np.ndarray) -> np.ndarray:
+    """Sort key putting the highest validation accuracy first and NaN last."""
+    return np.where(np.isnan(val), np.inf, -val)
+
+
+def _scores(
+    records: pd.DataFrame, rows: np.ndarray, test_env: np.ndarray, val: np.ndarray, test: np.ndarray
+) -> pd.DataFrame:
+    """The run-scores frame (`SCORE_COLUMNS`) of the chosen record `rows`, sorted by `RUN_KEYS`."""
+    chosen = records.iloc[rows]
+    frame = pd.DataFrame(
+        {
+            "dataset": chosen["dataset"].astype(str).to_numpy(dtype=object),
+            "algorithm": chosen["algorithm"].astype(str).to_numpy(dtype=object),
+            "test_env": test_env.astype(np.int64),
+            "trial_seed": chosen["trial_seed"].to_numpy(),
+            "hparams_seed": chosen["hparams_seed"].to_numpy(),
+            "step": chosen["step"].to_numpy(),
+            "run_dir": chosen["run_dir"].astype(str).to_numpy(dtype=object),
+            "val_acc": val.astype(float),
+            "test_acc": test.astype(float),
+        }
+    )
+    return frame.sort_values(RUN_KEYS, kind="stable").reset_index(drop=True)
+
+
+def _single(records: pd.DataFrame) -> tuple[_Columns, np.ndarray, np.ndarray]:
+    """(columns, rows of single-test-env records, their test env)."""
+    columns = _Columns.of(records)
+    rows = np.flatnonzero(columns.n_test_envs == 1)
+    return columns, rows, columns.test_env0[rows]
 
 
 def iid_run_scores(records: pd.DataFrame) -> pd.DataFrame:
     """Training-domain validation: per run, the record with the best mean training-domain `out` acc."""
-    single = single_test_env_records(records)
-    if single.empty:
-        return _empty_scores()
-    test_env = single["test_env"].to_numpy()
-    out = _acc_matrix(single, "out")
+    columns, rows, test_env = _single(records)
+    out = _acc_matrix(records, "out", rows)
     domains = np.arange(out.shape[1])[None, :]
-    mask = (domains < single["n_envs"].to_numpy()[:, None]) & (domains != test_env[:, None])
+    mask = (domains < columns.n_envs[rows][:, None]) & (domains != test_env[:, None])
     with np.errstate(invalid="ignore", divide="ignore"):
         val = np.where(mask, out, 0.0).sum(axis=1) / mask.sum(axis=1)
-    scored = single.assign(val_acc=val, test_acc=_take(_acc_matrix(single, "in"), test_env))
-    best = _pick(scored, RUN_KEYS, ["val_acc", "order"], [False, True])
-    return best[SCORE_COLUMNS].reset_index(drop=True)
+    test = _take(_acc_matrix(records, "in", rows), test_env)
+    runs = _group_ids(columns.keys(rows, test_env))
+    best = _first_per_group(runs, _descending(val), rows)  # ties: the first record read
+    return _scores(records, rows[best], test_env[best], val[best], test[best])
 
 
 def oracle_run_scores(records: pd.DataFrame) -> pd.DataFrame:
     """Test-domain oracle: per run, its last record, scored by the test domain's `out` acc."""
-    single = single_test_env_records(records)
-    if single.empty:
-        return _empty_scores()
-    last = single.sort_values(["step", "order"], ascending=[False, False], kind="stable")
-    last = last.drop_duplicates(RUN_KEYS, keep="first")
-    test_env = last["test_env"].to_numpy()
-    scored = last.assign(
-        val_acc=_take(_acc_matrix(last, "out"), test_env),
-        test_acc=_take(_acc_matrix(last, "in"), test_env),
-    )
-    return scored[SCORE_COLUMNS].sort_values(RUN_KEYS).reset_index(drop=True)
-
-
-def _validation_pairs(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (two-test-env record, test env t): the other env v and the record's `env{v}_in_acc`.
-
-    When several records share (run of t, step, v), the last one read wins, as in DomainBed.
-    """
-    pairs = records[records["n_test_envs"] == 2]
-    first, second = _test_env(pairs, 0), _test_env(pairs, 1)
-    keep = first != second
-    pairs, first, second = pairs[keep], first[keep], second[keep]
-    acc_in = _acc_matrix(pairs, "in")
-    base = pairs[["dataset", "algorithm", "trial_seed", "hparams_seed", "step", "order"]]
-    both = pd.concat(
-        [
-            base.assign(test_env=first, val_env=second, val=_take(acc_in, second)),
-            base.assign(test_env=second, val_env=first, val=_take(acc_in, first)),
-        ],
-        ignore_index=True,
-    )
-    both = both.sort_values("order", kind="stable")
-    return both.drop_duplicates([*RUN_KEYS, "step", "val_env"], keep="last")
+    columns, rows, test_env = _single(records)
+    runs = _group_ids(columns.keys(rows, test_env))
+    last = _first_per_group(runs, -columns.step[rows], -rows)  # ties: the last record read
+    rows, test_env = rows[last], test_env[last]
+    val = _take(_acc_matrix(records, "out", rows), test_env)
+    test = _take(_acc_matrix(records, "in", rows), test_env)
+    return _scores(records, rows, test_env, val, test)
 
 
 def loo_run_scores(records: pd.DataFrame) -> pd.DataFrame:
     """Leave-one-domain-out cross-validation: per run, its best step whose every other domain
     has a matching two-test-env record (see the module docstring)."""
-    single = single_test_env_records(records)
-    if single.empty:
-        return _empty_scores()
-    step_keys = [*RUN_KEYS, "step"]
-    counts = single.groupby(step_keys, sort=False)["order"].transform("size")
-    single = single[counts.to_numpy() == 1]
-    width = len(acc_columns(records, "in"))
-    pairs = _validation_pairs(records)
-    if pairs.empty or single.empty:
-        return _empty_scores()
-    wide = pairs.set_index([*step_keys, "val_env"])["val"].unstack("val_env")
-    wide = wide.reindex(columns=range(width))
-    wide.columns = [f"_val{v}" for v in range(width)]
-    merged = single.merge(wide, how="left", left_on=step_keys, right_index=True)
-    val_by_domain = merged[[f"_val{v}" for v in range(width)]].to_numpy(dtype=float)
-    test_env = merged["test_env"].to_numpy()
-    n_envs = merged["n_envs"].to_numpy()
+    columns, rows, test_env = _single(records)
+    pairs = np.flatnonzero((columns.n_test_envs == 2) & (columns.test_env0 != columns.test_env1))
+    first, second = columns.test_env0[pairs], columns.test_env1[pairs]
+    # each two-test-env record validates domain v for test env t, both ways round
+    pair_rows = np.concatenate([pairs, pairs])
+    pair_test = np.concatenate([first, second])
+    pair_val_env = np.concatenate([second, first])
+    acc_in = _acc_matrix(records, "in")
+    pair_val = _take(acc_in[pair_rows], pair_val_env) if len(pair_rows) else np.empty(0)
+
+    # one id per (run, step), shared by the single records and the pairs
+    ids = _group_ids(
+        [
+            np.concatenate([a, b])
+            for a, b in zip(
+                columns.keys(rows, test_env, with_step=True),
+                columns.keys(pair_rows, pair_test, with_step=True),
+                strict=True,
+            )
+        ]
+    )
+    single_ids, pair_ids = ids[: len(rows)], ids[len(rows) :]
+    n_ids = int(ids.max()) + 1 if len(ids) else 0
+    n_single = np.bincount(single_ids, minlength=n_ids)
+
+    width = acc_in.shape[1]
+    by_domain = np.full((n_ids, width), np.nan)
+    if len(pair_rows):
+        # duplicates of (run, step, v): the last record read wins
+        keep = _first_per_group(_group_ids([pair_ids, pair_val_env]), -pair_rows)
+        by_domain[pair_ids[keep], pair_val_env[keep]] = pair_val[keep]
+
+    val_by_domain = by_domain[single_ids]
+    n_envs = columns.n_envs[rows]
     domains = np.arange(width)[None, :]
     mask = (domains < n_envs[:, None]) & (domains != test_env[:, None])
-    complete = ~(np.isnan(val_by_domain) & mask).any(axis=1)
+    complete = ~(np.isnan(val_by_domain) & mask).any(axis=1) & (n_single[single_ids] == 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         val = np.where(mask, val_by_domain, 0.0).sum(axis=1) / (n_envs - 1)
-    scored = merged.assign(val_acc=val, test_acc=_take(_acc_matrix(merged, "in"), test_env))[complete]
-    if scored.empty:
-        return _empty_scores()
-    best = _pick(scored, RUN_KEYS, ["val_acc", "step"], [False, True])
-    return best[SCORE_COLUMNS].reset_index(drop=True)
+    test = _take(acc_in[rows], test_env)
+
+    rows, test_env, val, test = rows[complete], test_env[complete], val[complete], test[complete]
+    runs = _group_ids(columns.keys(rows, test_env))
+    best = _first_per_group(runs, _descending(val), columns.step[rows])  # ties: the earliest step
+    return _scores(records, rows[best], test_env[best], val[best], test[best])
 
 
 def best_over_hparams(run_scores: pd.DataFrame) -> pd.DataFrame:
@@ -168,8 +244,12 @@ def best_over_hparams(run_scores: pd.DataFrame) -> pd.DataFrame:
     (ties -> the largest hparams seed), sorted by those keys."""
     if run_scores.empty:
         return run_scores.reset_index(drop=True)
-    best = _pick(run_scores, GROUP_KEYS, ["val_acc", "hparams_seed"], [False, False])
-    return best.sort_values(GROUP_KEYS).reset_index(drop=True)
+    groups = _group_ids([_codes(run_scores[key]) for key in GROUP_KEYS])
+    val = run_scores["val_acc"].to_numpy(dtype=float)
+    hparams = run_scores["hparams_seed"].to_numpy(dtype=np.int64)
+    best = _first_per_group(groups, _descending(val), -hparams)
+    chosen = run_scores.iloc[best]
+    return chosen.sort_values(GROUP_KEYS, kind="stable").reset_index(drop=True)
 
 
 @dataclass(frozen=True)

@@ -249,8 +249,13 @@ def flatten_records(records: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
     known = np.array([len(DOMAINBED_ENVIRONMENTS.get(d, ())) for d in datasets], dtype=int)
     named = np.array([len(e) if e else 0 for e in environments], dtype=int)
     n_envs = np.where(named > 0, named, np.where(known > 0, known, consecutive)).astype(int)
-    shape = {t: (len(t), max(t)) if t else (0, -1) for t in set(test_envs)}
-    n_test_envs, max_test_env = np.array([shape[t] for t in test_envs], dtype=int).reshape(n, 2).T
+    shape = {
+        t: (len(t), max(t), t[0], t[1] if len(t) > 1 else -1) if t else (0, -1, -1, -1)
+        for t in set(test_envs)
+    }
+    n_test_envs, max_test_env, test_env0, test_env1 = (
+        np.array(list(map(shape.__getitem__, test_envs)), dtype=np.int64).reshape(n, 4).T
+    )
 
     needed = np.arange(width)[None, :] < n_envs[:, None]
     accs_ok = (
@@ -265,6 +270,8 @@ def flatten_records(records: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
             "trial_seed": pd.Series(trial_seeds, dtype=object),
             "environments": pd.Series(environments, dtype=object),
             "n_test_envs": n_test_envs,
+            "test_env0": test_env0,
+            "test_env1": test_env1,
             "step": step,
             "n_envs": n_envs,
         }
@@ -304,10 +311,11 @@ def load_records(input_dir: str | os.PathLike, only_done: bool = False) -> tuple
     """Read every run folder of a sweep into one DataFrame (one row per valid record).
 
     Columns: `run_dir` (folder name, "." for the sweep folder itself), `line` (1-based), `done`,
-    `order` (reading order), `dataset`, `algorithm`, `test_envs` (tuple), `n_test_envs`,
-    `hparams_seed`, `trial_seed`, `environments` (tuple of names or None), `step`, `n_envs`, and
-    `env{i}_in_acc` / `env{i}_out_acc` (floats; NaN beyond a record's domains). Raises
-    FileNotFoundError / NotADirectoryError when `input_dir` is not a folder.
+    `order` (reading order = row order), `dataset`, `algorithm` (these three categorical),
+    `test_envs` (tuple), `n_test_envs`, `test_env0` / `test_env1` (first / second test env, -1 if
+    none), `hparams_seed`, `trial_seed`, `environments` (tuple of names or None), `step`,
+    `n_envs`, and `env{i}_in_acc` / `env{i}_out_acc` (floats; NaN beyond a record's domains).
+    Raises FileNotFoundError / NotADirectoryError when `input_dir` is not a folder.
     """
     root = os.fspath(input_dir)
     if not os.path.exists(root):
@@ -367,7 +375,7 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
     for column in ("hparams_seed", "trial_seed"):
         frame[column] = frame[column].astype("int64")
     for column in ("run_dir", "dataset", "algorithm"):
-        frame[column] = frame[column].astype(str)
+        frame[column] = frame[column].astype("category")
     frame["step"] = _int_if_integral(frame["step"])
     report.n_records = len(frame)
     return frame, report
