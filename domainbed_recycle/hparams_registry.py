@@ -137,3 +137,15 @@ def get_hparams(
         )
     hparams.update(overrides or {})
     return hparams
+
+
+def overrides_for(algorithm: str, profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `overrides` that `algorithm` defines (a spec's shared overrides may name
+    hyper-parameters of only some of its algorithms, e.g. `ma_start_step`)."""
+    known = default_hparams(algorithm, profile)
+    return {key: value for key, value in overrides.items() if key in known}
+
+
+def known_anywhere(profile: str) -> set[str]:
+    """Every hyper-parameter name some registered algorithm defines (to validate shared overrides)."""
+    return {name for algorithm in ALGORITHM_HPARAMS for name in default_hparams(algorithm, profile)}

@@ -117,7 +117,7 @@ def build_model(arch: dict[str, Any], dropout: float = 0.0) -> Model:
 
 def same_featurizer(arch_a: dict[str, Any], arch_b: dict[str, Any]) -> bool:
     """Whether two architectures have interchangeable featurizers (the head may differ)."""
-    ignore = {"num_classes"}
+    ignore = {"num_classes", "classes"}
     return {k: v for k, v in arch_a.items() if k not in ignore} == {
         k: v for k, v in arch_b.items() if k not in ignore
     }

@@ -1,0 +1,42 @@
+"""`drecycle recycle SPEC`: the model-recycling pipeline, stage by stage, ending with the strategy table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Run (or resume) the recycling pipeline of a spec file and print the strategy table."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="TOML spec file (see sweeps/)")
+    parser.add_argument("--output_dir", default=None, help="override the spec's output_dir")
+    parser.add_argument("--data_dir", default=None, help="override the spec's data_dir")
+    parser.add_argument("--launcher", default=None, help="inprocess | pool | submitit_local | slurm")
+    parser.add_argument("--n_workers", type=int, default=None)
+    parser.add_argument("--selection", nargs="+", default=None, help="iid | loo | oracle (default: the spec's)")
+    parser.add_argument("--dry_run", action="store_true", help="validate the spec and list every stage's jobs")
+    parser.add_argument("--table_only", action="store_true", help="print the table of what is already combined")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
+    parser.add_argument("--latex", type=Path, default=None, help="also write the table as LaTeX here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from domainbed_recycle.pipeline import Pipeline
+    from domainbed_recycle.recycle_spec import load_recycle_spec
+
+    overrides = {"output_dir": args.output_dir, "data_dir": args.data_dir, "launcher": args.launcher,
+                 "n_workers": args.n_workers, "selection": args.selection}
+    spec = load_recycle_spec(args.spec, overrides)
+    pipeline = Pipeline(spec)
+    if args.dry_run:
+        print(pipeline.dry_run())
+        print(f"spec {args.spec}: valid")
+        return 0
+    text = pipeline.table() if args.table_only else pipeline.run()
+    print(text)
+    for path, fmt in ((args.markdown, "markdown"), (args.latex, "latex")):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(pipeline.table(fmt))
+    return 0

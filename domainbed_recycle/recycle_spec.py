@@ -1,0 +1,159 @@
+"""The recycling pipeline's spec: a TOML file in `sweeps/`, validated with clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from domainbed_recycle.errors import UserError
+
+
+@dataclass
+class FoundationSpec:
+    """Stage 1. Either pre-train on `dataset` here, or read a local `checkpoint` (e.g. ImageNet ResNet-50)."""
+
+    dataset: str | None = "FashionPretrain"
+    checkpoint: str | None = None
+    steps: int = 1500
+    checkpoint_freq: int = 500
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AuxiliarySpec:
+    """Stage 2. Fine-tunings of the foundation on auxiliary tasks (all domains, no test domain)."""
+
+    datasets: list[str] = field(default_factory=list)
+    steps: int = 300
+    checkpoint_freq: int = 100
+    hparams: dict[str, Any] = field(default_factory=dict)
+    exclude_target: bool = True  # a target dataset is never its own auxiliary task (the paper's rule)
+
+
+@dataclass
+class ProbeSpec:
+    """Stage 3. Linear probe on the target's training domains (featurizer frozen)."""
+
+    steps: int = 200
+    checkpoint_freq: int = 100
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TargetSpec:
+    """Stage 4. Target runs: datasets, held-out domains, trials, runs per pool, objective."""
+
+    datasets: list[str] = field(default_factory=list)
+    test_envs: list[int] | None = None  # default: every domain, one at a time
+    n_trials: int = 3
+    n_runs: int = 4
+    n_runs_small: int = 2
+    steps: int | None = None
+    checkpoint_freq: int | None = None
+    holdout_fraction: float = 0.2
+    algorithm: str = "ERM"
+    hparams: dict[str, Any] = field(default_factory=dict)
+    fusing_range: float = 0.0
+
+
+@dataclass
+class RecycleSpec:
+    output_dir: str
+    strategies: list[str]
+    foundation: FoundationSpec
+    auxiliary: AuxiliarySpec
+    probe: ProbeSpec
+    target: TargetSpec
+    data_dir: str | None = None
+    launcher: str = "pool"
+    n_workers: int | None = None
+    selection: list[str] = field(default_factory=lambda: ["iid"])
+    pooled_ratatouille: bool = True
+    analysis: bool = True
+    slurm: dict[str, Any] = field(default_factory=dict)
+    source: str = "spec"
+
+
+_SECTIONS = {"foundation": FoundationSpec, "auxiliary": AuxiliarySpec, "probe": ProbeSpec, "target": TargetSpec}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def spec_from_dict(values: dict[str, Any], source: str = "spec") -> RecycleSpec:
+    """Build and validate a RecycleSpec (names of datasets, algorithms, strategies, selections)."""
+    values = dict(values)
+    sections = {name: _build(cls, dict(values.pop(name, {})), f"{source} [{name}]")
+                for name, cls in _SECTIONS.items()}
+    if "output_dir" not in values or "strategies" not in values:
+        raise UserError(f"{source}: 'output_dir' and 'strategies' are required")
+    spec = _build(RecycleSpec, values | sections | {"source": source}, source)
+    validate(spec)
+    return spec
+
+
+def load_recycle_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> RecycleSpec:
+    """Read a TOML spec; `overrides` replace top-level keys (e.g. from CLI flags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"spec file not found: {path}")
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML ({error})") from None
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return spec_from_dict(values, str(path))
+
+
+def validate(spec: RecycleSpec) -> None:
+    """Check every name the spec uses against the registries; raise one UserError listing the problem."""
+    from domainbed_recycle.algorithms import get_algorithm_class
+    from domainbed_recycle.datasets import load_all_datasets
+    from domainbed_recycle.launchers import LAUNCHERS
+    from domainbed_recycle.model_selection import METHODS
+    from domainbed_recycle.strategies import STRATEGIES
+
+    datasets = load_all_datasets()
+    where = spec.source
+    if not spec.target.datasets:
+        raise UserError(f"{where} [target]: 'datasets' is empty")
+    for name in spec.strategies:
+        STRATEGIES.get(name)
+    needs_aux = {"InterTraining", "Fusing", "Ratatouille"} & set(spec.strategies)
+    names = list(spec.target.datasets) + list(spec.auxiliary.datasets)
+    if spec.foundation.checkpoint is None:
+        if not spec.foundation.dataset:
+            raise UserError(f"{where} [foundation]: give 'dataset' (pre-train here) or 'checkpoint'")
+        names.append(spec.foundation.dataset)
+    for name in names:
+        datasets.get(name)
+    get_algorithm_class(spec.target.algorithm)
+    LAUNCHERS.get(spec.launcher)
+    for method in spec.selection:
+        if method not in METHODS:
+            raise UserError(f"{where}: unknown selection '{method}'; known: {', '.join(METHODS)}")
+    for name in spec.target.datasets:
+        n_envs = len(datasets.get(name).ENVIRONMENTS)
+        bad = [e for e in (spec.target.test_envs or []) if not 0 <= e < n_envs]
+        if bad:
+            raise UserError(f"{where} [target]: test env {bad[0]} out of range for {name} ({n_envs} domains)")
+    from domainbed_recycle.hparams_registry import known_anywhere
+
+    for name in spec.target.datasets:
+        known = known_anywhere(datasets.get(name).HPARAMS_PROFILE)
+        unknown = sorted(set(spec.target.hparams) - known)
+        if unknown:
+            raise UserError(f"{where} [target] hparams: unknown hyper-parameter(s) {', '.join(unknown)}")
+    if needs_aux and not spec.auxiliary.datasets:
+        raise UserError(f"{where}: strategies {sorted(needs_aux)} need [auxiliary] datasets")
+    for key in ("n_trials", "n_runs", "n_runs_small"):
+        if getattr(spec.target, key) < 1:
+            raise UserError(f"{where} [target]: '{key}' must be >= 1")
