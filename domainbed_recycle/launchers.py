@@ -241,7 +241,12 @@ def _failed(job: Job, message: str, seconds: float = 0.0) -> JobOutcome:
 def _note(bar: Any, outcome: JobOutcome) -> None:
     bar.update(1)
     if outcome.status == FAILED:
-        bar.write(f"job {outcome.job_id} failed: {outcome.error}")
+        _say(bar, f"job {outcome.job_id} failed: {outcome.error}")
+
+
+def _say(bar: Any, message: str) -> None:
+    """Print a line to stderr above the progress bar."""
+    bar.write(message, file=sys.stderr)
 
 
 @LAUNCHERS.register("inprocess")
@@ -294,13 +299,18 @@ def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
 
 
 def _submitit_outcome(job: Job, submitted: Any) -> JobOutcome:
-    """The outcome a submitit job returned, or a failure if it died without returning."""
+    """The outcome a submitit job returned, or a failure if it died without returning one."""
     try:
         return submitted.result()
     except Exception as error:  # submitit's FailedJobError / UncompletedJobError
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        logs = getattr(getattr(submitted, "paths", None), "stderr", "")
-        return _failed(job, f"{type(error).__name__}: {first} (submitit log: {logs})")
+        logs = getattr(getattr(submitted, "paths", None), "stderr", "?")
+        if type(error).__name__ == "UncompletedJobError":  # cancelled, timed out, out of memory...
+            state = getattr(submitted, "state", "UNKNOWN")
+            message = f"job {submitted.job_id} ended {state} without a result"
+        else:
+            lines = str(error).strip().splitlines()
+            message = lines[0] if lines else ""
+        return _failed(job, f"{type(error).__name__}: {message} (submitit log: {logs})")
 
 
 def _wait_submitit(pending: dict[Any, Job], ctx: LaunchContext, poll_s: float,
@@ -373,14 +383,14 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     except Exception as error:  # sbatch refused (bad partition, memory above the node's, no slurmctld)
         message = str(error).strip().splitlines()
         raise UserError(f"Slurm refused the job array: {message[-1] if message else error}") from None
-    ctx.progress.write(f"submitted Slurm job array {submitted[0].job_id.split('_')[0]} ({n} tasks); "
+    _say(ctx.progress, f"submitted Slurm job array {submitted[0].job_id.split('_')[0]} ({n} tasks); "
                        f"logs in {ctx.log_dir}")
     pending = dict(zip(submitted, jobs, strict=True))
     outcomes: dict[str, JobOutcome] = {}
     try:
         _wait_submitit(pending, ctx, opts.poll_s, outcomes)
     except KeyboardInterrupt:
-        ctx.progress.write("interrupted: cancelling the Slurm jobs still pending")
+        _say(ctx.progress, "interrupted: cancelling the Slurm jobs still pending")
         _cancel_all(list(pending))
         raise
     return [outcomes[job.job_id] for job in jobs]

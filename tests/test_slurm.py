@@ -1,0 +1,156 @@
+"""The Slurm launcher on a real one-node cluster (started here by scripts/slurm/start_slurm.sh).
+
+Skips when Slurm is missing or cannot start, unless CI=true or DRECYCLE_SLURM=1 (set by .ci/run):
+then it fails, so CI never passes without having run it. Needs root and Debian's slurmctld, slurmd,
+slurm-client and munge packages. `pytest -m slurm` runs only these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from domainbed_recycle import sweep
+from domainbed_recycle.launchers import SlurmOptions, launch
+from domainbed_recycle.sweep import jobs_from_configs
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts" / "slurm"
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
+REQUIRED = os.environ.get("CI", "").lower() == "true" or os.environ.get("DRECYCLE_SLURM") == "1"
+
+
+def _unavailable(why: str) -> None:
+    message = f"Slurm not available: {why}; CI installs it in .ci/run"
+    if REQUIRED:
+        pytest.fail(f"{message} (failing, not skipping: CI=true or DRECYCLE_SLURM=1)")
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A private cluster (own slurm.conf, ports, munge socket); yields the environment to use it."""
+    search = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin"
+    missing = [b for b in BINARIES if not shutil.which(b, path=search)]
+    if missing:
+        _unavailable(f"{', '.join(missing)} not found")
+    if os.geteuid() != 0:
+        _unavailable("the test cluster needs root")
+    run_dir = Path(tempfile.mkdtemp(prefix="drecycle-slurm-"))
+    run_dir.chmod(0o755)  # munged (user munge) keeps its socket inside
+    env = os.environ | {"SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port())}
+    start = time.time()
+    result = subprocess.run([str(SCRIPTS / "start_slurm.sh"), str(run_dir)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    if result.returncode != 0:
+        subprocess.run([str(SCRIPTS / "stop_slurm.sh"), str(run_dir)], capture_output=True, timeout=60)
+        _unavailable(f"start_slurm.sh failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+    print(f"Slurm cluster started in {time.time() - start:.1f} s ({run_dir})")
+    use = {"SLURM_CONF": str(run_dir / "slurm.conf"), "PATH": f"{SCRIPTS}{os.pathsep}{search}"}
+    try:
+        yield use
+    finally:
+        pids = [int(p.read_text()) for p in (*run_dir.glob("run/*.pid"), run_dir / "munge" / "munged.pid")
+                if p.exists() and p.read_text().strip()]
+        subprocess.run([str(SCRIPTS / "stop_slurm.sh"), str(run_dir)], capture_output=True, timeout=60)
+        alive = [pid for pid in pids if _alive(pid)]
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert not alive, f"daemons still running after stop_slurm.sh: {alive}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _node_memory_gb() -> float:
+    """RealMemory of this node (MB in `slurmd -C`), in GB."""
+    line = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, env=os.environ | {
+        "PATH": os.environ.get("PATH", "") + os.pathsep + "/usr/sbin"}).stdout.split()
+    return int(next(f for f in line if f.startswith("RealMemory=")).split("=")[1]) / 1024
+
+
+@pytest.fixture
+def slurm_env(cluster, monkeypatch):
+    for key, value in cluster.items():
+        monkeypatch.setenv(key, value)
+    return cluster
+
+
+def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
+    out = tmp_path / "sweep"
+    mem_gb = min(1.0, _node_memory_gb() / 2)  # asking more than the node's RealMemory is refused
+    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredMNIST",
+            "--test_envs", "0", "1", "2", "--single_test_envs", "--steps", "20", "--checkpoint_freq", "10",
+            "--hparams", json.dumps({"cnn_width": 8}), "--output_dir", str(out), "--launcher", "slurm",
+            "--slurm_partition", "debug", "--slurm_time_min", "10", "--slurm_mem_gb", str(mem_gb),
+            "--slurm_cpus_per_task", "1", "--slurm_array_parallelism", "2", "--skip_confirmation",
+            "--no_progress"]
+    start = time.time()
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    print(f"3 jobs through Slurm in {time.time() - start:.1f} s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "submitted Slurm job array" in result.stderr and "3 ran, 0 already done, 0 failed" in result.stdout
+
+    jobs = sweep.make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1], [2]], 1, 1, 20, None, out,
+                           checkpoint_freq=10, hparams={"cnn_width": 8})
+    for job in jobs:
+        assert sweep.job_state(job) == "done"
+        records = [json.loads(line) for line in (job.output_dir / "results.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [10, 20]
+        for record in records:
+            for env in range(3):
+                assert 0.0 <= record[f"env{env}_in_acc"] <= 1.0 and 0.0 <= record[f"env{env}_out_acc"] <= 1.0
+            assert record["threads"] == 1  # = cpus_per_task
+    # The array's tasks ran under Slurm and finished (the sacct shim reads slurmctld's memory).
+    states = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2"], capture_output=True,
+                            text=True).stdout.splitlines()[1:]
+    assert sum(line.split("|")[1] == "COMPLETED" for line in states) >= 3
+    assert list((out / ".submitit").glob("*_0/*_result.pkl"))
+
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "Nothing to launch" in again.stdout
+
+
+def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, tmp_path):
+    """Without accounting, submitit would wait forever for a job killed before it returned: the sacct
+    shim lets the launcher see CANCELLED and report the job failed."""
+    jobs = jobs_from_configs([{"dataset": "ColoredMNIST", "steps": 100000, "checkpoint_freq": 100000,
+                               "hparams": {"cnn_width": 8}}], tmp_path)
+    reports = []
+    options = SlurmOptions(partition="debug", time_min=10, poll_s=0.5)
+    thread = threading.Thread(
+        target=lambda: reports.append(launch(jobs, "slurm", slurm=options, progress=False)))
+    thread.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (jobs[0].output_dir / "out.txt").exists():
+        time.sleep(0.2)
+    assert (jobs[0].output_dir / "out.txt").exists(), "the Slurm job never started"
+    subprocess.run(["scancel", "--name=drecycle", "--state=RUNNING"], check=True)
+    thread.join(timeout=90)
+    assert not thread.is_alive(), "the launcher kept waiting for a cancelled job"
+    (report,) = reports
+    assert len(report.failed) == 1 and "UncompletedJobError" in report.failed[0].error
+    assert "CANCELLED" in report.failed[0].error
+    assert sweep.job_state(jobs[0]) == "incomplete"
