@@ -16,6 +16,7 @@ from domainbed_recycle.cli import main
 
 FIXTURE = Path(__file__).parent / "data" / "domainbed_vlcs_sweep"
 SWEEP = str(FIXTURE / "sweep")
+ONE_RUN = "06db52bd7fcbb8172f97f11a62015261"  # test env 0, trial seed 1
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -93,9 +94,7 @@ def test_markdown_and_latex(capsys):
 
 def test_one_selection_method(capsys):
     _, out, _ = run_cli(capsys, "--input_dir", SWEEP, "--selection", "loo")
-    assert (
-        len(re.findall(r"^-------- [A-Z]", out, re.M)) == 2 and "leave-one-domain-out cross-validation" in out
-    )
+    assert len(re.findall(r"^-------- [A-Z]", out, re.M)) == 2 and "leave-one-domain-out cross-validation" in out
     assert "training-domain" not in out
 
 
@@ -108,13 +107,28 @@ def test_formats_are_exclusive(capsys):
 def test_warning_on_stderr_tables_on_stdout(tmp_path, capsys):
     run = tmp_path / "killed"
     run.mkdir()
-    good = (FIXTURE / "sweep" / "06db52bd7fcbb8172f97f11a62015261" / "results.jsonl").read_text()
+    good = (FIXTURE / "sweep" / ONE_RUN / "results.jsonl").read_text()
     (run / "results.jsonl").write_text(good + '{"args": {"dataset": "VL')
     code, out, err = run_cli(capsys, "--input_dir", str(tmp_path), "--only_done")
     assert code == 0 and "Total records: 0" in out and "left out 1 run(s)" in err
     code, out, err = run_cli(capsys, "--input_dir", str(tmp_path))
     assert code == 0 and "Total records: 5" in out
-    assert err.count("\n") == 1 and "1 truncated last line" in err and "killed" in err
+    warning, note = err.splitlines()
+    assert "1 truncated last line" in warning and "killed" in warning
+    assert note.startswith("note: 1 run(s) have no `done` file")
+
+
+def test_strict_averages_flag(tmp_path, capsys):
+    # one run of one domain: DomainBed averages the trial over that domain alone; strict says X
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text((FIXTURE / "sweep" / ONE_RUN / "results.jsonl").read_text())
+    (run / "done").write_text("")
+    _, loose, _ = run_cli(capsys, "--input_dir", str(tmp_path), "--selection", "iid", "--csv")
+    _, strict, _ = run_cli(capsys, "--input_dir", str(tmp_path), "--selection", "iid", "--csv", "--strict_averages")
+    averages = lambda text: pd.read_csv(io.StringIO(text)).query("table == 'Averages' and column == 'VLCS'")  # noqa: E731
+    assert averages(loose)["cell"].iloc[0] != "X"
+    assert averages(strict)["cell"].iloc[0] == "X"
 
 
 def test_collector_modules_do_not_import_torch():

@@ -25,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("json", "JSON"),
         ("domainbed", "DomainBed's own fixed-width text layout"),
     ):
-        formats.add_argument(
-            f"--{name}", dest="format", action="store_const", const=name, help=f"print {text}"
-        )
+        formats.add_argument(f"--{name}", dest="format", action="store_const", const=name, help=f"print {text}")
     parser.add_argument(
         "--selection",
         choices=[*SELECTIONS, "all"],
@@ -57,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--input_dir {args.input_dir!r} does not exist") from None
     except NotADirectoryError:
         raise UserError(f"--input_dir {args.input_dir!r} is not a folder") from None
+    except OSError as error:
+        raise UserError(f"cannot read --input_dir {args.input_dir!r}: {error.strerror or error}") from None
     if report.n_files == 0:
         raise UserError(
             f"no results.jsonl found in {args.input_dir!r} or its sub-folders; "
@@ -69,5 +69,11 @@ def run(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     if args.only_done and report.n_runs_excluded:
         print(f"note: left out {report.n_runs_excluded} run(s) without a `done` file", file=sys.stderr)
+    elif report.n_runs_not_done:
+        print(
+            f"note: {report.n_runs_not_done} run(s) have no `done` file (running or killed); their records "
+            "are included, as DomainBed does (--only_done leaves them out)",
+            file=sys.stderr,
+        )
     sys.stdout.write(render(result, args.format))
     return 0
