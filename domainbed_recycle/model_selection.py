@@ -14,15 +14,19 @@ Semantics follow DomainBed's `domainbed/model_selection.py` and `collect_results
 - leave-one-domain-out: for test env t at step s, the single-test-env run (t) must have exactly
   one record at s, and for every other domain v a run with test envs {t, v} (same hparams and
   trial seed) must have a record at the very same step s; val = mean over v of that run's
-  `env{v}_in_acc` (the whole held-out domain v, *in* split). A step missing any of these is
-  dropped; a run with no complete step is dropped; no run left -> no result (X).
+  `env{v}_in_acc` (the 80% `in` split of domain v, which that run never trained on), test acc =
+  the single-test-env run's `env{t}_in_acc` at s. A step missing any of these is dropped (so
+  are steps where the single run has two records, e.g. after a restart; among duplicated pair
+  records the last read wins); a run with no complete step is dropped; none left -> X.
   Per run the best step wins, ties -> the earliest step.
 - test-domain oracle: only single-test-env runs; per run the last record (highest step; ties ->
   the last read), val = `env{test}_out_acc`, no early stopping.
 - across hparams seeds: best val; ties -> the largest hparams seed (DomainBed sorts ascending,
   stably, then reverses).
 
-NaN validation accuracies (impossible after `load_records`' validation) rank lowest.
+"Reading order" is row order: `load_records` reads run folders sorted by name (DomainBed uses
+`os.listdir` order, so its ties between folders depend on the file system). NaN validation
+accuracies (impossible after `load_records`' validation) rank lowest.
 """
 
 from __future__ import annotations
