@@ -1,0 +1,66 @@
+"""Launchers: thread allotment, options, reports, run_job's folder handling, and submitit_local
+with real training runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from domainbed_recycle import launchers, sweep
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.launchers import JobOutcome, LaunchReport, SlurmOptions, launch, run_job
+from domainbed_recycle.sweep import make_jobs
+
+SMALL = {"cnn_width": 8}
+
+
+def test_threads_per_worker_never_oversubscribes():
+    assert launchers.threads_per_worker(1, cores=2) == 2
+    assert launchers.threads_per_worker(2, cores=2) == 1
+    assert launchers.threads_per_worker(3, cores=2) == 1
+    assert launchers.threads_per_worker(2, cores=16) == 8
+    assert launchers.available_cores() >= 1
+
+
+def test_registry_and_options():
+    assert {"inprocess", "pool", "submitit_local", "slurm"} <= set(launchers.LAUNCHERS.names())
+    with pytest.raises(UserError, match="unknown launcher 'nope'"):
+        launch([], "nope")
+    assert SlurmOptions.from_dict({"partition": "gpu", "mem_gb": None}) == SlurmOptions(partition="gpu")
+    with pytest.raises(UserError, match="unknown Slurm option.*queue"):
+        SlurmOptions.from_dict({"queue": "x"})
+
+
+def test_report_summary_points_at_err_txt():
+    report = LaunchReport("pool", [JobOutcome("a", "/s/a", "done"), JobOutcome("b", "/s/b", "skipped"),
+                                   JobOutcome("c", "/s/c", "failed", error="ValueError: x")], 3.0)
+    assert not report.ok and report.n_ran == 1 and report.n_skipped == 1
+    assert "1 ran, 1 already done, 1 failed" in report.summary() and "/s/c/err.txt" in report.summary()
+
+
+def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
+    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 10, None, tmp_path, checkpoint_freq=10,
+                       hparams=SMALL)
+    job.output_dir.mkdir()
+    (job.output_dir / "results.jsonl").write_text('{"step": 10, "stale": true}\n')
+    (job.output_dir / "out.txt").write_text("old attempt\n")
+    outcome = run_job(job.args, echo=False)
+    assert outcome.status == "done" and sweep.job_state(job) == "done"
+    records = [json.loads(line) for line in (job.output_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10] and "stale" not in records[0]
+    assert "old attempt" not in (job.output_dir / "out.txt").read_text()
+    assert run_job(job.args).status == "skipped"
+    assert launch([job, job], "inprocess", progress=False).n_skipped == 2
+
+
+def test_submitit_local_runs_real_jobs(tmp_path):
+    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 10, None, tmp_path / "sweep",
+                     checkpoint_freq=10, hparams=SMALL)
+    report = launch(jobs, "submitit_local", n_workers=2, slurm=SlurmOptions(time_min=10), progress=False)
+    assert report.ok and report.n_ran == 2, report.summary()
+    for job in jobs:
+        assert sweep.job_state(job) == "done"
+        record = json.loads((job.output_dir / "results.jsonl").read_text().splitlines()[-1])
+        assert record["step"] == 10 and record["threads"] == launchers.threads_per_worker(2)
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))
