@@ -106,9 +106,8 @@ def _cells(
     column_of = {key: j for j, key in enumerate(columns)}
     if not frame.empty:
         ordered = frame.sort_values("trial_seed", kind="stable")
-        for (algorithm, key), accs in ordered.groupby(["algorithm", column], sort=False, observed=True)[
-            "acc"
-        ]:
+        groups = ordered.groupby(["algorithm", column], sort=False, observed=True)["acc"]
+        for (algorithm, key), accs in groups:
             i, j = row_of.get(algorithm), column_of.get(key)
             if i is not None and j is not None:
                 mean[i, j], se[i, j] = mean_and_se(accs.to_numpy())
@@ -184,14 +183,11 @@ def table_layout(
     return Layout(list(algorithms), list(datasets), {d: environment_names(records, d) for d in datasets})
 
 
-def selection_tables(
-    selected: pd.DataFrame, method: str, layout: Layout, strict: bool = False
-) -> list[ResultTable]:
+def selection_tables(selected: pd.DataFrame, method: str, layout: Layout, strict: bool = False) -> list[ResultTable]:
     """The per-dataset tables then the Averages table of one method (`selected` = its choice)."""
     name = get_method(method).name
     tables = [
-        dataset_table(selected, d, layout.environments[d], layout.algorithms, name, method)
-        for d in layout.datasets
+        dataset_table(selected, d, layout.environments[d], layout.algorithms, name, method) for d in layout.datasets
     ]
     n_domains = {d: len(envs) for d, envs in layout.environments.items()} if strict else None
     tables.append(averages_table(selected, layout.datasets, layout.algorithms, name, method, n_domains))
@@ -213,9 +209,7 @@ def collect(
     """
     layout = table_layout(records, algorithms, datasets)
     selected = {method: get_method(method).select(records) for method in methods}
-    tables = [
-        table for method in methods for table in selection_tables(selected[method], method, layout, strict)
-    ]
+    tables = [table for method in methods for table in selection_tables(selected[method], method, layout, strict)]
     return CollectResult(len(records), selected, tables, report)
 
 
