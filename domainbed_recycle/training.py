@@ -248,31 +248,47 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
                disable=not config.progress, file=sys.stderr, leave=False)
     log = open(out_dir / "results.jsonl", "a", encoding="utf-8")
 
-    def log_evaluation(step: int) -> float:
-        """Evaluate every split, append one flushed record, keep the best checkpoint; returns val acc."""
+    def log_evaluation(step: int, last: bool) -> float:
+        """Evaluate every split, append one flushed record, keep the best (and, if `last`, the final)
+        checkpoint; returns the training-domain validation accuracy."""
         nonlocal best_val
         algorithm.eval()
         record: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
         record.update({key: float(np.mean(values)) for key, values in losses.items()})
         record["step_time"] = float(np.mean(step_times)) if step_times else 0.0
         record.update(evaluate_splits(algorithm.predict, in_splits, out_splits, device, dataset.N_WORKERS))
+        iterate_predict = getattr(algorithm, "iterate_predict", None)
+        if iterate_predict is not None:  # e.g. SWAD: the current iterate's accuracy drives its window
+            from domainbed_recycle.evaluation import accuracy
+
+            for i in train_envs:
+                record[f"env{i}_out_acc_iterate"] = accuracy(iterate_predict, out_splits[i], device)
         record["mem_gb"] = _peak_memory_gb(device)
         val = float(np.mean([record[f"env{i}_out_acc"] for i in train_envs]))
         record.update(static)
         log.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         log.flush()
-        algorithm.end_of_evaluation(record)
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", val=f"{val:.3f}")
-        if config.save_best and not config.skip_model_save and val > best_val:
-            best_val = val
-            checkpoints.save_checkpoint(
-                out_dir / "model_best.safetensors", algorithm.eval_state_dict(),
-                metadata | {"step": step, "val_acc": val},
-            )
+        # Checkpoints are written before `end_of_evaluation`, which may change the evaluated model
+        # (SWAD's window), so each file holds exactly the weights its record scored.
+        if not config.skip_model_save:
+            if config.save_best and val > best_val:
+                best_val = val
+                checkpoints.save_checkpoint(
+                    out_dir / "model_best.safetensors", algorithm.eval_state_dict(),
+                    metadata | {"step": step, "val_acc": val},
+                )
+            if last:
+                checkpoints.save_checkpoint(
+                    out_dir / "model.safetensors", algorithm.eval_state_dict(),
+                    metadata | {"step": step, "val_acc": val},
+                )
+        algorithm.end_of_evaluation(record)
         return val
 
     with log:
-        val = log_evaluation(0) if steps == 0 else float("nan")
+        if steps == 0:
+            log_evaluation(0, last=True)
         for step in bar:
             start = time.time()
             minibatches = [(x.to(device), y.to(device)) for x, y in (next(it) for it in batch_iterators)]
@@ -281,12 +297,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
             step_times.append(time.time() - start)
             if (step + 1) % checkpoint_freq != 0 and step != steps - 1:
                 continue
-            val = log_evaluation(step + 1)
+            log_evaluation(step + 1, last=step == steps - 1)
             step_times, losses = [], {}
-    if not config.skip_model_save:
-        checkpoints.save_checkpoint(
-            out_dir / "model.safetensors", algorithm.eval_state_dict(),
-            metadata | {"step": steps, "val_acc": val},
-        )
     (out_dir / "done").write_text("done\n")
     return out_dir
