@@ -70,7 +70,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             state = load_file(str(path))
         except Exception as error:
             raise UserError(f"{path}: not a readable safetensors file ({error})") from None
-        return state, read_metadata(path)
+        metadata = read_metadata(path)
+        return (state if metadata else to_model_keys(state)), metadata
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for unsafe pickles, RuntimeError for corrupt files
@@ -98,7 +99,23 @@ def _unwrap_foreign(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict
     bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if bad:
         raise UserError(f"{path}: entry '{bad[0]}' is not a tensor; expected a state dict of tensors")
-    return dict(state), metadata
+    return to_model_keys(state), metadata
+
+
+def to_model_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a foreign state dict onto our key names (`featurizer.*`, `classifier.*`).
+
+    - ours or DomainBed's (keys already start with featurizer./classifier.): unchanged;
+    - a torchvision ResNet (`conv1.weight`, `layer1.*`, `fc.*`): its body becomes our ResNet
+      featurizer (`featurizer.network.*`) and its ImageNet head `fc.*` is dropped;
+    - anything else: unchanged (the architecture check will then name what does not match).
+    """
+    keys = set(state)
+    if any(k.startswith(("featurizer.", "classifier.")) for k in keys):
+        return dict(state)
+    if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
+        return {f"featurizer.network.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    return dict(state)
 
 
 def _map_domainbed_keys(model_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

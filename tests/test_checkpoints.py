@@ -78,3 +78,25 @@ def test_missing_and_corrupt_files_give_clear_errors(tmp_path):
     corrupt.write_bytes(b"\x00\x01not a safetensors file")
     with pytest.raises(UserError, match="not a readable safetensors file"):
         checkpoints.load_checkpoint(corrupt)
+
+
+def test_torchvision_resnet_state_dict_becomes_our_featurizer(tmp_path):
+    import torchvision
+
+    from domainbed_recycle.networks import ResNetFeaturizer
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(reference.state_dict(), path)
+    state, _ = checkpoints.load_checkpoint(path)
+    featurizer, classifier = checkpoints.split_state(state)
+    assert classifier == {}  # the ImageNet head is dropped
+    ours = ResNetFeaturizer(depth=18)
+    checkpoints.check_compatible(ours.state_dict(), featurizer, "featurizer", path)
+    ours.load_state_dict(featurizer)
+    ours.eval()
+    reference.fc = torch.nn.Identity()
+    reference.eval()
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(ours(x), reference(x))

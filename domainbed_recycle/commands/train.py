@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, help="checkpoint to start from (featurizer + classifier)")
     parser.add_argument("--init_featurizer", default=None, help="checkpoint giving the featurizer only")
     parser.add_argument("--init_classifier", default=None, help="checkpoint giving the classifier only")
+    parser.add_argument("--pretrained", default=None,
+                        help="pre-trained featurizer weights (safetensors or a torchvision state dict, e.g. "
+                             "resnet50 ImageNet weights saved locally); same as --init_featurizer")
     parser.add_argument("--linear_probe", action="store_true", help="train the classifier only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--skip_model_save", action="store_true")
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, output_dir=args.output_dir, algorithm=args.algorithm, test_envs=args.test_envs,
         data_dir=args.data_dir, hparams=overrides, hparams_seed=args.hparams_seed, trial_seed=args.trial_seed,
         seed=args.seed, steps=args.steps, checkpoint_freq=args.checkpoint_freq,
-        holdout_fraction=args.holdout_fraction, init=args.init, init_featurizer=args.init_featurizer,
+        holdout_fraction=args.holdout_fraction, init=args.init, init_featurizer=args.init_featurizer or args.pretrained,
         init_classifier=args.init_classifier, linear_probe=args.linear_probe, threads=args.threads,
         skip_model_save=args.skip_model_save, progress=not args.no_progress,
     )
