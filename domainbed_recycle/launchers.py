@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import shutil
 import sys
@@ -259,42 +260,126 @@ def launch_inprocess(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     return outcomes
 
 
-def _init_pool_worker(threads: int) -> None:
-    """Pool worker initializer: fix the thread count before the first job imports torch."""
+class _PoolWorker:
+    """One worker process of the `pool` launcher: a fresh interpreter (`python -c`, so the caller's
+    `__main__` is never re-imported, unlike multiprocessing's spawn) that reads one JSON job request
+    a line on stdin and answers one JSON `JobOutcome` a line on a private copy of its stdout."""
+
+    def __init__(self, threads: int) -> None:
+        import subprocess
+
+        env = os.environ | {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                           "OPENBLAS_NUM_THREADS")}
+        code = "from domainbed_recycle.launchers import _worker_main; _worker_main()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(threads), str(os.getpid())],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+        self.job: Job | None = None
+
+    def send(self, job: Job, force: bool) -> bool:
+        """Hand `job` to the worker; False if the worker is gone."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps({"args": job.args, "force": force}, default=str) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        self.job = job
+        return True
+
+    def receive(self) -> JobOutcome:
+        """The outcome of the job in hand (a failure if the worker died during it)."""
+        assert self.proc.stdout is not None and self.job is not None
+        job, self.job = self.job, None
+        line = self.proc.stdout.readline()
+        if line:
+            return JobOutcome(**json.loads(line))
+        code = self.proc.wait()
+        return _failed(job, f"its worker process died (exit status {code}: killed, out of memory or crashed)")
+
+    def stop(self) -> None:
+        """Close stdin (the worker exits after its current job) or kill it if it is busy."""
+        with contextlib.suppress(OSError):
+            if self.job is not None:
+                self.proc.kill()
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=30)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (so no orphan keeps writing a run
+    folder that a relaunch restarts); exit now if the parent is already gone."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker_main() -> None:
+    """Entry point of a `pool` worker process (see `_PoolWorker`)."""
+    threads, parent = int(sys.argv[1]), int(sys.argv[2])
+    _die_with_parent(parent)
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # stray output (C libraries, prints outside a job) must not corrupt the answers
     limit_threads(threads)
+    try:
+        for line in sys.stdin:
+            request = json.loads(line)
+            outcome = run_job(request["args"], threads, echo=False, force=request["force"])
+            answers.write(json.dumps(dataclasses.asdict(outcome)) + "\n")
+            answers.flush()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
+        os._exit(130)
 
 
 @LAUNCHERS.register("pool")
 def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
-    """A local pool of `n_workers` spawned processes (default: one per core), each with
-    cores // n_workers torch threads. Job output goes to the run folders only."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    """A local pool of `n_workers` worker processes (default: one per core), each with
+    cores // n_workers torch threads. Job output goes to the run folders only. A worker that dies
+    (killed, out of memory) fails only the job it was running, and is replaced."""
+    import selectors
 
     n_workers = min(ctx.n_workers or available_cores(), len(jobs))
     threads = threads_per_worker(n_workers)
-    # spawn: a fresh interpreter per worker; forking a parent whose torch threads are running is unsafe.
-    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_pool_worker, initargs=(threads,))
+    queue = list(reversed(jobs))
     outcomes: dict[str, JobOutcome] = {}
+    idle = [_PoolWorker(threads) for _ in range(n_workers)]
+    busy: list[_PoolWorker] = []
+    selector = selectors.DefaultSelector()
     try:
-        futures = {pool.submit(run_job, job.args, threads, False, ctx.force): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                outcome = future.result()
-            except BrokenProcessPool:
-                outcome = _failed(job, "a worker process died (killed or out of memory); "
-                                       "this job was running or queued then: relaunch to retry")
-            except Exception as error:  # e.g. a result that could not be pickled
-                outcome = _failed(job, f"{type(error).__name__}: {error}")
-            outcomes[job.job_id] = outcome
-            _note(ctx.progress, outcome)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+        while queue or busy:
+            while queue and idle:
+                worker = idle.pop()
+                job = queue.pop()
+                if worker.send(job, ctx.force):
+                    busy.append(worker)
+                    selector.register(worker.proc.stdout, selectors.EVENT_READ, worker)  # type: ignore[arg-type]
+                else:  # died before taking the job: replace it, and try the job again
+                    worker.stop()
+                    queue.append(job)
+                    idle.append(_PoolWorker(threads))
+            for key, _ in selector.select():
+                worker = key.data
+                job = worker.job
+                outcome = worker.receive()
+                selector.unregister(key.fileobj)
+                busy.remove(worker)
+                if worker.proc.poll() is None:
+                    idle.append(worker)
+                else:  # it died with the job: replace it if jobs remain
+                    worker.stop()
+                    if queue:
+                        idle.append(_PoolWorker(threads))
+                outcomes[job.job_id] = outcome
+                _note(ctx.progress, outcome)
+    finally:
+        for worker in idle + busy:
+            worker.stop()
+        selector.close()
     return [outcomes[job.job_id] for job in jobs]
 
 

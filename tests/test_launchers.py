@@ -64,3 +64,13 @@ def test_submitit_local_runs_real_jobs(tmp_path):
         record = json.loads((job.output_dir / "results.jsonl").read_text().splitlines()[-1])
         assert record["step"] == 10 and record["threads"] == launchers.threads_per_worker(2)
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))
+
+
+def test_a_pool_worker_that_dies_fails_only_its_job(tmp_path):
+    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 100000, None, tmp_path, hparams=SMALL)
+    worker = launchers._PoolWorker(threads=1)
+    assert worker.send(job, force=False)
+    worker.proc.kill()
+    outcome = worker.receive()
+    assert outcome.status == "failed" and "worker process died" in outcome.error
+    worker.stop()
