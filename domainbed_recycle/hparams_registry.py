@@ -18,6 +18,7 @@ from domainbed_recycle.errors import UserError
 from domainbed_recycle.misc import seed_hash
 
 Sampler = Callable[[np.random.RandomState], Any]
+PROFILES = ("small", "small_finetune", "resnet")
 Define = Callable[[str, Any, Sampler], None]
 
 
@@ -43,15 +44,22 @@ def _common(define: Define, profile: str) -> None:
         define("dropout", 0.0, _choice([0.0, 0.1, 0.5]))
         define("weight_decay", 0.0, _choice([1e-4, 1e-6]))
         define("batch_size", 32, lambda rng: 32)
-    else:
-        # CPU scale: the small CNN on 3x28x28 built-ins.
+    elif profile in ("small", "small_finetune"):
+        # CPU scale: the small CNN on 3x28x28 built-ins. Fine-tuning a pre-trained featurizer
+        # ("small_finetune") uses a 3x smaller learning rate range, as the ResNet ranges are for
+        # fine-tuning ImageNet weights.
         define("arch", "small_cnn", lambda rng: "small_cnn")
         define("cnn_width", 16, lambda rng: 16)
         define("data_augmentation", False, lambda rng: False)
-        define("lr", 1e-3, _log_uniform(-3.5, -2.5))
+        if profile == "small":
+            define("lr", 1e-3, _log_uniform(-3.5, -2.5))
+        else:
+            define("lr", 3e-4, _log_uniform(-4.0, -3.0))
         define("dropout", 0.0, _choice([0.0, 0.1, 0.5]))
         define("weight_decay", 0.0, _choice([0.0, 1e-6, 1e-4]))
         define("batch_size", 64, lambda rng: int(2 ** rng.uniform(5, 7)))
+    else:
+        raise UserError(f"unknown hyper-parameter profile '{profile}'; known: {', '.join(PROFILES)}")
 
 
 def _moving_average(define: Define, profile: str) -> None:

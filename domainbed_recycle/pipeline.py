@@ -61,7 +61,8 @@ class Pipeline:
             algorithm=spec.target.algorithm, n_runs=spec.target.n_runs, n_runs_small=spec.target.n_runs_small,
             steps=spec.target.steps, checkpoint_freq=spec.target.checkpoint_freq,
             holdout_fraction=spec.target.holdout_fraction, data_dir=spec.data_dir,
-            hparams=dict(spec.target.hparams), fusing_range=spec.target.fusing_range,
+            hparams=dict(spec.target.hparams), hparams_profile=spec.target.hparams_profile,
+            fusing_range=spec.target.fusing_range,
         )
 
     # ------------------------------------------------------------------ planning
@@ -100,7 +101,8 @@ class Pipeline:
         jobs = {}
         for dataset in a.datasets:
             config = {"dataset": dataset, "test_envs": [], "steps": a.steps, "checkpoint_freq": a.checkpoint_freq,
-                      "hparams": dict(a.hparams), "seed": seed_hash("auxiliary", dataset),
+                      "hparams": dict(a.hparams), "hparams_profile": a.hparams_profile,
+                      "seed": seed_hash("auxiliary", dataset),
                       "data_dir": self.spec.data_dir, "init_featurizer": foundation, "init_label": PHI0}
             jobs[dataset] = jobs_from_configs([config], self.out / "auxiliary")[0]
         return jobs
@@ -118,6 +120,7 @@ class Pipeline:
         for cell in self.cells():
             config = {"dataset": cell.dataset, "test_envs": [cell.test_env], "trial_seed": cell.trial_seed,
                       "steps": p.steps, "checkpoint_freq": p.checkpoint_freq, "hparams": dict(p.hparams),
+                      "hparams_profile": p.hparams_profile,
                       "seed": seed_hash("probe", cell.dataset, cell.test_env, cell.trial_seed),
                       "holdout_fraction": self.spec.target.holdout_fraction, "data_dir": self.spec.data_dir,
                       "init_featurizer": foundation, "linear_probe": True, "init_label": f"{PHI0}/probe"}
@@ -348,3 +351,31 @@ def _outcome_summary(outcome: Any) -> dict[str, Any]:
     if isinstance(outcome, ModelOutcome):
         return {"variant": outcome.variant, "accs": outcome.accs, "info": outcome.info}
     return {"variant": outcome.variant, "runs": [r.run_id for r in outcome.runs]}
+
+
+def import_finetuning(path: str | Path, reference: str | Path, into_dir: str | Path, name: str | None = None) -> Path:
+    """Add a fine-tuning made elsewhere to a pipeline's auxiliary pool (`<output_dir>/imported/`).
+
+    `path` may be our safetensors, anyone's safetensors or state dict, or DomainBed's `model.pkl`
+    (all read without unpickling code). Its featurizer must match the foundation's (`reference`)
+    key for key and shape for shape; only the featurizer is kept (its head belongs to another task).
+    """
+    import re
+
+    from domainbed_recycle.checkpoints import check_compatible, load_checkpoint, save_checkpoint, split_state
+
+    reference_state, reference_meta = load_checkpoint(reference)
+    state, meta = load_checkpoint(path)
+    expected, _ = split_state(reference_state)
+    featurizer, _ = split_state(state)
+    if not featurizer:
+        raise UserError(f"{path}: no featurizer weights found (expected keys starting with 'featurizer.', "
+                        "a torchvision ResNet state dict, or DomainBed's model.pkl)")
+    check_compatible(expected, featurizer, "featurizer of the imported fine-tuning", path)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or Path(path).stem)
+    target = Path(into_dir) / "imported" / f"{name}.safetensors"
+    if target.exists():
+        raise UserError(f"{target} already exists: choose another --name")
+    metadata = {"arch": reference_meta.get("arch"), "imported_from": str(Path(path).resolve()),
+                "origin": meta.get("origin", "safetensors" if str(path).endswith(".safetensors") else "state dict")}
+    return save_checkpoint(target, {f"featurizer.{k}": v for k, v in featurizer.items()}, metadata)

@@ -29,6 +29,7 @@ class AuxiliarySpec:
     datasets: list[str] = field(default_factory=list)
     steps: int = 300
     checkpoint_freq: int = 100
+    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the dataset's)
     hparams: dict[str, Any] = field(default_factory=dict)
     exclude_target: bool = True  # a target dataset is never its own auxiliary task (the paper's rule)
 
@@ -39,6 +40,7 @@ class ProbeSpec:
 
     steps: int = 200
     checkpoint_freq: int = 100
+    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the dataset's)
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,6 +57,7 @@ class TargetSpec:
     checkpoint_freq: int | None = None
     holdout_fraction: float = 0.2
     algorithm: str = "ERM"
+    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the dataset's)
     hparams: dict[str, Any] = field(default_factory=dict)
     fusing_range: float = 0.0
 
@@ -137,6 +140,10 @@ def validate(spec: RecycleSpec) -> None:
         datasets.get(name)
     get_algorithm_class(spec.target.algorithm)
     LAUNCHERS.get(spec.launcher)
+    if spec.slurm:
+        from domainbed_recycle.launchers import SlurmOptions
+
+        SlurmOptions.from_dict(dict(spec.slurm))
     for method in spec.selection:
         if method not in METHODS:
             raise UserError(f"{where}: unknown selection '{method}'; known: {', '.join(METHODS)}")
@@ -145,10 +152,15 @@ def validate(spec: RecycleSpec) -> None:
         bad = [e for e in (spec.target.test_envs or []) if not 0 <= e < n_envs]
         if bad:
             raise UserError(f"{where} [target]: test env {bad[0]} out of range for {name} ({n_envs} domains)")
-    from domainbed_recycle.hparams_registry import known_anywhere
+    from domainbed_recycle.hparams_registry import PROFILES, known_anywhere
+
+    for section in (spec.auxiliary, spec.probe, spec.target):
+        if section.hparams_profile is not None and section.hparams_profile not in PROFILES:
+            raise UserError(f"{where}: unknown hparams_profile '{section.hparams_profile}'; "
+                            f"known: {', '.join(PROFILES)}")
 
     for name in spec.target.datasets:
-        known = known_anywhere(datasets.get(name).HPARAMS_PROFILE)
+        known = known_anywhere(spec.target.hparams_profile or datasets.get(name).HPARAMS_PROFILE)
         unknown = sorted(set(spec.target.hparams) - known)
         if unknown:
             raise UserError(f"{where} [target] hparams: unknown hyper-parameter(s) {', '.join(unknown)}")

@@ -44,6 +44,7 @@ class TrainConfig:
     data_dir: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the registry's values
     hparams_seed: int = 0
+    hparams_profile: str | None = None  # None: the dataset's ('small', 'small_finetune', 'resnet')
     trial_seed: int = 0
     seed: int = 0
     steps: int | None = None  # None: the dataset's N_STEPS
@@ -190,7 +191,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
             f"(0..{n_envs - 1}: {', '.join(dataset.ENVIRONMENTS)})"
         )
     hparams = hparams_registry.get_hparams(
-        config.algorithm, dataset.HPARAMS_PROFILE, config.hparams_seed, config.hparams
+        config.algorithm, config.hparams_profile or dataset.HPARAMS_PROFILE, config.hparams_seed, config.hparams
     )
     if hparams.get("data_augmentation") and hasattr(dataset, "set_augmentation"):
         dataset.set_augmentation(config.test_envs)

@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test_envs", type=int, nargs="*", default=[0], help="indices of held-out domains")
     parser.add_argument("--hparams", default=None, help="JSON dict of hyper-parameter overrides")
     parser.add_argument("--hparams_seed", type=int, default=0, help="0 = defaults, else a random draw")
+    parser.add_argument("--hparams_profile", default=None, choices=["small", "small_finetune", "resnet"],
+                        help="hyper-parameter ranges (default: the dataset's)")
     parser.add_argument("--trial_seed", type=int, default=0, help="seeds the in/out split of each domain")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation and minibatch sampling")
     parser.add_argument("--steps", type=int, default=None, help="default: the dataset's N_STEPS")
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         dataset=args.dataset, output_dir=args.output_dir, algorithm=args.algorithm, test_envs=args.test_envs,
-        data_dir=args.data_dir, hparams=overrides, hparams_seed=args.hparams_seed, trial_seed=args.trial_seed,
+        data_dir=args.data_dir, hparams=overrides, hparams_seed=args.hparams_seed,
+        hparams_profile=args.hparams_profile, trial_seed=args.trial_seed,
         seed=args.seed, steps=args.steps, checkpoint_freq=args.checkpoint_freq,
         holdout_fraction=args.holdout_fraction, init=args.init, init_featurizer=args.init_featurizer or args.pretrained,
         init_classifier=args.init_classifier, linear_probe=args.linear_probe, threads=args.threads,

@@ -62,6 +62,7 @@ class TargetSettings:
     holdout_fraction: float = 0.2
     data_dir: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
+    hparams_profile: str | None = None
     fusing_range: float = 0.0  # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing
 
 
@@ -153,7 +154,7 @@ def target_run(
     from domainbed_recycle.datasets import load_all_datasets
 
     algorithm = algorithm or settings.algorithm
-    profile = load_all_datasets().get(cell.dataset).HPARAMS_PROFILE
+    profile = settings.hparams_profile or load_all_datasets().get(cell.dataset).HPARAMS_PROFILE
     return {
         "dataset": cell.dataset,
         "algorithm": algorithm,
@@ -161,6 +162,7 @@ def target_run(
         "data_dir": settings.data_dir,
         "hparams": hparams_registry.overrides_for(algorithm, profile, settings.hparams),
         "hparams_seed": hparams_seed,
+        "hparams_profile": settings.hparams_profile,
         "trial_seed": cell.trial_seed,
         "seed": seed_hash(cell.dataset, algorithm, [cell.test_env], hparams_seed, cell.trial_seed, init_label),
         "steps": settings.steps,

@@ -1,0 +1,41 @@
+"""`drecycle import`: add fine-tunings made elsewhere to a recycling pipeline's auxiliary pool."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Import fine-tunings (safetensors, state dicts, DomainBed model.pkl) into a recycling pipeline's aux pool."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="checkpoint files to import")
+    parser.add_argument("--spec", default=None, help="the pipeline's spec (its output_dir and foundation)")
+    parser.add_argument("--output_dir", default=None, help="override the spec's output_dir")
+    parser.add_argument("--reference", default=None,
+                        help="foundation checkpoint to check architectures against (default: the spec's)")
+    parser.add_argument("--name", default=None, help="name in the pool (one file only; default: file stem)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from domainbed_recycle.errors import UserError
+    from domainbed_recycle.pipeline import Pipeline, import_finetuning
+    from domainbed_recycle.recycle_spec import load_recycle_spec
+
+    if args.spec is None and (args.reference is None or args.output_dir is None):
+        raise UserError("give --spec (or both --reference and --output_dir)")
+    if args.name and len(args.files) > 1:
+        raise UserError("--name works with one file only")
+    output_dir, reference = args.output_dir, args.reference
+    if args.spec:
+        pipeline = Pipeline(load_recycle_spec(args.spec, {"output_dir": args.output_dir}))
+        output_dir = str(pipeline.out)
+        reference = reference or pipeline.foundation_checkpoint()
+    from pathlib import Path
+
+    if not Path(reference).is_file():
+        raise UserError(f"foundation checkpoint not found: {reference} (run `drecycle recycle SPEC` first, "
+                        "or pass --reference)")
+    for path in args.files:
+        target = import_finetuning(path, reference, output_dir, args.name)
+        print(f"imported {path} -> {target}")
+    return 0
