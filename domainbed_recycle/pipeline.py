@@ -195,9 +195,81 @@ class Pipeline:
         self.combine(cell_runs)
         if self.spec.pooled_ratatouille and any(s.name == "Ratatouille" for s in self.strategies):
             self.combine_pooled(cell_runs)
+        if self.spec.analysis:
+            self.analyze(cell_runs)
         table = self.table()
         _log(f"done in {time.time() - start:.0f} s; records in {self.out / 'table'}")
         return table
+
+    def analyze(self, cell_runs: dict[Cell, dict[str, list[RunRef]]]) -> dict[str, Any]:
+        """Figures of the paper's analysis, per target dataset, into `<output_dir>/plots/` (+ numbers in
+        `<output_dir>/analysis.json`):
+        - OOD accuracy vs number of averaged models (uniform and greedy soups), mean over cells;
+        - diversity (ratio-error) vs weight-averaging gain of pairs of runs (Hypothesis 1), trial 0;
+        - linear mode connectivity between runs from different inits (Hypothesis 2), trial 0."""
+        import numpy as np
+
+        from domainbed_recycle import analysis, plots
+
+        result: dict[str, Any] = {}
+        plots_dir = self.out / "plots"
+        for dataset in self.spec.target.datasets:
+            cells = [c for c in cell_runs if c.dataset == dataset]
+            curves: dict[str, dict[int, list[float]]] = {}
+            for cell in cells:
+                for name in cell_runs[cell]:
+                    marker = self._combined_marker(cell, name)
+                    for outcome in json.loads(marker.read_text()) if marker.exists() else []:
+                        for k, acc in outcome.get("info", {}).get("curve", []):
+                            curves.setdefault(outcome["variant"], {}).setdefault(int(k), []).append(acc)
+            mean_curves = {v: [(k, float(np.mean(a))) for k, a in sorted(c.items())] for v, c in curves.items()}
+            entry: dict[str, Any] = {"acc_vs_num_models": mean_curves}
+            if mean_curves:
+                plots.plot_acc_vs_num_models(mean_curves, plots_dir / f"{dataset}_acc_vs_num_models.png",
+                                             title=f"{dataset}: OOD accuracy vs number of averaged models")
+            pools = [("LP-FT pool", "Soup"), ("auxiliary pool", "Ratatouille")]
+            pairs, lmc_curves, barriers = [], {}, []
+            for cell in [c for c in cells if c.trial_seed == 0]:
+                evaluators: dict = {}
+                for pool, strategy in pools:
+                    runs = cell_runs[cell].get(strategy)
+                    if not runs or len(runs) < 2:
+                        continue
+                    evaluator = self._evaluator(evaluators, cell, runs[0])
+                    for pair in analysis.pairwise_wa_gains(runs, evaluator, cell.test_env):
+                        pairs.append(pair | {"pool": pool, "test_env": cell.test_env})
+                aux_runs = cell_runs[cell].get("Ratatouille", [])
+                by_init = {}
+                for run in aux_runs:
+                    by_init.setdefault(run.init_label, run)
+                if len(by_init) >= 2:
+                    evaluator = self._evaluator(evaluators, cell, aux_runs[0])
+                    labels = list(by_init)
+                    for i, a in enumerate(labels):
+                        for b in labels[i + 1:]:
+                            lmc = analysis.lmc_between(by_init[a], by_init[b], evaluator, cell.test_env,
+                                                       validation=False)
+                            barriers.append({"test_env": cell.test_env, "a": a, "b": b,
+                                             "barrier": lmc["test_barrier"]})
+                            if cell.test_env == cells[0].test_env:
+                                lmc_curves[f"{a} ↔ {b}"] = lmc["test_curve"]
+            finite = [p for p in pairs if np.isfinite(p["ratio_error"])]
+            entry |= {"pairs": pairs, "lmc_barriers": barriers}
+            if len(finite) >= 2:
+                _, slope, r, pvalue = plots.plot_diversity_vs_accuracy(
+                    [p["ratio_error"] for p in finite], [p["gain"] for p in finite],
+                    ["aux" if p["pool"] == "auxiliary pool" else "lp" for p in finite],
+                    plots_dir / f"{dataset}_diversity_vs_wa_gain.png", xlabel="ratio-error of the pair",
+                    ylabel="WA acc − mean individual acc (pp)", signed=True,
+                    title=f"{dataset}: diversity vs weight-averaging gain (pairs of runs)")
+                entry["diversity_fit"] = {"slope_pp_per_unit": slope, "r": r, "p": pvalue, "n_pairs": len(finite)}
+            if lmc_curves:
+                plots.plot_lmc_curves(lmc_curves, plots_dir / f"{dataset}_lmc.png",
+                                      title=f"{dataset}: LMC across inits (test domain {cells[0].test_env})")
+            result[dataset] = entry
+        (self.out / "analysis.json").write_text(json.dumps(analysis.jsonable(result), indent=1))
+        _log(f"analysis: plots in {plots_dir}")
+        return result
 
     def combine(self, cell_runs: dict[Cell, dict[str, list[RunRef]]]) -> None:
         """Stage 5: each strategy's outcomes per cell, written once (a marker file per cell and strategy)."""

@@ -24,11 +24,13 @@ __all__ = ["linear_fit", "plot_acc_vs_num_models", "plot_diversity_vs_accuracy",
 _DPI = 120
 
 
-def _percent(values: Sequence[float], what: str) -> np.ndarray:
-    """Fractions in [0, 1] -> percent; ValueError otherwise (catches data already in percent)."""
+def _percent(values: Sequence[float], what: str, signed: bool = False) -> np.ndarray:
+    """Fractions in [0, 1] ([-1, 1] if `signed`: accuracy differences) -> percent; ValueError otherwise
+    (catches data already in percent)."""
     arr = np.asarray(values, dtype=np.float64)
-    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0):
-        raise ValueError(f"{what} must be finite fractions in [0, 1] (not percent), got {arr.tolist()}")
+    low = -1.0 if signed else 0.0
+    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < low or arr.max() > 1.0):
+        raise ValueError(f"{what} must be finite fractions in [{low:g}, 1] (not percent), got {arr.tolist()}")
     return 100.0 * arr
 
 
@@ -122,6 +124,8 @@ def plot_diversity_vs_accuracy(
     path: str | os.PathLike[str],
     xlabel: str = "diversity (ratio-error)",
     title: str = "Diversity vs OOD accuracy",
+    ylabel: str = "accuracy (%)",
+    signed: bool = False,
 ) -> tuple[Path, float, float, float]:
     """Scatter of accuracy (%) against a diversity measure, with its least-squares line.
 
@@ -129,7 +133,8 @@ def plot_diversity_vs_accuracy(
 
     Args:
         x_div: diversity of each point (unit of the measure; name it with ``xlabel``).
-        y_acc: accuracy of each point, fractions in [0, 1].
+        y_acc: accuracy of each point, fractions in [0, 1]; with `signed`, accuracy differences in
+            [-1, 1] (e.g. a weight average's gain over its members), drawn with a zero line.
         labels: optional text drawn next to each point (same length), or None.
         path: output PNG.
 
@@ -138,12 +143,14 @@ def plot_diversity_vs_accuracy(
         (the plotted units); nan where undefined (see ``linear_fit``).
     """
     x = np.asarray(x_div, dtype=np.float64)
-    y = _percent(y_acc, "y_acc")
+    y = _percent(y_acc, "y_acc", signed)
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"labels has {len(labels)} entries for {len(x)} points")
     slope, intercept, r, p = linear_fit(x, y)
     fig = _new_figure()
     ax = fig.add_subplot()
+    if signed:
+        ax.axhline(0.0, color="0.6", linewidth=0.8)
     ax.scatter(x, y, s=25, alpha=0.8, label="models")
     if labels is not None:
         for xi, yi, text in zip(x, y, labels, strict=True):
@@ -157,7 +164,7 @@ def plot_diversity_vs_accuracy(
             label=f"fit: slope={slope:.3g} %/unit, r={r:.3f}, p={p:.2g}",
         )
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -65,45 +65,17 @@ def _gain_fit(pairs: list[dict[str, Any]]) -> dict[str, float] | None:
 
 
 def _plot(pairs: list[dict[str, Any]], path: str, test_env: int) -> Path:
-    """Scatter of each pair's WA gain (percentage points, may be negative) against its ratio-error.
-
-    Drawn here rather than with ``plots.plot_diversity_vs_accuracy``, which takes accuracies in [0, 1]
-    and so refuses negative gains; same look (Agg canvas, least-squares line, r and p in the legend).
-    """
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """Scatter of each pair's WA gain (percentage points, may be negative) against its ratio-error."""
+    from domainbed_recycle.plots import plot_diversity_vs_accuracy
 
     usable = _finite_pairs(pairs)
     if not usable:
         raise UserError("no pair has a defined ratio-error (no two models err together): nothing to plot")
-    x = np.array([p["ratio_error"] for p in usable])
-    y = np.array([100 * p["gain"] for p in usable])
-    fig = Figure(figsize=(6.0, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.axhline(0.0, color="0.6", linewidth=0.8)
-    ax.scatter(x, y, s=25, alpha=0.8, label="pairs of models")
-    for p, xi, yi in zip(usable, x, y, strict=True):
-        ax.annotate(f"{p['i']}-{p['j']}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    fit = _gain_fit(pairs)
-    if fit and math.isfinite(fit["slope_pp_per_unit"]):
-        xs = np.array([x.min(), x.max()])
-        ax.plot(
-            xs,
-            fit["slope_pp_per_unit"] * xs + fit["intercept_pp"],
-            color="C3",
-            label=f"fit: slope={fit['slope_pp_per_unit']:.3g} pp/unit, r={fit['r']:.3f}, p={fit['p']:.2g}",
-        )
-    ax.set_xlabel("diversity of the pair (ratio-error)")
-    ax.set_ylabel("WA accuracy − mean individual accuracy (pp)")
-    ax.set_title(f"Diversity vs weight-averaging gain (test domain {test_env})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, format="png")
+    out, _, _, _ = plot_diversity_vs_accuracy(
+        [p["ratio_error"] for p in usable], [p["gain"] for p in usable], [f"{p['i']}-{p['j']}" for p in usable],
+        path, xlabel="diversity of the pair (ratio-error)", ylabel="WA accuracy − mean individual accuracy (pp)",
+        title=f"Diversity vs weight-averaging gain (test domain {test_env})", signed=True,
+    )
     return out
 
 
