@@ -37,7 +37,7 @@ data: install
 
 demo: install
 	$(DRECYCLE) data prepare
-	$(PY) -m domainbed_recycle.demo
+	$(DRECYCLE) recycle sweeps/recycle_demo.toml
 
 test: install
 	$(PY) -m pytest -q
