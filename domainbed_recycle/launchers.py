@@ -166,6 +166,13 @@ class _Tee(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    def fileno(self) -> int:  # code writing to the raw descriptor (faulthandler...) reaches the log
+        return self.log.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
 
 @contextlib.contextmanager
 def _tee_output(run_dir: Path, echo: bool) -> Iterator[None]:
@@ -202,7 +209,12 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
 
     from domainbed_recycle.training import TrainConfig, prepare_run_dir, train
 
-    prepare_run_dir(run_dir, keep=())
+    try:
+        prepare_run_dir(run_dir, keep=())
+    except OSError as error:
+        if reraise:
+            raise
+        return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {error}")
     config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
     with _tee_output(run_dir, echo):
         print(f"job {job_id}: {config_args}", flush=True)
