@@ -33,8 +33,8 @@ def random_patches(
 ) -> torch.Tensor:
     """`n` random square crops of `image`, each of side U(side) pixels, resized to `size` x `size`.
 
-    Crops are area-averaged (torchvision's roi_align with adaptive sampling), so large crops are
-    downscaled without aliasing.
+    Crops are area-averaged (antialiased shrink of the image for large crops, then torchvision's
+    roi_align with adaptive sampling), so large crops are downscaled without aliasing.
     Args: image uint8 [C, H, W]. Returns uint8 [n, C, size, size].
     """
     from torchvision.ops import roi_align
@@ -44,17 +44,24 @@ def random_patches(
     x0 = rng.uniform(0, 1, n) * (width - sides)
     y0 = rng.uniform(0, 1, n) * (height - sides)
     boxes = np.stack([np.zeros(n), x0, y0, x0 + sides, y0 + sides], axis=1)
-    crops = roi_align(
-        image[None].float(), torch.as_tensor(boxes, dtype=torch.float32), output_size=size, aligned=True
-    )
+    source = image[None].float()
+    # Large crops: shrink the image first (antialiased) so roi_align averages only a few samples a bin.
+    factor = max(1.0, float(sides.min()) / (2 * size))
+    if factor > 1.0:
+        source = torch.nn.functional.interpolate(
+            source, scale_factor=1 / factor, mode="bilinear", antialias=True, align_corners=False
+        )
+        boxes[:, 1:] *= source.shape[-1] / width
+    crops = roi_align(source, torch.as_tensor(boxes, dtype=torch.float32), output_size=size, aligned=True)
     return crops.round_().clamp_(0, 255).to(torch.uint8)
 
 
 class GlyphRenderer:
     """Renders characters of one TrueType font as MNIST-like 28x28 grayscale images.
 
-    Like MNIST, the glyph is fitted in a box (of side `box` pixels, keeping its aspect) and centred
-    in the canvas; each sample gets a random box size, small rotation and shift.
+    Like MNIST, the glyph is fitted in a box (keeping its aspect) and placed with its centre of mass
+    at the canvas centre; each sample gets a random box size (60-80% of the side), a small rotation
+    (+-12 degrees) and a shift of up to 2 pixels.
     """
 
     def __init__(self, font_path: Path, render_px: int = 96) -> None:
@@ -78,7 +85,7 @@ class GlyphRenderer:
         return self._cache[char]
 
     def render(self, char: str, rng: np.random.Generator, size: int = 28) -> np.ndarray:
-        """One sample of `char`: uint8 [size, size], white on black."""
+        """One sample of `char`: uint8 [size, size], white on black, centre of mass near the centre."""
         from PIL import Image
 
         glyph = self._master(char).rotate(
@@ -87,11 +94,17 @@ class GlyphRenderer:
         box = rng.uniform(0.6, 0.8) * size
         scale = box / max(glyph.size)
         width, height = max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))
-        glyph = glyph.resize((width, height), Image.Resampling.LANCZOS)
-        canvas = Image.new("L", (size, size), 0)
-        dx, dy = rng.integers(-2, 3, 2)
-        canvas.paste(glyph, ((size - width) // 2 + int(dx), (size - height) // 2 + int(dy)))
-        return np.asarray(canvas, dtype=np.uint8)
+        ink = np.asarray(glyph.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float64)
+        ys, xs = np.indices(ink.shape)
+        mass = max(ink.sum(), 1e-9)
+        shift = rng.integers(-2, 3, 2)
+        top = int(round(size / 2 - (ys * ink).sum() / mass)) + int(shift[0])
+        left = int(round(size / 2 - (xs * ink).sum() / mass)) + int(shift[1])
+        canvas = np.zeros((size, size), dtype=np.float64)
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + height, size), min(left + width, size)
+        canvas[y0:y1, x0:x1] = ink[y0 - top : y1 - top, x0 - left : x1 - left]
+        return canvas.round().clip(0, 255).astype(np.uint8)
 
 
 def domainbed_transform(size: int = 224):
@@ -123,18 +136,30 @@ def domainbed_augment_transform(size: int = 224):
     )
 
 
-def paint_digits(digits: torch.Tensor, backgrounds: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Paint grayscale digits over colour backgrounds in a colour that contrasts with each background.
+BLEND_MODES = ("contrast", "difference", "dark")
 
-    Per image and channel the stroke colour is bright (200..255) where the background's mean is dark
-    and dark (0..55) where it is bright, so the digit stays visible on any texture or photo; the
-    digit's gray level is the blending weight (anti-aliased edges stay soft).
+
+def blend_digits(digits: torch.Tensor, backgrounds: torch.Tensor, mode: str, rng: np.random.Generator) -> torch.Tensor:
+    """Draw grayscale digits over colour backgrounds; the digit's gray level w in [0, 1] is the weight.
+
+    Modes (the stroke style is part of a domain's look):
+      - "contrast": strokes in a colour opposed to the background's mean, per image and channel
+        (bright 200..255 on dark channels, dark 0..55 on bright ones), so they stay visible anywhere;
+      - "difference": |background - 255 w|, MNIST-M's blend (strokes invert the background);
+      - "dark": background * (1 - w), black strokes.
     Args: digits uint8 [N, H, W]; backgrounds uint8 [N, 3, H, W]. Returns uint8 [N, 3, H, W].
     """
-    n = len(digits)
     weight = digits.float().div(255.0)[:, None]  # [N, 1, H, W]
-    mean = backgrounds.float().mean(dim=(2, 3), keepdim=True)  # [N, 3, 1, 1]
-    offset = torch.as_tensor(rng.uniform(0, 55, (n, 3, 1, 1)), dtype=torch.float32)
-    stroke = torch.where(mean < 128, 255.0 - offset, offset)
-    out = backgrounds.float() * (1 - weight) + stroke * weight
+    background = backgrounds.float()
+    if mode == "contrast":
+        mean = background.mean(dim=(2, 3), keepdim=True)  # [N, 3, 1, 1]
+        offset = torch.as_tensor(rng.uniform(0, 55, tuple(mean.shape)), dtype=torch.float32)
+        stroke = torch.where(mean < 128, 255.0 - offset, offset)
+        out = background * (1 - weight) + stroke * weight
+    elif mode == "difference":
+        out = (background - 255.0 * weight).abs()
+    elif mode == "dark":
+        out = background * (1 - weight)
+    else:
+        raise ValueError(f"unknown blend mode {mode!r}; known: {BLEND_MODES}")
     return out.round_().clamp_(0, 255).to(torch.uint8)
