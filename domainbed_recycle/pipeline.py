@@ -175,7 +175,7 @@ class Pipeline:
         probe_jobs = self.probe_jobs(foundation)
         self._launch("3/5 linear probes", list(probe_jobs.values()))
 
-        from domainbed_recycle.sweep import jobs_from_configs
+        from domainbed_recycle.sweep import job_id_of, jobs_from_configs
 
         cell_runs: dict[Cell, dict[str, list[RunRef]]] = {}
         all_configs = []
@@ -184,11 +184,7 @@ class Pipeline:
             planned = self.target_configs(cell, inits, prepare=True)
             cell_runs[cell] = {}
             for name, configs in planned.items():
-                jobs = jobs_from_configs(configs, self.out / "target")
-                by_id = {job.job_id: job for job in jobs}
-                from domainbed_recycle.sweep import job_id_of
-
-                cell_runs[cell][name] = [RunRef(c, by_id[job_id_of(c)].output_dir) for c in configs]
+                cell_runs[cell][name] = [RunRef(c, self.out / "target" / job_id_of(c)) for c in configs]
                 all_configs.extend(configs)
         self._launch("4/5 target runs", jobs_from_configs(all_configs, self.out / "target"))
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduce results/builtin/: the full built-in recycling benchmark (sweeps/recycle_builtin.toml)
+# from scratch, its tables (markdown, LaTeX, text), its plots, and the provenance (command, commit,
+# versions, wall time, machine load).
+# Usage: scripts/run_builtin_benchmark.sh [OUTPUT_DIR]   (default runs/recycle_builtin; a folder
+# that already holds runs is resumed, and the wall time then only covers what was left)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/recycle_builtin}
+RESULTS=results/builtin
+DRECYCLE=.venv/bin/drecycle
+mkdir -p "$RESULTS"
+CMD=("$DRECYCLE" recycle sweeps/recycle_builtin.toml --output_dir "$OUT"
+     --markdown "$RESULTS/table.md" --latex "$RESULTS/table.tex")
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+start=$(date +%s)
+"${CMD[@]}" > "$RESULTS/table.txt"
+end=$(date +%s)
+cp "$OUT"/plots/*.png "$RESULTS/"
+cp "$OUT/analysis.json" "$RESULTS/analysis.json"
+{
+  echo "command: ${CMD[*]}"
+  echo "wall time: $((end - start)) s"
+  echo "git rev-parse HEAD: $(git rev-parse HEAD)"
+  echo "versions: $(.venv/bin/python -c 'from domainbed_recycle import provenance; print(provenance.versions())')"
+  echo "cores: $(nproc); load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+} > "$RESULTS/provenance.txt"
+cat "$RESULTS/table.txt" "$RESULTS/provenance.txt"
