@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -215,6 +217,10 @@ def test_cache_location_env_and_data_dir(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("DRECYCLE_CACHE", str(tmp_path / "env_cache"))
     path = ColoredMNIST.prepare(None)
     assert path.parent == tmp_path / "env_cache" and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # shareable, unlike mkstemp's 0600
     assert ColoredMNIST.summary(None)["domains"] == {"+90%": 3334, "+80%": 3333, "-90%": 3333}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,20 +41,22 @@ def cache_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 def _write_cache(path: Path, domains: Domains, meta: dict[str, Any]) -> None:
     """Write `domains` to `path` atomically (temp file + rename), so concurrent builders are safe."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {}
     for i, (images, labels) in enumerate(domains):
         tensors[f"images_{i}"] = images.contiguous()
         tensors[f"labels_{i}"] = labels.to(torch.int64).contiguous()
+    # One metadata key: safetensors writes several keys in a random order (not byte-stable).
+    data = save(tensors, metadata={"drecycle": json.dumps(meta, sort_keys=True)})
+    # Written by us, not `save_file` (whose files are mode 0600, unreadable to the rest of a team).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        # One metadata key: safetensors writes several keys in a random order (not byte-stable).
-        save_file(tensors, tmp, metadata={"drecycle": json.dumps(meta, sort_keys=True)})
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as error:
+        tmp.unlink(missing_ok=True)
         raise UserError(
             f"cannot write the dataset cache {path}: {error}. Pass a writable --data_dir, "
             "or (without --data_dir) set $DRECYCLE_CACHE to a writable folder."
