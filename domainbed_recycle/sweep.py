@@ -378,10 +378,15 @@ def _check_types(spec: SweepSpec, source: str) -> None:
 
 
 def _check_names(spec: SweepSpec, source: str) -> None:
-    from domainbed_recycle.algorithms import ALGORITHMS
+    from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
     from domainbed_recycle.datasets.base import FOLDER_PREFIX, load_all_datasets
     from domainbed_recycle.launchers import LAUNCHERS
 
+    try:  # imports the modules named in $DRECYCLE_PLUGINS, which register user algorithms
+        get_algorithm_class(spec.algorithms[0])
+    except UserError as error:
+        if "DRECYCLE_PLUGINS" in str(error):
+            raise
     datasets = load_all_datasets()
     bad_datasets = [d for d in spec.datasets if d not in datasets and not d.startswith(FOLDER_PREFIX)]
     bad_algorithms = [a for a in spec.algorithms if a not in ALGORITHMS]
