@@ -32,11 +32,8 @@ FAST = ["--hparams", '{"cnn_width": 8}', "--checkpoint_freq", "10", "--no_progre
 
 
 def section_text() -> str:
-    """The section: from README.md if it has been pasted there, else the docs file."""
-    readme = REPO / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    if HEADING not in text:
-        text = (REPO / "docs" / "adding_a_baseline.md").read_text(encoding="utf-8")
+    """The README's section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index(HEADING):]
     following = re.search(r"^## ", section[len(HEADING):], flags=re.M)
     return section[: len(HEADING) + following.start()] if following else section
