@@ -16,9 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     listing = sub.add_parser("list", help="print every dataset: role, domains with sizes, classes, shape")
     listing.add_argument("--data_dir", default=None, help="folder holding DomainBed's datasets (and caches)")
-    listing.add_argument(
-        "--datasets", nargs="+", default=None, help="only these (names, or folder:/path/to/root)"
-    )
+    listing.add_argument("--datasets", nargs="+", default=None, help="only these (names, or folder:/path/to/root)")
     prepare = sub.add_parser("prepare", help="build the built-in datasets' caches")
     prepare.add_argument("--data_dir", default=None, help="cache in DATA_DIR/drecycle_cache instead")
     prepare.add_argument("--datasets", nargs="+", default=None, help="only these built-ins (default: all)")
@@ -77,9 +75,7 @@ def run_list(args: argparse.Namespace) -> int:
     classes.sort(key=lambda c: (order.get(getattr(c, "ROLE", "target"), 3), c.HPARAMS_PROFILE != "small"))
     notes: list[str] = []
     rows = [_row(cls, args.data_dir, notes) for cls in classes]
-    print(
-        tabulate(rows, headers=["dataset", "role", "domains (images)", "classes", "input"], tablefmt="simple")
-    )
+    print(tabulate(rows, headers=["dataset", "role", "domains (images)", "classes", "input"], tablefmt="simple"))
     if any("not prepared" in row[2] for row in rows):
         notes.append("'not prepared' built-ins are built on first use, or now with `drecycle data prepare`.")
     if notes:
@@ -118,8 +114,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         what = "cached" if was_current else f"built in {built:.2f}s"
         size_mb = path.stat().st_size / 2**20
         tqdm.write(
-            f"{cls.__name__:16s} {what:18s} load {loaded:.3f}s  {sum(sizes):6d} images  "
-            f"{size_mb:5.1f} MiB  {path}"
+            f"{cls.__name__:16s} {what:18s} load {loaded:.3f}s  {sum(sizes):6d} images  {size_mb:5.1f} MiB  {path}"
         )
     print(f"prepared {len(classes)} dataset(s) in {time.perf_counter() - total:.1f}s")
     return 0

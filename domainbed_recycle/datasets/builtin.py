@@ -152,6 +152,8 @@ class BuiltinDataset(MultipleDomainDataset):
         return (
             meta is not None
             and meta.get("format") == CACHE_FORMAT
+            and meta.get("dataset") == cls.__name__
+            and meta.get("recipe_version") == cls.RECIPE_VERSION
             and meta.get("environments") == list(cls.ENVIRONMENTS)
             and meta.get("classes") == list(cls.CLASSES)
         )
@@ -322,18 +324,19 @@ class TextureMNIST(_MnistBased):
     """MNIST-M-style shift: each domain draws digits over a different real image source, in its own style.
 
     'plain': white digit on black; 'brick', 'grass', 'gravel': tinted random crops of scikit-image's
-    textures, with MNIST-M's difference blend (brick), strokes in a contrasting colour (grass) or black
-    strokes (gravel); 'photo': MNIST-M's blend over crops of its colour photos (astronaut, coffee,
-    cat, rocket, tissue, motorbike). See `blend_digits`. 10 digit classes.
+    textures (contrast damped), with MNIST-M's difference blend (brick) or strokes in a colour that
+    contrasts with the background (grass, gravel); 'photo': MNIST-M's blend over crops of its colour
+    photos (astronaut, coffee, cat, rocket, tissue, motorbike). See `blend_digits`. 10 digit classes.
     """
 
     ENVIRONMENTS = ["plain", "brick", "grass", "gravel", "photo"]
     CLASSES = sources.DIGIT_CLASSES
     SEED = 1003
-    RECIPE_VERSION = 2
+    RECIPE_VERSION = 3
     TINTS = {"brick": (1.0, 0.55, 0.4), "grass": (0.55, 0.95, 0.45), "gravel": (0.75, 0.8, 0.95)}
     PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle")
-    BLEND = {"brick": "difference", "grass": "contrast", "gravel": "dark", "photo": "difference"}
+    BLEND = {"brick": "difference", "grass": "contrast", "gravel": "contrast", "photo": "difference"}
+    TEXTURE_CONTRAST = 0.6  # textures' contrast is damped so that digits stay legible
     CROP_SIDE = (40.0, 120.0)
     DESCRIPTION = "digits over plain / brick / grass / gravel / photo backgrounds (MNIST-M style)"
 
@@ -343,6 +346,8 @@ class TextureMNIST(_MnistBased):
         if domain in cls.TINTS:
             image = torch.from_numpy(sources.skimage_rgb(domain)).permute(2, 0, 1)
             patches = random_patches(image, n, cls.CROP_SIDE, rng).float()
+            mean = patches.mean(dim=(1, 2, 3), keepdim=True)
+            patches = mean + cls.TEXTURE_CONTRAST * (patches - mean)
             tint = torch.tensor(cls.TINTS[domain]).view(1, 3, 1, 1)
             jitter = torch.as_tensor(rng.uniform(0.85, 1.15, (n, 3, 1, 1)), dtype=torch.float32)
             return (patches * tint * jitter).round_().clamp_(0, 255).to(torch.uint8)

@@ -53,9 +53,7 @@ def _check_same_classes(names: list[str], class_lists: list[list[str]]) -> None:
         if missing:
             problems.append(f"{name} lacks {missing}")
     if problems:
-        raise UserError(
-            "domains do not share one set of classes: " + "; ".join(problems) + f" (all classes: {union})"
-        )
+        raise UserError("domains do not share one set of classes: " + "; ".join(problems) + f" (all classes: {union})")
 
 
 class MultipleEnvironmentImageFolder(MultipleDomainDataset):

@@ -48,9 +48,7 @@ class DataNotFound(UserError):
         hint: how to get the data (also the end of the message); shared by several datasets.
     """
 
-    def __init__(
-        self, message: str, path: str | os.PathLike, status: str = "not found", hint: str = ""
-    ) -> None:
+    def __init__(self, message: str, path: str | os.PathLike, status: str = "not found", hint: str = "") -> None:
         super().__init__(f"{message} {hint}".strip())
         self.path = Path(path)
         self.status = status

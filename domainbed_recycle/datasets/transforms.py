@@ -136,7 +136,7 @@ def domainbed_augment_transform(size: int = 224):
     )
 
 
-BLEND_MODES = ("contrast", "difference", "dark")
+BLEND_MODES = ("contrast", "difference")
 
 
 def blend_digits(digits: torch.Tensor, backgrounds: torch.Tensor, mode: str, rng: np.random.Generator) -> torch.Tensor:
@@ -145,8 +145,7 @@ def blend_digits(digits: torch.Tensor, backgrounds: torch.Tensor, mode: str, rng
     Modes (the stroke style is part of a domain's look):
       - "contrast": strokes in a colour opposed to the background's mean, per image and channel
         (bright 200..255 on dark channels, dark 0..55 on bright ones), so they stay visible anywhere;
-      - "difference": |background - 255 w|, MNIST-M's blend (strokes invert the background);
-      - "dark": background * (1 - w), black strokes.
+      - "difference": |background - 255 w|, MNIST-M's blend (strokes invert the background).
     Args: digits uint8 [N, H, W]; backgrounds uint8 [N, 3, H, W]. Returns uint8 [N, 3, H, W].
     """
     weight = digits.float().div(255.0)[:, None]  # [N, 1, H, W]
@@ -158,8 +157,6 @@ def blend_digits(digits: torch.Tensor, backgrounds: torch.Tensor, mode: str, rng
         out = background * (1 - weight) + stroke * weight
     elif mode == "difference":
         out = (background - 255.0 * weight).abs()
-    elif mode == "dark":
-        out = background * (1 - weight)
     else:
         raise ValueError(f"unknown blend mode {mode!r}; known: {BLEND_MODES}")
     return out.round_().clamp_(0, 255).to(torch.uint8)
