@@ -13,6 +13,7 @@ mkdir -p "$RESULTS"
 CMD=("$DRECYCLE" recycle sweeps/recycle_builtin.toml --output_dir "$OUT"
      --markdown "$RESULTS/table.md" --latex "$RESULTS/table.tex")
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+commit=$(git rev-parse HEAD)
 start=$(date +%s)
 "${CMD[@]}" > "$RESULTS/table.txt"
 end=$(date +%s)
@@ -21,7 +22,7 @@ cp "$OUT/analysis.json" "$RESULTS/analysis.json"
 {
   echo "command: ${CMD[*]}"
   echo "wall time: $((end - start)) s"
-  echo "git rev-parse HEAD: $(git rev-parse HEAD)"
+  echo "git rev-parse HEAD at start: $commit"
   echo "versions: $(.venv/bin/python -c 'from domainbed_recycle import provenance; print(provenance.versions())')"
   echo "cores: $(nproc); load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
