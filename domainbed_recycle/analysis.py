@@ -212,7 +212,7 @@ def evaluator_for(runs: Sequence[RunLike], dataset: Any = None) -> Evaluator:
         if all(classes) and classes[0] != classes[1]:
             raise UserError(f"{info.run_dir}: class names differ from those of {ref.run_dir}")
     if dataset is None:
-        dataset = get_dataset(ref.dataset, ref.data_dir, ref.test_envs, {})
+        dataset = get_dataset(ref.dataset, ref.data_dir, ref.test_envs, {"data_augmentation": False})
     return Evaluator(dataset, ref.trial_seed, ref.holdout_fraction, ref.arch)
 
 

@@ -157,3 +157,18 @@ def overrides_for(algorithm: str, profile: str, overrides: dict[str, Any]) -> di
 def known_anywhere(profile: str) -> set[str]:
     """Every hyper-parameter name some registered algorithm defines (to validate shared overrides)."""
     return {name for algorithm in ALGORITHM_HPARAMS for name in default_hparams(algorithm, profile)}
+
+
+def parse_overrides(text: str | None, flag: str = "--hparams") -> dict[str, Any]:
+    """A `--hparams` flag's JSON object (None -> {}); UserError naming the flag if it is not one."""
+    import json
+
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{flag} is not valid JSON ({error.msg}): {text}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag} must be a JSON object, got: {text}")
+    return value

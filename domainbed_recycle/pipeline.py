@@ -319,7 +319,8 @@ class Pipeline:
         if key not in cache:
             if not cache.get(("dataset", cell.dataset)):
                 cache.clear()  # one dataset's evaluators in memory at a time
-                cache[("dataset", cell.dataset)] = get_dataset(cell.dataset, self.spec.data_dir, [], {})
+                cache[("dataset", cell.dataset)] = get_dataset(cell.dataset, self.spec.data_dir, [],
+                                                             {"data_augmentation": False})
             arch = read_metadata(run.checkpoint)["arch"]
             cache[key] = Evaluator(cache[("dataset", cell.dataset)], cell.trial_seed,
                                    self.spec.target.holdout_fraction, arch)

@@ -173,6 +173,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     from domainbed_recycle import hparams_registry
     from domainbed_recycle.algorithms import get_algorithm_class
     from domainbed_recycle.datasets import get_dataset
+    from domainbed_recycle.datasets.base import get_dataset_class
     from domainbed_recycle.networks import architecture
 
     out_dir = Path(config.output_dir)
@@ -181,20 +182,20 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     if config.threads:
         torch.set_num_threads(config.threads)
     algorithm_class = get_algorithm_class(config.algorithm)  # fail fast on an unknown name
-    if dataset is None:
-        dataset = get_dataset(config.dataset, config.data_dir, config.test_envs, {})
-    n_envs = len(dataset)
+    dataset_class = type(dataset) if dataset is not None else get_dataset_class(config.dataset)
+    hparams = hparams_registry.get_hparams(
+        config.algorithm, config.hparams_profile or dataset_class.HPARAMS_PROFILE, config.hparams_seed,
+        config.hparams,
+    )
+    n_envs = len(dataset_class.ENVIRONMENTS)
     bad = [e for e in config.test_envs if not 0 <= e < n_envs]
     if bad:
         raise UserError(
             f"test env {bad[0]} out of range: {config.dataset} has {n_envs} domains "
-            f"(0..{n_envs - 1}: {', '.join(dataset.ENVIRONMENTS)})"
+            f"(0..{n_envs - 1}: {', '.join(dataset_class.ENVIRONMENTS)})"
         )
-    hparams = hparams_registry.get_hparams(
-        config.algorithm, config.hparams_profile or dataset.HPARAMS_PROFILE, config.hparams_seed, config.hparams
-    )
-    if hparams.get("data_augmentation") and hasattr(dataset, "set_augmentation"):
-        dataset.set_augmentation(config.test_envs)
+    if dataset is None:  # real datasets read hparams['data_augmentation'] (training domains only)
+        dataset = get_dataset(config.dataset, config.data_dir, config.test_envs, hparams)
     steps = config.steps if config.steps is not None else dataset.N_STEPS
     checkpoint_freq = config.checkpoint_freq or dataset.CHECKPOINT_FREQ
     device = "cuda" if torch.cuda.is_available() else "cpu"

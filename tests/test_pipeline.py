@@ -114,3 +114,11 @@ def test_bad_spec_keys_and_names_fail_clearly():
         spec_from_dict(TINY | {"output_dir": "x", "strategies": ["Soupp"]})
     with pytest.raises(UserError, match="unknown dataset"):
         spec_from_dict(TINY | {"output_dir": "x", "target": TINY["target"] | {"datasets": ["Nope"]}})
+
+
+def test_target_objective_is_a_spec_key(tmp_path):
+    spec = spec_from_dict(TINY | {"output_dir": str(tmp_path), "target": TINY["target"] | {"algorithm": "CORAL"}})
+    listing = Pipeline(spec).dry_run()
+    target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedMNIST")]
+    assert target_lines and all(" CORAL " in line or " MovingAverage " in line for line in target_lines)
+    assert any(" CORAL " in line for line in target_lines)

@@ -7,7 +7,6 @@ next to `--spec` override the file's keys.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -55,14 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
     """The spec keys the flags set (None: not given)."""
-    hparams = None
-    if args.hparams is not None:
-        try:
-            hparams = json.loads(args.hparams)
-        except json.JSONDecodeError as error:
-            raise UserError(f"--hparams is not valid JSON ({error.msg}): {args.hparams}") from None
-        if not isinstance(hparams, dict):
-            raise UserError(f"--hparams must be a JSON object, got: {args.hparams}")
+    from domainbed_recycle.hparams_registry import parse_overrides
+
+    hparams = parse_overrides(args.hparams) if args.hparams is not None else None
     slurm = {key: getattr(args, f"slurm_{key}") for key in
              ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism")}
     return {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from domainbed_recycle.errors import UserError
 
@@ -38,14 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.hparams:
-        try:
-            overrides = json.loads(args.hparams)
-        except json.JSONDecodeError as error:
-            raise UserError(f"--hparams is not valid JSON ({error.msg}): {args.hparams}") from None
-        if not isinstance(overrides, dict):
-            raise UserError(f"--hparams must be a JSON object, got: {args.hparams}")
+    from domainbed_recycle.hparams_registry import parse_overrides
+
+    overrides = parse_overrides(args.hparams)
     if not 0.0 < args.holdout_fraction < 1.0:
         raise UserError(f"--holdout_fraction must be in (0, 1), got {args.holdout_fraction}")
 
