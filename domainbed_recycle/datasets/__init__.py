@@ -11,7 +11,10 @@ from domainbed_recycle.datasets.base import (
     InMemoryDomain,
     MultipleDomainDataset,
     get_dataset,
+    get_dataset_class,
     load_all_datasets,
 )
 
-__all__ = ["DATASETS", "InMemoryDomain", "MultipleDomainDataset", "get_dataset", "load_all_datasets"]
+__all__ = [
+    "DATASETS", "InMemoryDomain", "MultipleDomainDataset", "get_dataset", "get_dataset_class", "load_all_datasets",
+]
