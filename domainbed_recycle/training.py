@@ -30,8 +30,6 @@ from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDatase
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.misc import seed_hash
 
-RUN_FILES = ("results.jsonl", "model.safetensors", "model_best.safetensors", "done", "err.txt", "out.txt")
-
 
 @dataclass
 class TrainConfig:
