@@ -61,12 +61,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_summary(out_dir) -> None:
     """Last record's accuracies, as a small table (test domains marked)."""
-    import json as _json
+    import json
 
     from tabulate import tabulate
 
     lines = (out_dir / "results.jsonl").read_text().splitlines()
-    last = _json.loads(lines[-1])
+    last = json.loads(lines[-1])
     envs = last["args"]["environments"]
     test_envs = set(last["args"]["test_envs"])
     rows = [
@@ -75,4 +75,6 @@ def _print_summary(out_dir) -> None:
         for i, name in enumerate(envs)
     ]
     print(tabulate(rows, headers=["domain", "in acc %", "out acc %"]))
-    print(f"step {last['step']}, {1 / max(last['step_time'], 1e-9):.1f} steps/s; run folder: {out_dir}")
+    batch = last["hparams"]["batch_size"]
+    print(f"step {last['step']}, {1 / max(last['step_time'], 1e-9):.1f} steps/s (a step = {batch} images from each "
+          f"of {len(envs) - len(test_envs)} training domains); run folder: {out_dir}")
