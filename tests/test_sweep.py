@@ -242,3 +242,10 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
         assert _steps(job.output_dir) == expected  # strictly increasing, unique, none lost
     for job_id, content in done_before.items():  # finished runs were not touched
         assert (out / job_id / "results.jsonl").read_bytes() == content
+    table = subprocess.run([sys.executable, "-m", "domainbed_recycle.cli", "collect", "--input_dir", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    for method in ("training-domain validation set", "leave-one-domain-out cross-validation",
+                   "test-domain validation set (oracle)"):
+        assert f"model selection method: {method}" in table.stdout
+    assert f"Total records: {len(jobs) * len(expected)}" in table.stdout
