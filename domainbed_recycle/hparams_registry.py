@@ -46,7 +46,7 @@ def _common(define: Define, profile: str) -> None:
         define("batch_size", 32, lambda rng: 32)
     elif profile in ("small", "small_finetune"):
         # CPU scale: the small CNN on 3x28x28 built-ins. Fine-tuning a pre-trained featurizer
-        # ("small_finetune") uses a 10x smaller learning rate range, as the ResNet ranges are for
+        # ("small_finetune") uses a 3x smaller learning rate range, as the ResNet ranges are for
         # fine-tuning ImageNet weights: fine-tunings stay close to their init, where averaging works.
         define("arch", "small_cnn", lambda rng: "small_cnn")
         define("cnn_width", 16, lambda rng: 16)
@@ -54,7 +54,7 @@ def _common(define: Define, profile: str) -> None:
         if profile == "small":
             define("lr", 1e-3, _log_uniform(-3.5, -2.5))
         else:
-            define("lr", 1e-4, _log_uniform(-4.5, -3.5))
+            define("lr", 3e-4, _log_uniform(-4.0, -3.0))
         define("dropout", 0.0, _choice([0.0, 0.1, 0.5]))
         define("weight_decay", 0.0, _choice([0.0, 1e-6, 1e-4]))
         define("batch_size", 64, lambda rng: int(2 ** rng.uniform(5, 7)))
