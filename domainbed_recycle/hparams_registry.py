@@ -143,8 +143,21 @@ def get_hparams(
         raise UserError(
             f"unknown hyper-parameter(s) {', '.join(unknown)} for {algorithm}; known: {', '.join(sorted(hparams))}"
         )
+    for name, value in (overrides or {}).items():
+        if not _same_kind(hparams[name], value):
+            raise UserError(f"hyper-parameter '{name}' must be a {type(hparams[name]).__name__} like its default "
+                            f"{hparams[name]!r}, got {value!r}")
     hparams.update(overrides or {})
     return hparams
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether an override can stand where `default` stood (an int may replace a float, not a bool)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
 
 
 def overrides_for(algorithm: str, profile: str, overrides: dict[str, Any]) -> dict[str, Any]:

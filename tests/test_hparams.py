@@ -38,3 +38,11 @@ def test_overrides_apply_and_unknown_names_are_rejected():
     assert hr.get_hparams("ERM", "small", 0, {"lr": 0.5})["lr"] == 0.5
     with pytest.raises(UserError, match="unknown hyper-parameter.*lrr"):
         hr.get_hparams("ERM", "small", 0, {"lrr": 0.5})
+
+
+def test_overrides_of_the_wrong_kind_are_rejected():
+    assert hr.get_hparams("ERM", "small", 0, {"lr": 1})["lr"] == 1  # an int may stand for a float
+    with pytest.raises(UserError, match="'lr' must be a float"):
+        hr.get_hparams("ERM", "small", 0, {"lr": [1]})
+    with pytest.raises(UserError, match="'arch' must be a str"):
+        hr.get_hparams("ERM", "small", 0, {"arch": 3})
