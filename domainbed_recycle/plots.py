@@ -97,24 +97,7 @@ def plot_acc_vs_num_models(
     Returns:
         ``Path(path)``.
     """
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    for name, points in curves.items():
-        pts = sorted((int(n), float(a)) for n, a in points)
-        ax.plot(
-            [n for n, _ in pts],
-            _percent([a for _, a in pts], f"accuracies of '{name}'"),
-            marker="o",
-            label=name,
-        )
-    ax.set_xlabel("number of averaged models M")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend()
-    return _save(fig, path)
+    return _plot_curves(curves, path, "number of averaged models M", title, integer_x=True)
 
 
 def plot_diversity_vs_accuracy(
@@ -185,19 +168,28 @@ def plot_lmc_curves(
     Returns:
         ``Path(path)``.
     """
+    return _plot_curves(curves, path, "interpolation coefficient λ (0 = model a, 1 = model b)", title)
+
+
+def _plot_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike[str],
+    xlabel: str,
+    title: str,
+    integer_x: bool = False,
+) -> Path:
+    """One accuracy (%) line per named curve of (x, accuracy in [0, 1]) points, sorted by x."""
     fig = _new_figure()
     ax = fig.add_subplot()
     for name, points in curves.items():
-        pts = sorted((float(lam), float(a)) for lam, a in points)
-        ax.plot(
-            [lam for lam, _ in pts],
-            _percent([a for _, a in pts], f"accuracies of '{name}'"),
-            marker="o",
-            label=name,
-        )
-    ax.set_xlabel("interpolation coefficient λ (0 = model a, 1 = model b)")
+        pts = sorted((float(x), float(acc)) for x, acc in points)
+        ax.plot([x for x, _ in pts], _percent([acc for _, acc in pts], f"accuracies of '{name}'"),
+                marker="o", label=name)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
+    if integer_x:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if curves:
         ax.legend()
