@@ -1,7 +1,7 @@
 """Diversity and linear mode connectivity of finished runs: run folders in, numbers out.
 
 The glue between run folders (``training.train``), the test-domain predictions of their best checkpoints
-(``strategies.evaluator.Evaluator``) and the pure measures of ``diversity``, ``lmc`` and ``averaging``.
+(``evaluation.Evaluator``) and the pure measures of ``diversity``, ``lmc`` and ``averaging``.
 Used by ``drecycle diversity`` / ``drecycle lmc`` and by the recycling pipeline's analyses.
 
 Conventions:
@@ -24,16 +24,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
+from domainbed_recycle import diversity
+from domainbed_recycle.averaging import uniform_average
+from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
+from domainbed_recycle.datasets import get_dataset
 from domainbed_recycle.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-
-    from domainbed_recycle.strategies.evaluator import Evaluator
+from domainbed_recycle.evaluation import Evaluator
+from domainbed_recycle.lmc import DEFAULT_LAMBDAS, barrier_height, lmc_curve
 
 __all__ = [
     "RunInfo",
@@ -92,8 +94,6 @@ class RunInfo:
     @cached_property
     def state(self) -> dict[str, torch.Tensor]:
         """The checkpoint's state dict (read on first access, then kept)."""
-        from domainbed_recycle.checkpoints import load_checkpoint
-
         return load_checkpoint(self.checkpoint)[0]
 
 
@@ -107,8 +107,6 @@ def load_run(run_dir: str | Path) -> RunInfo:
         UserError: the folder is missing, is not a run folder, is unfinished (no ``done``), has no model
             checkpoint, or its checkpoint / ``args.json`` lacks what is needed.
     """
-    from domainbed_recycle.checkpoints import read_metadata
-
     path = Path(run_dir)
     if not path.exists():
         raise UserError(f"{path}: no such run folder")
@@ -188,9 +186,6 @@ def evaluator_for(runs: Sequence[RunLike], dataset: Any = None) -> Evaluator:
         UserError: no runs, or a run whose dataset / trial_seed / holdout_fraction / architecture / class
             names differ from the first run's (the message names the run and the field).
     """
-    from domainbed_recycle.datasets import get_dataset
-    from domainbed_recycle.strategies.evaluator import Evaluator
-
     infos = _as_runs(runs)
     if not infos:
         raise UserError("no runs given")
@@ -239,12 +234,7 @@ def _check_env(evaluator: Evaluator, test_env: int) -> int:
 
 def _state_probs(evaluator: Evaluator, state: Any, test_env: int) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, C], labels [N]) of one state dict on the test domain's ``in`` split."""
-    from domainbed_recycle.evaluation import predict_probs
-
-    model = evaluator.load(state)
-    probs, labels = predict_probs(
-        model, evaluator.in_splits[test_env], evaluator.device, evaluator.dataset.N_WORKERS
-    )
+    probs, labels = evaluator.test_probs(state, test_env)
     return probs.numpy(), labels.numpy().astype(np.int64)
 
 
@@ -298,8 +288,6 @@ def diversity_report(
         over pairs}, "matrices": {metric: [M][M] nested lists, diagonal nan}}`` for the metrics
         disagreement, ratio_error, q_statistic, double_fault (see ``diversity``).
     """
-    from domainbed_recycle import diversity
-
     infos = _as_runs(runs)
     if len(infos) < 2:
         raise UserError(f"diversity needs at least 2 runs, got {len(infos)}")
@@ -349,9 +337,6 @@ def pairwise_wa_gains(
         "disagreement", "q_statistic", "acc_a", "acc_b", "mean_acc", "wa_acc", "gain",
         "ensemble_acc"}``.
     """
-    from domainbed_recycle import diversity
-    from domainbed_recycle.averaging import uniform_average
-
     infos = _as_runs(runs)
     if len(infos) < 2:
         raise UserError(f"pairwise weight averages need at least 2 runs, got {len(infos)}")
@@ -408,8 +393,6 @@ def lmc_between(
         "val_envs", "val_curve", "val_barrier"}``; barriers as in ``lmc.barrier_height`` (same unit as
         the accuracies, >= 0). Without ``validation`` the ``val_*`` entries are None.
     """
-    from domainbed_recycle.lmc import DEFAULT_LAMBDAS, barrier_height, lmc_curve
-
     a, b = _as_run(run_a), _as_run(run_b)
     test_env = _check_env(evaluator, test_env)
     lams = [float(lam) for lam in (DEFAULT_LAMBDAS if lambdas is None else lambdas)]

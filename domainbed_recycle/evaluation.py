@@ -1,15 +1,31 @@
-"""Accuracy and predictions of a model over a dataset split (in memory or on disk)."""
+"""Accuracy and predictions of models on a dataset's DomainBed splits: the one evaluation room.
+
+- `accuracy`, `predict_probs`, `evaluate_splits`: any callable `x -> logits` on splits (training
+  uses them on its live model);
+- `Evaluator`: state dicts (or ensembles of them) on every split of one (dataset, trial seed), for
+  combined models and for the analysis;
+- `EvaluatorCache`: one evaluator per (dataset, trial seed), one dataset in memory at a time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from domainbed_recycle.datasets import get_dataset
 from domainbed_recycle.datasets.base import InMemoryDomain
+from domainbed_recycle.datasets.splits import make_splits
+from domainbed_recycle.networks import Model, build_model
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def iterate_batches(
@@ -46,3 +62,107 @@ def accuracy(predict: Predict, split: Dataset, device: str = "cpu", num_workers:
         correct += (predict(x).argmax(1) == y).sum().item()
         total += len(y)
     return correct / max(total, 1)
+
+
+def evaluate_splits(
+    predict: Predict, in_splits: Sequence[Dataset], out_splits: Sequence[Dataset], device: str = "cpu",
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """`env{i}_in_acc` and `env{i}_out_acc` of `predict` for every domain i (DomainBed's record keys)."""
+    accs = {}
+    for env_index, (split_in, split_out) in enumerate(zip(in_splits, out_splits, strict=True)):
+        accs[f"env{env_index}_in_acc"] = accuracy(predict, split_in, device, num_workers)
+        accs[f"env{env_index}_out_acc"] = accuracy(predict, split_out, device, num_workers)
+    return accs
+
+
+class Evaluator:
+    """Accuracy of state dicts (or of ensembles of them) on every split of one dataset and trial.
+
+    The `in`/`out` split of each domain depends only on the trial seed, so one evaluator serves every
+    test domain of that trial.
+
+    Args:
+        dataset: a built `MultipleDomainDataset`.
+        trial_seed, holdout_fraction: as in the runs, so the splits are the runs' splits.
+        arch: architecture of the models to evaluate (from a run checkpoint's metadata).
+    """
+
+    def __init__(self, dataset: Any, trial_seed: int, holdout_fraction: float, arch: dict[str, Any]) -> None:
+        self.dataset = dataset
+        self.arch = arch
+        self.device = default_device()
+        self.in_splits, self.out_splits = make_splits(dataset, holdout_fraction, trial_seed)
+        self._model: Model = build_model(arch).to(self.device).eval()
+
+    @property
+    def n_envs(self) -> int:
+        return len(self.in_splits)
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> Model:
+        self._model.load_state_dict(state)
+        return self._model.eval()
+
+    def record(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """`env{i}_in_acc` / `env{i}_out_acc` of the model with weights `state`."""
+        model = self.load(state)
+        return evaluate_splits(model, self.in_splits, self.out_splits, self.device, self.dataset.N_WORKERS)
+
+    def val_acc(self, state: Mapping[str, torch.Tensor], test_envs: Sequence[int]) -> float:
+        """Training-domain validation accuracy: mean `out` accuracy over the training domains."""
+        model = self.load(state)
+        envs = [i for i in range(self.n_envs) if i not in test_envs]
+        return float(np.mean([accuracy(model, self.out_splits[i], self.device) for i in envs]))
+
+    def test_acc(self, state: Mapping[str, torch.Tensor], test_env: int) -> float:
+        """Accuracy on the test domain's `in` split (DomainBed's reported test accuracy)."""
+        return accuracy(self.load(state), self.in_splits[test_env], self.device)
+
+    def test_probs(self, state: Mapping[str, torch.Tensor], test_env: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities [N, C], labels [N]) of one model on the test domain's `in` split."""
+        return predict_probs(self.load(state), self.in_splits[test_env], self.device, self.dataset.N_WORKERS)
+
+    def split_probs(self, state: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{'env{i}_in' / 'env{i}_out': (probabilities [N, C], labels [N])} of one model."""
+        model = self.load(state)
+        out = {}
+        for i in range(self.n_envs):
+            out[f"env{i}_in"] = predict_probs(model, self.in_splits[i], self.device)
+            out[f"env{i}_out"] = predict_probs(model, self.out_splits[i], self.device)
+        return out
+
+
+def ensemble_record(members: Sequence[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, float]:
+    """Accuracies of the ensemble that averages the members' predicted probabilities, per split."""
+    record = {}
+    for split in members[0]:
+        probs = torch.stack([member[split][0] for member in members]).mean(0)
+        labels = members[0][split][1]
+        record[f"{split}_acc"] = float((probs.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+    return record
+
+
+class EvaluatorCache:
+    """Evaluators by (dataset, trial seed), built on first use; one dataset's data in memory at a time.
+
+    Args:
+        data_dir: where real datasets live (None for the built-ins).
+        holdout_fraction: of every run evaluated through this cache.
+    """
+
+    def __init__(self, data_dir: str | None, holdout_fraction: float) -> None:
+        self.data_dir = data_dir
+        self.holdout_fraction = holdout_fraction
+        self._dataset_name: str | None = None
+        self._dataset: Any = None
+        self._evaluators: dict[int, Evaluator] = {}
+
+    def get(self, dataset: str, trial_seed: int, arch: dict[str, Any]) -> Evaluator:
+        """The evaluator of (dataset, trial seed) for models of architecture `arch`."""
+        if dataset != self._dataset_name:
+            self._evaluators.clear()
+            self._dataset = get_dataset(dataset, self.data_dir, [], {"data_augmentation": False})
+            self._dataset_name = dataset
+        if trial_seed not in self._evaluators:
+            self._evaluators[trial_seed] = Evaluator(self._dataset, trial_seed, self.holdout_fraction, arch)
+        return self._evaluators[trial_seed]

@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from domainbed_recycle import checkpoints, provenance
 from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDataset
+from domainbed_recycle.datasets.splits import make_splits
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.evaluation import accuracy, evaluate_splits
 from domainbed_recycle.misc import seed_hash
 
 
@@ -137,35 +139,6 @@ def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
     return described
 
 
-def make_splits(
-    dataset: MultipleDomainDataset, holdout_fraction: float, trial_seed: int
-) -> tuple[list[Dataset], list[Dataset]]:
-    """DomainBed's per-domain `in`/`out` split, seeded by (trial_seed, domain index)."""
-    from domainbed_recycle.datasets.splits import split_domain
-
-    in_splits, out_splits = [], []
-    for env_index in range(len(dataset)):
-        split_in, split_out = split_domain(
-            dataset[env_index], holdout_fraction, seed_hash(trial_seed, env_index)
-        )
-        in_splits.append(split_in)
-        out_splits.append(split_out)
-    return in_splits, out_splits
-
-
-def evaluate_splits(
-    predict: Any, in_splits: list[Dataset], out_splits: list[Dataset], device: str = "cpu", num_workers: int = 0
-) -> dict[str, float]:
-    """`env{i}_in_acc` and `env{i}_out_acc` of `predict` for every domain i (DomainBed's record keys)."""
-    from domainbed_recycle.evaluation import accuracy
-
-    accs = {}
-    for env_index, (split_in, split_out) in enumerate(zip(in_splits, out_splits, strict=True)):
-        accs[f"env{env_index}_in_acc"] = accuracy(predict, split_in, device, num_workers)
-        accs[f"env{env_index}_out_acc"] = accuracy(predict, split_out, device, num_workers)
-    return accs
-
-
 def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> Path:
     """Run one training job and write its folder; returns the folder. Skips a run already `done`."""
     from domainbed_recycle import hparams_registry
@@ -259,8 +232,6 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         record.update(evaluate_splits(algorithm.predict, in_splits, out_splits, device, dataset.N_WORKERS))
         iterate_predict = getattr(algorithm, "iterate_predict", None)
         if iterate_predict is not None:  # e.g. SWAD: the current iterate's accuracy drives its window
-            from domainbed_recycle.evaluation import accuracy
-
             for i in train_envs:
                 record[f"env{i}_out_acc_iterate"] = accuracy(iterate_predict, out_splits[i], device)
         record["mem_gb"] = _peak_memory_gb(device)

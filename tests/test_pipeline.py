@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.pipeline import Pipeline, import_finetuning
-from domainbed_recycle.recycle_spec import load_recycle_spec, spec_from_dict
+from domainbed_recycle.recycle.imports import import_finetuning
+from domainbed_recycle.recycle.pipeline import Pipeline
+from domainbed_recycle.recycle.spec import load_recycle_spec, spec_from_dict
 
 TINY = {
     "launcher": "inprocess",

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from domainbed_recycle.errors import UserError
-    from domainbed_recycle.pipeline import Pipeline, import_finetuning
-    from domainbed_recycle.recycle_spec import load_recycle_spec
+    from domainbed_recycle.recycle.imports import import_finetuning
+    from domainbed_recycle.recycle.pipeline import Pipeline
+    from domainbed_recycle.recycle.spec import load_recycle_spec
 
     if args.spec is None and (args.reference is None or args.output_dir is None):
         raise UserError("give --spec (or both --reference and --output_dir)")

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from domainbed_recycle.pipeline import Pipeline
-    from domainbed_recycle.recycle_spec import load_recycle_spec
+    from domainbed_recycle.recycle.pipeline import Pipeline
+    from domainbed_recycle.recycle.spec import load_recycle_spec
 
     overrides = {"output_dir": args.output_dir, "data_dir": args.data_dir, "launcher": args.launcher,
                  "n_workers": args.n_workers, "selection": args.selection}

@@ -2,16 +2,19 @@
 
 DomainBed's train.py calls `out, in_ = split_dataset(env, int(len(env) * holdout_fraction),
 seed_hash(trial_seed, env_i))`; `split_domain(env, holdout_fraction, seed)` returns `(in_, out)`
-with the same index sets for the same seed (callers here use `misc.seed_hash(trial_seed, env_i)`).
+with the same index sets for the same seed; `make_splits` splits every domain that way.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
 from domainbed_recycle.datasets.base import InMemoryDomain
+from domainbed_recycle.misc import seed_hash
 
 
 def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -46,3 +49,18 @@ def _subset(domain: InMemoryDomain, keys: list[int]) -> InMemoryDomain:
         gray = images[:, :1][index]  # [n, 1, H, W], a copy of one channel only
         return InMemoryDomain(gray.expand(-1, images.shape[1], -1, -1), domain.labels[index])
     return domain.subset(index)
+
+
+def make_splits(
+    dataset: Sequence[Dataset], holdout_fraction: float, trial_seed: int
+) -> tuple[list[Dataset], list[Dataset]]:
+    """DomainBed's per-domain `in`/`out` split of every domain, seeded by (trial_seed, domain index).
+
+    Returns (in splits, out splits), one of each per domain, in domain order.
+    """
+    in_splits, out_splits = [], []
+    for env_index in range(len(dataset)):
+        split_in, split_out = split_domain(dataset[env_index], holdout_fraction, seed_hash(trial_seed, env_index))
+        in_splits.append(split_in)
+        out_splits.append(split_out)
+    return in_splits, out_splits

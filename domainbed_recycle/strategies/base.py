@@ -1,9 +1,14 @@
-"""The strategy contract and the objects strategies exchange with the pipeline.
+"""The strategy contract and the objects strategies exchange with the recycling pipeline.
 
-A strategy = `plan(cell, inits, settings) -> list of run configs` (which target runs, from which
-initialisation) + `combine(cell, runs, evaluator) -> outcomes` (how finished runs become the reported
-model). Run configs are `TrainConfig` keyword dicts; two strategies planning the same config share
-one run, because a job's folder is the hash of its config (e.g. LP-FT and Soup read the same runs).
+A strategy declares what the pipeline needs to know about it (class attributes: `variants`,
+`needs_auxiliary`, `analysis_pool`, `lmc_across_inits`, `pooled`) and implements
+- `pools(cell, inits, settings) -> {pool name: [run config]}`: which target runs, from which init;
+- `derived_inits(cell, inits, settings) -> [DerivedInit]`: init files its runs start from that the
+  pipeline must build first (e.g. a fused featurizer), without writing anything itself;
+- `combine(cell, pools, evaluator) -> outcomes`: how finished runs become the reported models.
+Run configs are `TrainConfig` keyword dicts; two strategies planning the same config share one run,
+because a job's folder is the hash of its config (e.g. LP-FT and Soup read the same runs).
+Nothing here mutates its inputs, so planning is a pure function of the spec.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+from domainbed_recycle import hparams_registry
+from domainbed_recycle.checkpoints import read_metadata
+from domainbed_recycle.datasets import get_dataset_class
+from domainbed_recycle.evaluation import Evaluator
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.registry import Registry
-
-if TYPE_CHECKING:
-    from domainbed_recycle.strategies.evaluator import Evaluator
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
@@ -34,20 +40,28 @@ class Cell:
     trial_seed: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inits:
     """Checkpoints a cell's runs can start from.
 
     foundation: checkpoint of the pre-trained model (its featurizer is phi_0).
     probe: checkpoint whose classifier is the linear probe fitted on the cell's training domains.
     auxiliary: (label, checkpoint) of each auxiliary fine-tuning (featurizers of the same architecture).
-    fused: checkpoint of the fused featurizer (written by Fusing.prepare), if any.
+    work_dir: where derived inits (e.g. fused featurizers) are written by the pipeline.
     """
 
     foundation: str
     probe: str
-    auxiliary: list[tuple[str, str]] = field(default_factory=list)
-    fused: str | None = None
+    auxiliary: tuple[tuple[str, str], ...] = ()
+    work_dir: Path = Path("inits")
+
+
+class DerivedInit(Protocol):
+    """An init file computed from other checkpoints (`build` writes it at `path` if missing)."""
+
+    path: Path
+
+    def build(self) -> None: ...
 
 
 @dataclass
@@ -88,8 +102,6 @@ class RunRef:
 
     @cached_property
     def val_acc(self) -> float:
-        from domainbed_recycle.checkpoints import read_metadata
-
         return float(read_metadata(self.checkpoint)["val_acc"])
 
     def records(self) -> list[dict[str, Any]]:
@@ -118,20 +130,41 @@ class ModelOutcome:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+Pools = dict[str, list[dict[str, Any]]]  # pool name -> run configs, in plan order
+RUNS = "runs"  # the pool name of strategies with a single pool
+
+
 class Strategy:
-    """Base class: subclasses set `name`, `variants`, and implement `plan` and `combine`."""
+    """Base class: subclasses set the class attributes below and implement `pools` and `combine`.
+
+    Attributes:
+        name: registry name, used in specs.
+        variants: the table rows this strategy reports, in order.
+        needs_auxiliary: its runs start from auxiliary fine-tunings (a spec must list some).
+        analysis_pool: (name, short label) under which the pipeline's analysis measures the diversity
+            vs weight-averaging gain of pairs of its runs; None: not analysed.
+        lmc_across_inits: the analysis measures linear mode connectivity between its runs of
+            different inits.
+        pooled: pooled variant -> the variant it is listed after; a pooled variant is the uniform
+            average of this strategy's runs over every trial seed of a test domain (the paper's †).
+    """
 
     name: ClassVar[str]
     variants: ClassVar[tuple[str, ...]]
+    needs_auxiliary: ClassVar[bool] = False
+    analysis_pool: ClassVar[tuple[str, str] | None] = None
+    lmc_across_inits: ClassVar[bool] = False
+    pooled: ClassVar[dict[str, str]] = {}
 
-    def prepare(self, cell: Cell, inits: Inits, settings: TargetSettings, work_dir: Path) -> None:
-        """Write files the plan needs (e.g. a fused featurizer). Default: nothing."""
+    def derived_inits(self, cell: Cell, inits: Inits, settings: TargetSettings) -> list[DerivedInit]:
+        """Init files this strategy's runs need built before they start. Default: none."""
+        return []
 
-    def plan(self, cell: Cell, inits: Inits, settings: TargetSettings) -> list[dict[str, Any]]:
+    def pools(self, cell: Cell, inits: Inits, settings: TargetSettings) -> Pools:
         raise NotImplementedError
 
     def combine(
-        self, cell: Cell, runs: list[RunRef], evaluator: Evaluator
+        self, cell: Cell, pools: dict[str, list[RunRef]], evaluator: Evaluator
     ) -> list[RunsOutcome | ModelOutcome]:
         raise NotImplementedError
 
@@ -150,11 +183,8 @@ def target_run(
     The hparams seed picks the hyper-parameters (0 = defaults); the training seed is derived from
     every argument, the init included, as DomainBed derives it from a run's arguments.
     """
-    from domainbed_recycle import hparams_registry
-    from domainbed_recycle.datasets import load_all_datasets
-
     algorithm = algorithm or settings.algorithm
-    profile = settings.hparams_profile or load_all_datasets().get(cell.dataset).HPARAMS_PROFILE
+    profile = settings.hparams_profile or get_dataset_class(cell.dataset).HPARAMS_PROFILE
     return {
         "dataset": cell.dataset,
         "algorithm": algorithm,

@@ -1,14 +1,21 @@
-"""The strategies of the model-recycling family (DESIGN.md's table), one small class each."""
+"""The strategies of the model-recycling family, one small class each (README's strategy table)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domainbed_recycle.averaging import fusing_weights, greedy_soup, uniform_average, weighted_average
+from domainbed_recycle.checkpoints import load_checkpoint, read_metadata, save_checkpoint, split_state
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.evaluation import Evaluator, ensemble_record
 from domainbed_recycle.strategies.base import (
     PHI0,
+    RUNS,
     STRATEGIES,
     Cell,
+    DerivedInit,
     Inits,
     ModelOutcome,
     RunRef,
@@ -17,7 +24,6 @@ from domainbed_recycle.strategies.base import (
     TargetSettings,
     target_run,
 )
-from domainbed_recycle.strategies.evaluator import Evaluator, ensemble_record
 
 
 def lpft_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[dict[str, Any]]:
@@ -41,9 +47,6 @@ def auxiliary_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[d
 
 def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
     """Uniform weight average of the runs' best checkpoints, plus the accuracy-vs-#models curve."""
-    from domainbed_recycle.averaging import uniform_average
-    from domainbed_recycle.checkpoints import load_checkpoint
-
     load = lambda run: load_checkpoint(run.checkpoint)[0]  # noqa: E731
     curve = []
     for k in range(1, len(runs)):  # prefixes; the full average is evaluated below
@@ -56,9 +59,6 @@ def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator)
 
 def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
     """Greedy soup: add runs by decreasing validation accuracy while the soup's validation does not drop."""
-    from domainbed_recycle.averaging import greedy_soup, uniform_average
-    from domainbed_recycle.checkpoints import load_checkpoint
-
     load = lambda index: load_checkpoint(runs[index].checkpoint)[0]  # noqa: E731
     result = greedy_soup(load, [run.val_acc for run in runs], lambda s: evaluator.val_acc(s, [cell.test_env]))
     curve, accepted = [], []
@@ -75,8 +75,6 @@ def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) 
 
 
 def _ensemble(variant: str, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
-    from domainbed_recycle.checkpoints import load_checkpoint
-
     members = [evaluator.split_probs(load_checkpoint(run.checkpoint)[0]) for run in runs]
     return ModelOutcome(variant, ensemble_record(members), {"members": [r.run_id for r in runs]})
 
@@ -88,12 +86,12 @@ class ERM(Strategy):
     name = "ERM"
     variants = ("ERM",)
 
-    def plan(self, cell: Cell, inits: Inits, settings: TargetSettings) -> list[dict[str, Any]]:
-        return [target_run(cell, settings, h, f"{PHI0}/random-head", inits.foundation, None)
-                for h in range(settings.n_runs)]
+    def pools(self, cell, inits, settings):
+        return {RUNS: [target_run(cell, settings, h, f"{PHI0}/random-head", inits.foundation, None)
+                       for h in range(settings.n_runs)]}
 
-    def combine(self, cell, runs, evaluator):
-        return [RunsOutcome("ERM", runs)]
+    def combine(self, cell, pools, evaluator):
+        return [RunsOutcome("ERM", pools[RUNS])]
 
 
 @STRATEGIES.register("LP-FT")
@@ -103,11 +101,11 @@ class LPFT(Strategy):
     name = "LP-FT"
     variants = ("LP-FT",)
 
-    def plan(self, cell, inits, settings):
-        return lpft_pool(cell, inits, settings)
+    def pools(self, cell, inits, settings):
+        return {RUNS: lpft_pool(cell, inits, settings)}
 
-    def combine(self, cell, runs, evaluator):
-        return [RunsOutcome("LP-FT", runs)]
+    def combine(self, cell, pools, evaluator):
+        return [RunsOutcome("LP-FT", pools[RUNS])]
 
 
 @STRATEGIES.register("MovingAverage")
@@ -117,12 +115,12 @@ class MovingAverage(Strategy):
     name = "MovingAverage"
     variants = ("MovingAverage",)
 
-    def plan(self, cell, inits, settings):
-        return [target_run(cell, settings, h, PHI0, inits.foundation, inits.probe, algorithm="MovingAverage")
-                for h in range(settings.n_runs_small)]
+    def pools(self, cell, inits, settings):
+        return {RUNS: [target_run(cell, settings, h, PHI0, inits.foundation, inits.probe, algorithm="MovingAverage")
+                       for h in range(settings.n_runs_small)]}
 
-    def combine(self, cell, runs, evaluator):
-        return [RunsOutcome("MovingAverage", runs)]
+    def combine(self, cell, pools, evaluator):
+        return [RunsOutcome("MovingAverage", pools[RUNS])]
 
 
 @STRATEGIES.register("Soup")
@@ -131,11 +129,13 @@ class Soup(Strategy):
 
     name = "Soup"
     variants = ("Soup-uniform", "Soup-greedy")
+    analysis_pool = ("LP-FT pool", "lp")
 
-    def plan(self, cell, inits, settings):
-        return lpft_pool(cell, inits, settings)
+    def pools(self, cell, inits, settings):
+        return {RUNS: lpft_pool(cell, inits, settings)}
 
-    def combine(self, cell, runs, evaluator):
+    def combine(self, cell, pools, evaluator):
+        runs = pools[RUNS]
         return [_uniform("Soup-uniform", cell, runs, evaluator), _greedy("Soup-greedy", cell, runs, evaluator)]
 
 
@@ -146,12 +146,12 @@ class Ensemble(Strategy):
     name = "Ensemble"
     variants = ("Ensemble", "Ensemble-aux")
 
-    def plan(self, cell, inits, settings):
-        return lpft_pool(cell, inits, settings) + auxiliary_pool(cell, inits, settings)
+    def pools(self, cell, inits, settings):
+        return {"LP-FT": lpft_pool(cell, inits, settings), "auxiliary": auxiliary_pool(cell, inits, settings)}
 
-    def combine(self, cell, runs, evaluator):
-        n = len(runs) // 2
-        return [_ensemble("Ensemble", runs[:n], evaluator), _ensemble("Ensemble-aux", runs[n:], evaluator)]
+    def combine(self, cell, pools, evaluator):
+        return [_ensemble("Ensemble", pools["LP-FT"], evaluator),
+                _ensemble("Ensemble-aux", pools["auxiliary"], evaluator)]
 
 
 @STRATEGIES.register("InterTraining")
@@ -160,12 +160,35 @@ class InterTraining(Strategy):
 
     name = "InterTraining"
     variants = ("InterTraining",)
+    needs_auxiliary = True
 
-    def plan(self, cell, inits, settings):
-        return auxiliary_pool(cell, inits, settings)
+    def pools(self, cell, inits, settings):
+        return {RUNS: auxiliary_pool(cell, inits, settings)}
 
-    def combine(self, cell, runs, evaluator):
-        return [RunsOutcome("InterTraining", [run for run in runs if run.init_label != PHI0])]
+    def combine(self, cell, pools, evaluator):
+        return [RunsOutcome("InterTraining", [run for run in pools[RUNS] if run.init_label != PHI0])]
+
+
+@dataclass(frozen=True)
+class FusedInit:
+    """A featurizer that is the kappa-weighted average of auxiliary featurizers (Fusing's init).
+
+    sources: (label, checkpoint) of the averaged featurizers; weights: their kappas (sum to 1).
+    """
+
+    path: Path
+    sources: tuple[tuple[str, str], ...]
+    weights: tuple[float, ...]
+
+    def build(self) -> None:
+        if self.path.exists():
+            return
+        featurizers = ({f"featurizer.{k}": v for k, v in split_state(load_checkpoint(p)[0])[0].items()}
+                       for _, p in self.sources)
+        meta = read_metadata(self.sources[0][1])
+        fused = weighted_average(featurizers, list(self.weights))
+        save_checkpoint(self.path, fused, {"arch": meta.get("arch"), "fused_from": [label for label, _ in self.sources],
+                                           "weights": list(self.weights)})
 
 
 @STRATEGIES.register("Fusing")
@@ -178,53 +201,44 @@ class Fusing(Strategy):
 
     name = "Fusing"
     variants = ("Fusing", "Fusing-uniform")
+    needs_auxiliary = True
 
-    @staticmethod
-    def fused_path(work_dir: Path, cell: Cell) -> Path:
-        return work_dir / f"fused_trial{cell.trial_seed}.safetensors"
-
-    def prepare(self, cell, inits, settings, work_dir):
-        from domainbed_recycle.averaging import fusing_weights, weighted_average
-        from domainbed_recycle.checkpoints import load_checkpoint, read_metadata, save_checkpoint, split_state
-        from domainbed_recycle.errors import UserError
-
-        path = self.fused_path(work_dir, cell)
-        inits.fused = str(path)
-        if path.exists():
-            return
+    def fused_init(self, cell: Cell, inits: Inits, settings: TargetSettings) -> FusedInit:
         if not inits.auxiliary:
             raise UserError("Fusing needs at least one auxiliary fine-tuning")
         weights = fusing_weights(len(inits.auxiliary), settings.fusing_range, cell.trial_seed)
-        featurizers = (
-            {f"featurizer.{k}": v for k, v in split_state(load_checkpoint(p)[0])[0].items()}
-            for _, p in inits.auxiliary
-        )
-        meta = read_metadata(inits.auxiliary[0][1])
-        fused = weighted_average(featurizers, weights)
-        save_checkpoint(path, fused, {"arch": meta.get("arch"), "fused_from": [label for label, _ in inits.auxiliary],
-                                      "weights": weights})
+        return FusedInit(inits.work_dir / f"fused_trial{cell.trial_seed}.safetensors", tuple(inits.auxiliary),
+                         tuple(weights))
 
-    def plan(self, cell, inits, settings):
-        if inits.fused is None:
-            raise RuntimeError("Fusing.prepare must run before Fusing.plan")
-        return [target_run(cell, settings, h, "fused", inits.fused, inits.probe)
-                for h in range(settings.n_runs_small)]
+    def derived_inits(self, cell: Cell, inits: Inits, settings: TargetSettings) -> list[DerivedInit]:
+        return [self.fused_init(cell, inits, settings)]
 
-    def combine(self, cell, runs, evaluator):
+    def pools(self, cell, inits, settings):
+        fused = str(self.fused_init(cell, inits, settings).path)
+        return {RUNS: [target_run(cell, settings, h, "fused", fused, inits.probe)
+                       for h in range(settings.n_runs_small)]}
+
+    def combine(self, cell, pools, evaluator):
+        runs = pools[RUNS]
         return [RunsOutcome("Fusing", runs), _uniform("Fusing-uniform", cell, runs, evaluator)]
 
 
 @STRATEGIES.register("Ratatouille")
 class Ratatouille(Strategy):
     """Model ratatouille: M runs spread over the auxiliary featurizers and phi_0, all from the target
-    probe, weight-averaged (uniform and greedy). The pipeline adds the variant pooled over trial seeds."""
+    probe, weight-averaged (uniform and greedy); † = uniform over every trial seed's runs."""
 
     name = "Ratatouille"
     variants = ("Ratatouille-uniform", "Ratatouille-greedy")
+    needs_auxiliary = True
+    analysis_pool = ("auxiliary pool", "aux")
+    lmc_across_inits = True
+    pooled = {"Ratatouille-uniform†": "Ratatouille-uniform"}
 
-    def plan(self, cell, inits, settings):
-        return auxiliary_pool(cell, inits, settings)
+    def pools(self, cell, inits, settings):
+        return {RUNS: auxiliary_pool(cell, inits, settings)}
 
-    def combine(self, cell, runs, evaluator):
+    def combine(self, cell, pools, evaluator):
+        runs = pools[RUNS]
         return [_uniform("Ratatouille-uniform", cell, runs, evaluator),
                 _greedy("Ratatouille-greedy", cell, runs, evaluator)]

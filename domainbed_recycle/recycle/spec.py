@@ -8,7 +8,13 @@ from typing import Any
 
 import tomllib
 
+from domainbed_recycle.algorithms import get_algorithm_class
+from domainbed_recycle.datasets import load_all_datasets
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.hparams_registry import PROFILES, known_anywhere
+from domainbed_recycle.launchers import LAUNCHERS, SlurmOptions
+from domainbed_recycle.model_selection import METHODS
+from domainbed_recycle.strategies import STRATEGIES
 
 
 @dataclass
@@ -74,7 +80,7 @@ class RecycleSpec:
     launcher: str = "pool"
     n_workers: int | None = None
     selection: list[str] = field(default_factory=lambda: ["iid"])
-    pooled_ratatouille: bool = True
+    pooled: bool = True  # add the † rows: strategies' variants pooled over trial seeds
     analysis: bool = True
     slurm: dict[str, Any] = field(default_factory=dict)
     source: str = "spec"
@@ -118,19 +124,11 @@ def load_recycle_spec(path: str | Path, overrides: dict[str, Any] | None = None)
 
 def validate(spec: RecycleSpec) -> None:
     """Check every name the spec uses against the registries; raise one UserError listing the problem."""
-    from domainbed_recycle.algorithms import get_algorithm_class
-    from domainbed_recycle.datasets import load_all_datasets
-    from domainbed_recycle.launchers import LAUNCHERS
-    from domainbed_recycle.model_selection import METHODS
-    from domainbed_recycle.strategies import STRATEGIES
-
     datasets = load_all_datasets()
     where = spec.source
     if not spec.target.datasets:
         raise UserError(f"{where} [target]: 'datasets' is empty")
-    for name in spec.strategies:
-        STRATEGIES.get(name)
-    needs_aux = {"InterTraining", "Fusing", "Ratatouille"} & set(spec.strategies)
+    needs_aux = [name for name in spec.strategies if STRATEGIES.get(name).needs_auxiliary]
     names = list(spec.target.datasets) + list(spec.auxiliary.datasets)
     if spec.foundation.checkpoint is None:
         if not spec.foundation.dataset:
@@ -141,8 +139,6 @@ def validate(spec: RecycleSpec) -> None:
     get_algorithm_class(spec.target.algorithm)
     LAUNCHERS.get(spec.launcher)
     if spec.slurm:
-        from domainbed_recycle.launchers import SlurmOptions
-
         SlurmOptions.from_dict(dict(spec.slurm))
     for method in spec.selection:
         if method not in METHODS:
@@ -152,8 +148,6 @@ def validate(spec: RecycleSpec) -> None:
         bad = [e for e in (spec.target.test_envs or []) if not 0 <= e < n_envs]
         if bad:
             raise UserError(f"{where} [target]: test env {bad[0]} out of range for {name} ({n_envs} domains)")
-    from domainbed_recycle.hparams_registry import PROFILES, known_anywhere
-
     for section in (spec.auxiliary, spec.probe, spec.target):
         if section.hparams_profile is not None and section.hparams_profile not in PROFILES:
             raise UserError(f"{where}: unknown hparams_profile '{section.hparams_profile}'; "
@@ -165,7 +159,7 @@ def validate(spec: RecycleSpec) -> None:
         if unknown:
             raise UserError(f"{where} [target] hparams: unknown hyper-parameter(s) {', '.join(unknown)}")
     if needs_aux and not spec.auxiliary.datasets:
-        raise UserError(f"{where}: strategies {sorted(needs_aux)} need [auxiliary] datasets")
+        raise UserError(f"{where}: strategies {needs_aux} need [auxiliary] datasets")
     for key in ("n_trials", "n_runs", "n_runs_small"):
         if getattr(spec.target, key) < 1:
             raise UserError(f"{where} [target]: '{key}' must be >= 1")

@@ -1,0 +1,1 @@
+"""The model-recycling pipeline: spec -> stages (pure planning) -> launch -> combine -> figures."""

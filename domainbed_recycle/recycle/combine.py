@@ -1,0 +1,142 @@
+"""Stage 5 of the recycling pipeline: strategies turn finished target runs into reported models.
+
+Each outcome becomes DomainBed-style records in `<out>/table/` (one folder per outcome), so the
+collector tabulates combined models like any run. A marker per (cell, strategy) in `<out>/combined/`
+records what was combined; a cell already combined is not combined again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from domainbed_recycle import provenance
+from domainbed_recycle.averaging import uniform_average
+from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
+from domainbed_recycle.collect import collect
+from domainbed_recycle.datasets import get_dataset_class
+from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
+from domainbed_recycle.misc import args_hash
+from domainbed_recycle.records import load_records
+from domainbed_recycle.recycle.spec import RecycleSpec
+from domainbed_recycle.reporting import render
+from domainbed_recycle.strategies.base import Cell, ModelOutcome, RunRef, RunsOutcome, Strategy
+
+TABLE, COMBINED = "table", "combined"
+
+
+def variants(strategies: list[Strategy], pooled: bool) -> list[str]:
+    """Table rows in order: each strategy's variants, each pooled (†) variant after the one it follows."""
+    names = []
+    for strategy in strategies:
+        for variant in strategy.variants:
+            names.append(variant)
+            if pooled:
+                names += [p for p, after in strategy.pooled.items() if after == variant]
+    return names
+
+
+def evaluator(cache: EvaluatorCache, cell: Cell, run: RunRef) -> Evaluator:
+    """The evaluator of a cell's dataset and trial seed, for models shaped like `run`'s."""
+    return cache.get(cell.dataset, cell.trial_seed, read_metadata(run.checkpoint)["arch"])
+
+
+def combine_cells(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy],
+                  spec: RecycleSpec, out: Path, cache: EvaluatorCache, log: Any = print) -> None:
+    """Each strategy's outcomes per cell, written once (a marker file per cell and strategy)."""
+    by_name = {s.name: s for s in strategies}
+    todo = [(cell, name) for cell, per in cells.items() for name in per if not _marker(out, cell, name).exists()]
+    log(f"stage 5/5 combine: {len(todo)} (cell, strategy) pair(s) to combine")
+    for cell, name in tqdm(todo, desc="combine", file=sys.stderr):
+        pools = cells[cell][name]
+        first = next(run for runs in pools.values() for run in runs)
+        outcomes = by_name[name].combine(cell, pools, evaluator(cache, cell, first))
+        _write_outcomes(spec, out, cell, outcomes)
+        marker = _marker(out, cell, name)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps([_summary(o) for o in outcomes], indent=1))
+
+
+def combine_pooled(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy],
+                   spec: RecycleSpec, out: Path, cache: EvaluatorCache) -> None:
+    """Pooled (†) variants: the uniform average of a strategy's runs of *every* trial seed of a test domain,
+    evaluated on each trial's splits (the paper's pooled variant; its test domain is never trained on)."""
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.dataset, cell.test_env), []).append(cell)
+    for strategy in strategies:
+        for variant in strategy.pooled:
+            for (dataset, test_env), group in groups.items():
+                marker = out / COMBINED / f"{dataset}_env{test_env}_{_safe(variant)}.json"
+                if marker.exists():
+                    continue
+                runs = [run for cell in group for pool in cells[cell][strategy.name].values() for run in pool]
+                state = uniform_average(load_checkpoint(run.checkpoint)[0] for run in runs)
+                for cell in group:
+                    outcome = ModelOutcome(variant, evaluator(cache, cell, runs[0]).record(state),
+                                           {"members": [r.run_id for r in runs]})
+                    _write_outcomes(spec, out, cell, [outcome])
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps({"members": len(runs)}))
+
+
+def combined_outcomes(out: Path, cell: Cell, strategy: str) -> list[dict[str, Any]]:
+    """What `combine_cells` recorded for a cell and strategy ([] if not combined yet)."""
+    marker = _marker(out, cell, strategy)
+    return json.loads(marker.read_text()) if marker.exists() else []
+
+
+def table(out: Path, names: list[str], datasets: list[str], selection: list[str], fmt: str = "text") -> str:
+    """The strategy table of everything combined so far, rows `names`, one model-selection method per block."""
+    records, report = load_records(out / TABLE)
+    result = collect(records, methods=selection, algorithms=names, datasets=datasets, report=report)
+    return render(result, fmt)
+
+
+def _safe(variant: str) -> str:
+    return variant.replace("†", "pooled")
+
+
+def _marker(out: Path, cell: Cell, name: str) -> Path:
+    return out / COMBINED / f"{cell.dataset}_env{cell.test_env}_trial{cell.trial_seed}_{name}.json"
+
+
+def _write_outcomes(spec: RecycleSpec, out: Path, cell: Cell, outcomes: list[RunsOutcome | ModelOutcome]) -> None:
+    for outcome in outcomes:
+        if isinstance(outcome, RunsOutcome):
+            for run in outcome.runs:
+                records = run.records()
+                for record in records:
+                    record["args"] = dict(record["args"], algorithm=outcome.variant)
+                    record["strategy"] = outcome.variant
+                    record["run_dir"] = str(run.output_dir)
+                _write_run(out / TABLE, {"variant": outcome.variant, "run": run.run_id}, records)
+            continue
+        args = {"dataset": cell.dataset, "algorithm": outcome.variant, "test_envs": [cell.test_env],
+                "hparams_seed": 0, "trial_seed": cell.trial_seed,
+                "environments": list(get_dataset_class(cell.dataset).ENVIRONMENTS),
+                "holdout_fraction": spec.target.holdout_fraction}
+        record = {"step": spec.target.steps or 0, "args": args, "hparams": {}, **outcome.accs,
+                  "strategy": outcome.variant, "combined": outcome.info,
+                  "versions": provenance.versions(), "git_commit": provenance.git_commit()}
+        _write_run(out / TABLE, {"variant": outcome.variant, "cell": cell.__dict__}, [record])
+
+
+def _write_run(table_dir: Path, key: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    folder = table_dir / args_hash(key)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "done").unlink(missing_ok=True)
+    with open(folder / "results.jsonl", "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    (folder / "done").write_text("done\n")
+
+
+def _summary(outcome: RunsOutcome | ModelOutcome) -> dict[str, Any]:
+    if isinstance(outcome, ModelOutcome):
+        return {"variant": outcome.variant, "accs": outcome.accs, "info": outcome.info}
+    return {"variant": outcome.variant, "runs": [r.run_id for r in outcome.runs]}

@@ -1,0 +1,102 @@
+"""The recycling pipeline's analysis stage: the paper's figures per target dataset, and their numbers.
+
+Into `<out>/plots/` and `<out>/analysis.json`:
+- OOD accuracy vs number of averaged models (each strategy's curves), mean over cells;
+- diversity (ratio-error) vs weight-averaging gain of pairs of runs (Hypothesis 1), per analysis
+  pool a strategy declares, trial 0;
+- linear mode connectivity between runs from different inits (Hypothesis 2) of the strategies that
+  declare `lmc_across_inits`, trial 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domainbed_recycle import analysis, plots
+from domainbed_recycle.evaluation import EvaluatorCache
+from domainbed_recycle.recycle.combine import combined_outcomes, evaluator
+from domainbed_recycle.strategies.base import Cell, RunRef, Strategy
+
+PLOTS, ANALYSIS = "plots", "analysis.json"
+
+
+def analyze(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy], datasets: list[str],
+            out: Path, cache: EvaluatorCache) -> dict[str, Any]:
+    """Draw the figures and write `analysis.json`; returns its content (per dataset)."""
+    result: dict[str, Any] = {}
+    for dataset in datasets:
+        dataset_cells = [c for c in cells if c.dataset == dataset]
+        entry: dict[str, Any] = {"acc_vs_num_models": _curves(dataset, dataset_cells, cells, out)}
+        first_trial = [c for c in dataset_cells if c.trial_seed == 0]
+        pairs, barriers, lmc_curves = [], [], {}
+        for cell in first_trial:
+            for strategy in strategies:
+                runs = _runs(cells[cell].get(strategy.name, {}))
+                if strategy.analysis_pool and len(runs) >= 2:
+                    pool, label = strategy.analysis_pool
+                    for pair in analysis.pairwise_wa_gains(runs, evaluator(cache, cell, runs[0]), cell.test_env):
+                        pairs.append(pair | {"pool": pool, "label": label, "test_env": cell.test_env})
+                if strategy.lmc_across_inits:
+                    for a, b, lmc in _lmc_across_inits(runs, cell, cache):
+                        barriers.append({"test_env": cell.test_env, "a": a, "b": b, "barrier": lmc["test_barrier"]})
+                        if cell.test_env == dataset_cells[0].test_env:
+                            lmc_curves[f"{a} ↔ {b}"] = lmc["test_curve"]
+        entry |= {"pairs": pairs, "lmc_barriers": barriers}
+        fit = _diversity_figure(dataset, pairs, out)
+        if fit:
+            entry["diversity_fit"] = fit
+        if lmc_curves:
+            plots.plot_lmc_curves(lmc_curves, out / PLOTS / f"{dataset}_lmc.png",
+                                  title=f"{dataset}: LMC across inits (test domain {dataset_cells[0].test_env})")
+        result[dataset] = entry
+    (out / ANALYSIS).write_text(json.dumps(analysis.jsonable(result), indent=1))
+    return result
+
+
+def _runs(pools: dict[str, list[RunRef]]) -> list[RunRef]:
+    return [run for pool in pools.values() for run in pool]
+
+
+def _curves(dataset: str, dataset_cells: list[Cell], cells: dict[Cell, Any], out: Path) -> dict[str, Any]:
+    """Mean over cells of each variant's accuracy-vs-number-of-averaged-models curve (and its plot)."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    for cell in dataset_cells:
+        for name in cells[cell]:
+            for outcome in combined_outcomes(out, cell, name):
+                for k, acc in outcome.get("info", {}).get("curve", []):
+                    curves.setdefault(outcome["variant"], {}).setdefault(int(k), []).append(acc)
+    mean = {v: [(k, float(np.mean(a))) for k, a in sorted(c.items())] for v, c in curves.items()}
+    if mean:
+        plots.plot_acc_vs_num_models(mean, out / PLOTS / f"{dataset}_acc_vs_num_models.png",
+                                     title=f"{dataset}: OOD accuracy vs number of averaged models")
+    return mean
+
+
+def _lmc_across_inits(runs: list[RunRef], cell: Cell, cache: EvaluatorCache) -> list[tuple[str, str, dict]]:
+    """LMC between the first run of each init and the first run of every other init."""
+    by_init: dict[str, RunRef] = {}
+    for run in runs:
+        by_init.setdefault(run.init_label, run)
+    labels = list(by_init)
+    if len(labels) < 2:
+        return []
+    ev = evaluator(cache, cell, runs[0])
+    return [(a, b, analysis.lmc_between(by_init[a], by_init[b], ev, cell.test_env, validation=False))
+            for i, a in enumerate(labels) for b in labels[i + 1:]]
+
+
+def _diversity_figure(dataset: str, pairs: list[dict[str, Any]], out: Path) -> dict[str, Any] | None:
+    """Scatter of ratio-error vs WA gain over every analysed pair, with its linear fit."""
+    finite = [p for p in pairs if np.isfinite(p["ratio_error"])]
+    if len(finite) < 2:
+        return None
+    _, slope, r, pvalue = plots.plot_diversity_vs_accuracy(
+        [p["ratio_error"] for p in finite], [p["gain"] for p in finite], [p["label"] for p in finite],
+        out / PLOTS / f"{dataset}_diversity_vs_wa_gain.png", xlabel="ratio-error of the pair",
+        ylabel="WA acc − mean individual acc (pp)", signed=True,
+        title=f"{dataset}: diversity vs weight-averaging gain (pairs of runs)")
+    return {"slope_pp_per_unit": slope, "r": r, "p": pvalue, "n_pairs": len(finite)}

@@ -1,0 +1,88 @@
+"""`drecycle recycle SPEC`: the stages of model recycling in order, each a resumable sweep.
+
+Planning is `stages.plan` (pure), combining `combine`, figures `figures`; this module only sequences
+them: launch a stage's jobs, check they succeeded, go on. Every stage skips what is done, so a killed
+pipeline resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.evaluation import EvaluatorCache
+from domainbed_recycle.launchers import SlurmOptions, launch
+from domainbed_recycle.recycle import combine, figures, stages
+from domainbed_recycle.recycle.spec import RecycleSpec
+from domainbed_recycle.strategies import STRATEGIES
+from domainbed_recycle.sweep import Job
+
+
+def _log(message: str) -> None:
+    print(f"[recycle] {message}", file=sys.stderr, flush=True)
+
+
+class Pipeline:
+    """Runs one recycling spec: `run()` does every stage; `dry_run()` lists the jobs; `table()` tabulates."""
+
+    def __init__(self, spec: RecycleSpec) -> None:
+        self.spec = spec
+        self.out = Path(spec.output_dir).resolve()
+        self.strategies = [STRATEGIES.get(name)() for name in spec.strategies]
+
+    def plan(self) -> stages.Plan:
+        return stages.plan(self.spec, self.strategies, self.out)
+
+    def foundation_checkpoint(self) -> str:
+        return str(stages.foundation_checkpoint(self.spec, self.out))
+
+    def variants(self) -> list[str]:
+        return combine.variants(self.strategies, self.spec.pooled)
+
+    def dry_run(self) -> str:
+        """Every stage's jobs (without running anything or needing any data), one line per job."""
+        return stages.describe(self.plan(), self.variants())
+
+    def table(self, fmt: str = "text") -> str:
+        """The strategy table of what is combined so far."""
+        return combine.table(self.out, self.variants(), list(self.spec.target.datasets), self.spec.selection, fmt)
+
+    def run(self) -> str:
+        """Run (or resume) every stage and return the strategy table as text."""
+        start = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "spec.json").write_text(json.dumps(dataclasses.asdict(self.spec), indent=2))
+        plan = self.plan()
+        if plan.foundation_job is not None:
+            self._launch("1/5 foundation", [plan.foundation_job])
+        if not plan.foundation.is_file():
+            raise UserError(f"foundation checkpoint not found: {plan.foundation}")
+        self._launch("2/5 auxiliary fine-tunings", list(plan.auxiliary_jobs.values()))
+        self._launch("3/5 linear probes", list(plan.probe_jobs.values()))
+        for init in plan.derived:
+            init.build()
+        self._launch("4/5 target runs", plan.target_jobs)
+        cache = EvaluatorCache(self.spec.data_dir, self.spec.target.holdout_fraction)
+        combine.combine_cells(plan.cells, self.strategies, self.spec, self.out, cache, log=_log)
+        if self.spec.pooled:
+            combine.combine_pooled(plan.cells, self.strategies, self.spec, self.out, cache)
+        if self.spec.analysis:
+            figures.analyze(plan.cells, self.strategies, list(self.spec.target.datasets), self.out, cache)
+            _log(f"analysis: plots in {self.out / figures.PLOTS}")
+        table = self.table()
+        _log(f"done in {time.time() - start:.0f} s; records in {self.out / combine.TABLE}")
+        return table
+
+    def _launch(self, stage: str, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        slurm = SlurmOptions.from_dict(dict(self.spec.slurm)) if self.spec.slurm else None
+        _log(f"stage {stage}: {len(jobs)} job(s)")
+        report = launch(jobs, launcher=self.spec.launcher, n_workers=self.spec.n_workers, slurm=slurm)
+        _log(report.summary().splitlines()[0])
+        if not report.ok:
+            raise UserError(f"stage {stage}: {len(report.failed)} job(s) failed:\n{report.summary()}")

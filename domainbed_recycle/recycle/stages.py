@@ -1,0 +1,172 @@
+"""Planning the recycling pipeline: a pure function of the spec (and of the imported fine-tunings).
+
+`plan(spec, strategies, out)` names every job of every stage and every run each strategy reads,
+without running or writing anything, so the dry run and the real run cannot disagree.
+1. foundation: pre-train on the built-in corpus (or read a local checkpoint);
+2. auxiliary fine-tunings of the foundation (plus imported ones in `<out>/imported/`);
+3. a linear probe per target cell (dataset, test domain, trial seed), featurizer frozen;
+4. derived inits (e.g. fused featurizers), then the target runs every strategy plans (a run planned
+   by several strategies is one job);
+5. combine: each strategy turns its runs into reported models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domainbed_recycle.datasets import get_dataset_class
+from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.recycle.spec import RecycleSpec
+from domainbed_recycle.strategies.base import PHI0, Cell, DerivedInit, Inits, RunRef, Strategy, TargetSettings
+from domainbed_recycle.sweep import Job, job_id_of, jobs_from_configs
+
+BEST = "model_best.safetensors"
+
+# Sub-folders of a pipeline's output folder, one per stage.
+FOUNDATION, AUXILIARY, IMPORTED, PROBES, INITS, TARGET = (
+    "foundation", "auxiliary", "imported", "probes", "inits", "target")
+
+CellPools = dict[str, dict[str, list[RunRef]]]  # strategy name -> pool name -> runs
+
+
+@dataclass
+class Plan:
+    """Every stage's jobs, and the runs each strategy reads per cell."""
+
+    foundation_job: Job | None
+    foundation: Path
+    auxiliary_jobs: dict[str, Job]
+    imported: list[tuple[str, str]]
+    probe_jobs: dict[Cell, Job]
+    derived: list[DerivedInit]
+    cells: dict[Cell, CellPools]
+    target_jobs: list[Job]
+    planned_per_strategy: dict[str, int] = field(default_factory=dict)
+
+
+def target_settings(spec: RecycleSpec) -> TargetSettings:
+    """The spec's [target] table as the settings strategies plan with."""
+    t = spec.target
+    return TargetSettings(
+        algorithm=t.algorithm, n_runs=t.n_runs, n_runs_small=t.n_runs_small, steps=t.steps,
+        checkpoint_freq=t.checkpoint_freq, holdout_fraction=t.holdout_fraction, data_dir=spec.data_dir,
+        hparams=dict(t.hparams), hparams_profile=t.hparams_profile, fusing_range=t.fusing_range,
+    )
+
+
+def cells(spec: RecycleSpec) -> list[Cell]:
+    """Target cells in (dataset, test domain, trial seed) order."""
+    result = []
+    for dataset in spec.target.datasets:
+        n_envs = len(get_dataset_class(dataset).ENVIRONMENTS)
+        for test_env in spec.target.test_envs or range(n_envs):
+            for trial in range(spec.target.n_trials):
+                result.append(Cell(dataset, test_env, trial))
+    return result
+
+
+def foundation_job(spec: RecycleSpec, out: Path) -> Job | None:
+    """The pre-training job, or None when the spec reads a local checkpoint."""
+    f = spec.foundation
+    if f.checkpoint:
+        return None
+    config = {"dataset": f.dataset, "test_envs": [], "steps": f.steps, "checkpoint_freq": f.checkpoint_freq,
+              "hparams": dict(f.hparams), "seed": seed_hash("foundation", f.dataset),
+              "data_dir": spec.data_dir, "init_label": "random"}
+    return jobs_from_configs([config], out / FOUNDATION)[0]
+
+
+def foundation_checkpoint(spec: RecycleSpec, out: Path) -> Path:
+    if spec.foundation.checkpoint:
+        return Path(spec.foundation.checkpoint).resolve()
+    job = foundation_job(spec, out)
+    assert job is not None
+    return job.output_dir / BEST
+
+
+def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[str, Job]:
+    """One fine-tuning of the foundation per auxiliary dataset (every domain trained on)."""
+    a = spec.auxiliary
+    jobs = {}
+    for dataset in a.datasets:
+        config = {"dataset": dataset, "test_envs": [], "steps": a.steps, "checkpoint_freq": a.checkpoint_freq,
+                  "hparams": dict(a.hparams), "hparams_profile": a.hparams_profile,
+                  "seed": seed_hash("auxiliary", dataset),
+                  "data_dir": spec.data_dir, "init_featurizer": str(foundation), "init_label": PHI0}
+        jobs[dataset] = jobs_from_configs([config], out / AUXILIARY)[0]
+    return jobs
+
+
+def imported_finetunings(out: Path) -> list[tuple[str, str]]:
+    """(label, checkpoint) of the fine-tunings added with `drecycle import` (checked on import)."""
+    return [(f"import:{p.stem}", str(p)) for p in sorted((out / IMPORTED).glob("*.safetensors"))]
+
+
+def probe_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[Cell, Job]:
+    """A linear probe of the foundation per target cell (featurizer frozen)."""
+    p = spec.probe
+    jobs = {}
+    for cell in cells(spec):
+        config = {"dataset": cell.dataset, "test_envs": [cell.test_env], "trial_seed": cell.trial_seed,
+                  "steps": p.steps, "checkpoint_freq": p.checkpoint_freq, "hparams": dict(p.hparams),
+                  "hparams_profile": p.hparams_profile,
+                  "seed": seed_hash("probe", cell.dataset, cell.test_env, cell.trial_seed),
+                  "holdout_fraction": spec.target.holdout_fraction, "data_dir": spec.data_dir,
+                  "init_featurizer": str(foundation), "linear_probe": True, "init_label": f"{PHI0}/probe"}
+        jobs[cell] = jobs_from_configs([config], out / PROBES)[0]
+    return jobs
+
+
+def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
+    """Every stage's jobs and every strategy's runs; reads nothing but `<out>/imported/`'s listing."""
+    settings = target_settings(spec)
+    foundation = foundation_checkpoint(spec, out)
+    aux_jobs = auxiliary_jobs(spec, out, foundation)
+    imported = imported_finetunings(out)
+    probes = probe_jobs(spec, out, foundation)
+    derived: dict[Path, DerivedInit] = {}
+    per_cell: dict[Cell, CellPools] = {}
+    configs: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    for cell, probe in probes.items():
+        aux = [(f"aux:{d}", str(job.output_dir / BEST)) for d, job in aux_jobs.items()
+               if not (spec.auxiliary.exclude_target and d == cell.dataset)]
+        inits = Inits(foundation=str(foundation), probe=str(probe.output_dir / BEST),
+                      auxiliary=tuple(aux + imported), work_dir=out / INITS)
+        per_cell[cell] = {}
+        for strategy in strategies:
+            for init in strategy.derived_inits(cell, inits, settings):
+                derived.setdefault(init.path, init)
+            pools = strategy.pools(cell, inits, settings)
+            per_cell[cell][strategy.name] = {name: [_run_ref(config, out) for config in pool]
+                                             for name, pool in pools.items()}
+            for pool in pools.values():
+                configs.extend(pool)
+                counts[strategy.name] = counts.get(strategy.name, 0) + len(pool)
+    return Plan(foundation_job(spec, out), foundation, aux_jobs, imported, probes, list(derived.values()),
+                per_cell, jobs_from_configs(configs, out / TARGET), counts)
+
+
+def _run_ref(config: dict[str, Any], out: Path) -> RunRef:
+    return RunRef(config, out / TARGET / job_id_of(config))
+
+
+def describe(plan: Plan, variants: list[str]) -> str:
+    """Every stage's jobs, one line per job (the dry run's listing)."""
+    job = plan.foundation_job
+    lines = [f"stage 1 foundation: {'train ' + job.describe() if job else plan.foundation}"]
+    if job is None and not plan.foundation.is_file():
+        lines.append(f"  WARNING: {plan.foundation} does not exist here (needed before stage 2 runs)")
+    lines.append(f"stage 2 auxiliary fine-tunings: {len(plan.auxiliary_jobs)} job(s)")
+    lines += [f"  {job.describe()}" for job in plan.auxiliary_jobs.values()]
+    lines += [f"  imported {label}: {path}" for label, path in plan.imported]
+    lines.append(f"stage 3 linear probes: {len(plan.probe_jobs)} job(s)")
+    shared = ", ".join(f"{k}: {v}" for k, v in plan.planned_per_strategy.items())
+    lines.append(f"stage 4 target runs: {len(plan.target_jobs)} unique job(s) ({shared} planned; "
+                 f"shared runs train once)")
+    lines += [f"  derived init {init.path}" for init in plan.derived]
+    lines += [f"  {job.describe()}" for job in plan.target_jobs]
+    lines.append(f"stage 5 combine: {len(plan.cells)} cell(s) x variants {', '.join(variants)}")
+    return "\n".join(lines)
