@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -114,14 +115,14 @@ def load_run(run_dir: str | Path) -> RunInfo:
         raise UserError(f"{path}: no such run folder")
     if not path.is_dir():
         raise UserError(f"{path}: not a folder (expected a run folder written by `drecycle train`)")
-    if not (path / "done").is_file():
-        if not (path / "results.jsonl").is_file():
-            raise UserError(f"{path}: not a run folder (no results.jsonl nor done; see `drecycle train`)")
+    if not (path / RunDir.DONE).is_file():
+        if not (path / RunDir.RESULTS).is_file():
+            raise UserError(f"{path}: not a run folder (no {RunDir.RESULTS} nor done; see `drecycle train`)")
         raise UserError(f"{path}: unfinished run (no `done` file); wait for it to end or relaunch it")
-    candidates = [path / name for name in ("model_best.safetensors", "model.safetensors")]
+    candidates = [path / name for name in (RunDir.BEST, RunDir.LAST)]
     checkpoint = next((candidate for candidate in candidates if candidate.is_file()), None)
     if checkpoint is None:
-        raise UserError(f"{path}: the run saved no model (no model_best.safetensors; --skip_model_save?)")
+        raise UserError(f"{path}: the run saved no model (no {RunDir.BEST}; --skip_model_save?)")
     metadata = read_metadata(checkpoint)
     missing = [key for key in ("arch", "dataset", "test_envs", "trial_seed") if key not in metadata]
     if missing:
@@ -145,7 +146,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
 
 def _run_args(path: Path) -> dict[str, Any]:
     """The run's arguments: ``args.json``'s ``args``, else those of the first ``results.jsonl`` record."""
-    for source in (path / "args.json", path / "results.jsonl"):
+    for source in (path / RunDir.ARGS, path / RunDir.RESULTS):
         if not source.is_file():
             continue
         try:

@@ -21,9 +21,10 @@ from typing import Any
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.misc import args_hash, seed_hash
 from domainbed_recycle.recycle_spec import RecycleSpec
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.strategies.base import PHI0, Cell, Inits, RunRef, TargetSettings
 
-BEST = "model_best.safetensors"
+BEST = RunDir.BEST
 
 
 @dataclass
@@ -145,7 +146,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ running
     def _launch(self, stage: str, jobs: list[Any]) -> None:
-        from domainbed_recycle.launchers import SlurmOptions, launch
+        from domainbed_recycle.sweep.launchers import SlurmOptions, launch
 
         if not jobs:
             return
@@ -407,11 +408,11 @@ class Pipeline:
 def _write_run(table_dir: Path, key: dict[str, Any], records: list[dict[str, Any]]) -> None:
     folder = table_dir / args_hash(key)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "done").unlink(missing_ok=True)
-    with open(folder / "results.jsonl", "w", encoding="utf-8") as handle:
+    (folder / RunDir.DONE).unlink(missing_ok=True)
+    with open(folder / RunDir.RESULTS, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-    (folder / "done").write_text("done\n")
+    (folder / RunDir.DONE).write_text("done\n")
 
 
 def _outcome_summary(outcome: Any) -> dict[str, Any]:

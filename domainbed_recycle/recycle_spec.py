@@ -120,7 +120,7 @@ def validate(spec: RecycleSpec) -> None:
     """Check every name the spec uses against the registries; raise one UserError listing the problem."""
     from domainbed_recycle.algorithms import get_algorithm_class
     from domainbed_recycle.datasets import load_all_datasets
-    from domainbed_recycle.launchers import LAUNCHERS
+    from domainbed_recycle.sweep.launchers import LAUNCHERS
     from domainbed_recycle.model_selection import METHODS
     from domainbed_recycle.strategies import STRATEGIES
 
@@ -141,7 +141,7 @@ def validate(spec: RecycleSpec) -> None:
     get_algorithm_class(spec.target.algorithm)
     LAUNCHERS.get(spec.launcher)
     if spec.slurm:
-        from domainbed_recycle.launchers import SlurmOptions
+        from domainbed_recycle.sweep.launchers import SlurmOptions
 
         SlurmOptions.from_dict(dict(spec.slurm))
     for method in spec.selection:

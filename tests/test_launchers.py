@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from domainbed_recycle import launchers, sweep
+from domainbed_recycle import sweep
+from domainbed_recycle.sweep import launchers
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.launchers import JobOutcome, LaunchReport, SlurmOptions, launch, run_job
+from domainbed_recycle.sweep.launchers import JobOutcome, LaunchReport, SlurmOptions, launch, run_job
 from domainbed_recycle.sweep import make_jobs
 
 SMALL = {"cnn_width": 8}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from domainbed_recycle import sweep
-from domainbed_recycle.launchers import SlurmOptions, launch
+from domainbed_recycle.sweep.launchers import SlurmOptions, launch
 from domainbed_recycle.sweep import jobs_from_configs
 
 pytestmark = pytest.mark.slurm

@@ -15,7 +15,7 @@ import pytest
 
 from domainbed_recycle import cli, sweep
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.launchers import JobOutcome, LaunchReport, launch, threads_per_worker
+from domainbed_recycle.sweep.launchers import JobOutcome, LaunchReport, launch, threads_per_worker
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.sweep import Job, jobs_from_configs, make_jobs
 
@@ -156,7 +156,7 @@ def test_cli_exit_status_is_1_when_a_job_failed(tmp_path, monkeypatch, capsys):
         outcomes[0].status, outcomes[0].error = "failed", "ValueError: boom"
         return LaunchReport("pool", outcomes)
 
-    monkeypatch.setattr("domainbed_recycle.launchers.launch", fake_launch)
+    monkeypatch.setattr("domainbed_recycle.sweep.launchers.launch", fake_launch)
     assert cli.main(_sweep_argv("launch", tmp_path, "--skip_confirmation")) == 1
     assert "1 failed" in capsys.readouterr().out
 

@@ -11,6 +11,7 @@ import torch
 
 from domainbed_recycle import checkpoints
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, train
 
 DOMAINBED_KEYS = {"step", "epoch", "loss", "step_time", "mem_gb", "hparams", "args"}
@@ -52,16 +53,19 @@ def test_same_seeds_give_identical_numbers(tmp_path):
     assert [r["loss"] for r in first] != [r["loss"] for r in other]
 
 
-def test_incomplete_folder_is_restarted_clean_and_done_is_skipped(tmp_path):
-    config = _config(tmp_path, "run")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "results.jsonl").write_text('{"step": 999}\n{"trunc')  # a killed run's leftovers
-    train(config)
-    assert [r["step"] for r in _records(run)] == [10, 20]
-    before = (run / "results.jsonl").read_text()
-    train(config)  # done: nothing rewritten
-    assert (run / "results.jsonl").read_text() == before
+def test_train_writes_only_into_a_fresh_folder(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.create()
+    run.results_file.write_text('{"step": 999}\n{"trunc')  # a killed run's leftovers
+    with pytest.raises(UserError, match="new or empty folder"):  # resetting is the launcher's job
+        train(_config(tmp_path, "run"))
+    assert run.results_file.read_text() == '{"step": 999}\n{"trunc'
+    run.reset()
+    run.out_file.write_text("a launcher's log, opened before training\n")
+    train(_config(tmp_path, "run"))
+    assert [r["step"] for r in _records(run.path)] == [10, 20] and run.is_done
+    with pytest.raises(UserError, match="holds done run files"):
+        train(_config(tmp_path, "run"))
 
 
 def test_linear_probe_keeps_featurizer_and_lp_warmup_freezes_it_first(tmp_path):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.registry import Registry
+from domainbed_recycle.rundir import RunDir
 
 if TYPE_CHECKING:
     from domainbed_recycle.strategies.evaluator import Evaluator
@@ -76,7 +77,7 @@ class RunRef:
     @property
     def checkpoint(self) -> Path:
         """The run's best checkpoint by training-domain validation (what averaging uses)."""
-        return self.output_dir / "model_best.safetensors"
+        return self.output_dir / RunDir.BEST
 
     @property
     def init_label(self) -> str:
@@ -93,7 +94,7 @@ class RunRef:
         return float(read_metadata(self.checkpoint)["val_acc"])
 
     def records(self) -> list[dict[str, Any]]:
-        lines = (self.output_dir / "results.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (self.output_dir / RunDir.RESULTS).read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
 
