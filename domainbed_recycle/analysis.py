@@ -156,7 +156,7 @@ def _run_args(path: Path) -> dict[str, Any]:
             continue
         if isinstance(obj, dict) and isinstance(obj.get("args"), dict):
             return obj["args"]
-    raise UserError(f"{path}: cannot read the run's arguments (args.json missing or corrupt)")
+    raise UserError(f"{path}: cannot read the run's arguments ({RunDir.ARGS} missing or corrupt)")
 
 
 def _as_run(run: Any) -> RunInfo:

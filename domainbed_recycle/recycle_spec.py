@@ -120,9 +120,9 @@ def validate(spec: RecycleSpec) -> None:
     """Check every name the spec uses against the registries; raise one UserError listing the problem."""
     from domainbed_recycle.algorithms import get_algorithm_class
     from domainbed_recycle.datasets import load_all_datasets
-    from domainbed_recycle.sweep.launchers import LAUNCHERS
     from domainbed_recycle.model_selection import METHODS
     from domainbed_recycle.strategies import STRATEGIES
+    from domainbed_recycle.sweep.launchers import LAUNCHERS
 
     datasets = load_all_datasets()
     where = spec.source

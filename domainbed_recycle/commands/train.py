@@ -80,7 +80,8 @@ def _check_same_run(run: RunDir, config) -> None:
     run.check_is_run()
     differing = run.differing_args(config.stored_args(get_dataset_class(config.dataset)))
     if differing:
-        shown = ", ".join(f"{key}={run.args.get(key)!r}" for key in differing[:3])
+        stored, wanted = run.args, config.to_args()
+        shown = ", ".join(f"{key}={stored.get(key)!r} there, {wanted.get(key)!r} now" for key in differing[:3])
         raise UserError(
             f"{run.path} already holds a finished run with other arguments ({shown}); to train this one, "
             f"pass a new --output_dir, or delete {run.path} first"

@@ -23,8 +23,8 @@ from domainbed_recycle.sweep.jobs import (
     train_config_fields,
 )
 from domainbed_recycle.sweep.launchers import (
-    LAUNCHERS,
     FAILED,
+    LAUNCHERS,
     RAN,
     SKIPPED,
     JobOutcome,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.sweep.jobs import Job, make_jobs, test_env_combinations
