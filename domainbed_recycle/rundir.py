@@ -145,7 +145,8 @@ class RunDir:
         if not self.path.exists():
             return []
         self._check_is_dir()
-        return sorted(name for name in os.listdir(self.path) if not _is_harness_file(name))
+        return sorted(name for name in os.listdir(self.path)
+                      if not _is_harness_file(name) or (self.path / name).is_dir())
 
     @property
     def is_fresh(self) -> bool:
@@ -153,7 +154,7 @@ class RunDir:
         if not self.path.exists():
             return True
         self._check_is_dir()
-        return all(name in LOGS for name in os.listdir(self.path))
+        return all(name in LOGS and not (self.path / name).is_dir() for name in os.listdir(self.path))
 
     def _check_is_dir(self) -> None:
         if not self.path.is_dir():

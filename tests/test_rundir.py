@@ -50,10 +50,10 @@ def test_reset_deletes_only_the_harness_files(tmp_path):
     RunDir(tmp_path / "never").reset()  # nothing there: nothing to do
 
 
-@pytest.mark.parametrize("foreign", [".git", "notes.txt", "src", ".done.tmp", "results.jsonl.bak"])
+@pytest.mark.parametrize("foreign", [".git", "notes.txt", "src", ".done.tmp", "results.jsonl.bak", "done"])
 def test_a_folder_with_anything_else_is_refused_and_kept_whole(tmp_path, foreign):
     run = _harness_run(tmp_path / "r")
-    if foreign in (".git", "src"):
+    if foreign in (".git", "src", "done"):  # a folder, even one named like a harness file
         (run.path / foreign).mkdir()
         (run.path / foreign / "HEAD").write_text("ref: refs/heads/main\n")
     else:

@@ -92,6 +92,11 @@ def test_status_and_delete_incomplete(tmp_path):
     assert (counts["done"], counts["incomplete"], counts["not_launched"]) == (1, 2, 3)
     table = sweep.format_status(sweep.status(jobs))
     assert "ColoredMNIST" in table and "not launched" in table
+    (jobs[2].output_dir / "notes.txt").write_text("mine")  # not the harness's: nothing is deleted
+    with pytest.raises(UserError, match="did not write \\('notes.txt'"):
+        sweep.delete_incomplete(jobs)
+    assert all(job.output_dir.exists() for job in jobs[:3])
+    (jobs[2].output_dir / "notes.txt").unlink()
     assert sweep.delete_incomplete(jobs) == jobs[1:3]
     assert [sweep.job_state(j) for j in jobs[:3]] == ["done", "not_launched", "not_launched"]
 
