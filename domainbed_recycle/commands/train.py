@@ -9,9 +9,13 @@ or a folder holding anything the harness did not write, is refused with one line
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.rundir import RunDir
+
+if TYPE_CHECKING:  # training imports torch; `drecycle --help` must not
+    from domainbed_recycle.training import TrainConfig
 
 HELP = "Train one run (DomainBed's train.py flags) and write its results.jsonl, checkpoints and done."
 
@@ -73,14 +77,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_same_run(run: RunDir, config) -> None:
+def _check_same_run(run: RunDir, config: TrainConfig) -> None:
     """UserError (one line) unless the finished run in `run` was trained with `config`'s arguments."""
     from domainbed_recycle.datasets.base import get_dataset_class
 
     run.check_is_run()
-    differing = run.differing_args(config.stored_args(get_dataset_class(config.dataset)))
+    wanted = config.stored_args(get_dataset_class(config.dataset))
+    differing = run.differing_args(wanted)
     if differing:
-        stored, wanted = run.args, config.to_args()
+        stored = run.args
         shown = ", ".join(f"{key}={stored.get(key)!r} there, {wanted.get(key)!r} now" for key in differing[:3])
         raise UserError(
             f"{run.path} already holds a finished run with other arguments ({shown}); to train this one, "
