@@ -9,7 +9,7 @@ Conventions:
 - A *run* is a finished run folder (with ``done``); its model is ``model_best.safetensors`` (best
   training-domain validation accuracy, what averaging uses), or ``model.safetensors`` when the run kept
   no best checkpoint. Functions taking runs accept ``RunInfo`` objects, run folders (``str`` / ``Path``)
-  or anything with an ``output_dir`` attribute (``strategies.base.RunRef``).
+  ``RunDir`` objects or anything holding one as ``.run`` (``strategies.base.RunRef``).
 - Every number is measured on the test domain's ``in`` split (DomainBed's reported test accuracy),
   except the LMC validation curve (mean ``out`` accuracy over the training domains).
 - Accuracies are fractions in [0, 1]; undefined measures are ``nan`` (see ``diversity``);
@@ -18,7 +18,6 @@ Conventions:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from domainbed_recycle.datasets import get_dataset
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator
 from domainbed_recycle.lmc import DEFAULT_LAMBDAS, barrier_height, lmc_curve
+from domainbed_recycle.rundir import RunDir
 
 __all__ = [
     "RunInfo",
@@ -107,24 +107,24 @@ def load_run(run_dir: str | Path) -> RunInfo:
         UserError: the folder is missing, is not a run folder, is unfinished (no ``done``), has no model
             checkpoint, or its checkpoint / ``args.json`` lacks what is needed.
     """
-    path = Path(run_dir)
+    run = RunDir(run_dir)
+    path = run.path
     if not path.exists():
         raise UserError(f"{path}: no such run folder")
     if not path.is_dir():
         raise UserError(f"{path}: not a folder (expected a run folder written by `drecycle train`)")
-    if not (path / "done").is_file():
-        if not (path / "results.jsonl").is_file():
-            raise UserError(f"{path}: not a run folder (no results.jsonl nor done; see `drecycle train`)")
+    if not run.is_done:
+        if not run.results_file.is_file():
+            raise UserError(f"{path}: not a run folder (no {RunDir.RESULTS} nor done; see `drecycle train`)")
         raise UserError(f"{path}: unfinished run (no `done` file); wait for it to end or relaunch it")
-    candidates = [path / name for name in ("model_best.safetensors", "model.safetensors")]
-    checkpoint = next((candidate for candidate in candidates if candidate.is_file()), None)
+    checkpoint = run.model_checkpoint
     if checkpoint is None:
-        raise UserError(f"{path}: the run saved no model (no model_best.safetensors; --skip_model_save?)")
+        raise UserError(f"{path}: the run saved no model (no {RunDir.BEST}; --skip_model_save?)")
     metadata = read_metadata(checkpoint)
     missing = [key for key in ("arch", "dataset", "test_envs", "trial_seed") if key not in metadata]
     if missing:
         raise UserError(f"{checkpoint}: not a drecycle run checkpoint (its metadata lacks '{missing[0]}')")
-    args = _run_args(path)
+    args = run.args
     init = metadata.get("init") or {}
     label = (init.get("label") if isinstance(init, dict) else None) or args.get("init_label") or "random"
     return RunInfo(
@@ -141,28 +141,15 @@ def load_run(run_dir: str | Path) -> RunInfo:
     )
 
 
-def _run_args(path: Path) -> dict[str, Any]:
-    """The run's arguments: ``args.json``'s ``args``, else those of the first ``results.jsonl`` record."""
-    for source in (path / "args.json", path / "results.jsonl"):
-        if not source.is_file():
-            continue
-        try:
-            text = source.read_text(encoding="utf-8")
-            obj = json.loads(text if source.suffix == ".json" else text.splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("args"), dict):
-            return obj["args"]
-    raise UserError(f"{path}: cannot read the run's arguments (args.json missing or corrupt)")
-
-
 def _as_run(run: Any) -> RunInfo:
     if isinstance(run, RunInfo):
         return run
     if isinstance(run, str | Path):
         return load_run(run)
-    if hasattr(run, "output_dir"):  # strategies.base.RunRef
-        return load_run(run.output_dir)
+    if isinstance(run, RunDir):
+        return load_run(run.path)
+    if isinstance(getattr(run, "run", None), RunDir):  # strategies.base.RunRef
+        return load_run(run.run.path)
     raise TypeError(f"expected a RunInfo, a run folder or a RunRef, got {type(run).__name__}")
 
 

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RESULTS_FILE = "results.jsonl"
-DONE_FILE = "done"
+from domainbed_recycle import rundir
+
+RESULTS_FILE = rundir.RESULTS
+DONE_FILE = rundir.DONE
 
 #: Domain names of DomainBed's datasets (its `ENVIRONMENTS`), so that DomainBed sweeps can be
 #: tabulated without importing torch. Our own records carry `args["environments"]` instead.

@@ -1,19 +1,17 @@
 """One training run: `train(TrainConfig)` writes a DomainBed-style run folder.
 
-Folder contents (see DESIGN.md): `results.jsonl` (one record per evaluation, flushed line by line),
-`model_best.safetensors` (best training-domain validation accuracy), `model.safetensors` (last step),
-and `done`, written last. A folder without `done` is incomplete: `train` wipes it and starts again,
-so a relaunched job never appends to a half-written log.
+The folder's contents and states are `rundir.RunDir`'s contract: `args.json`, `results.jsonl` (one
+record per evaluation, flushed line by line), the best and last checkpoints, and `done`, written
+last. `train` only writes into a fresh folder (missing, empty, or holding a launcher's out/err
+logs): resetting a killed attempt is the launcher's job (`sweep.launchers.run_job`, `drecycle
+train`), so a relaunched job never appends to a half-written log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import random
 import resource
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from domainbed_recycle.datasets.splits import make_splits
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import accuracy, evaluate_splits
 from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.rundir import RunDir
 
 
 @dataclass
@@ -64,30 +63,28 @@ class TrainConfig:
     def to_args(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check(self) -> None:
+        """UserError (one line) for a training length or evaluation period that cannot run."""
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 0):
+            raise UserError(f"steps must be an integer >= 0, got {self.steps!r}")
+        if self.checkpoint_freq is not None and (isinstance(self.checkpoint_freq, bool)
+                                                 or not isinstance(self.checkpoint_freq, int)
+                                                 or self.checkpoint_freq < 1):
+            raise UserError(f"checkpoint_freq must be an integer >= 1, got {self.checkpoint_freq!r}")
+
+    def stored_args(self, dataset_class: Any) -> dict[str, Any]:
+        """The arguments a run of this config stores (in `args.json` and every record), without
+        `environments`: `steps` and `checkpoint_freq` resolved to the dataset's defaults."""
+        steps = self.steps if self.steps is not None else dataset_class.N_STEPS
+        return self.to_args() | {"steps": steps,
+                                 "checkpoint_freq": self.checkpoint_freq or dataset_class.CHECKPOINT_FREQ}
+
 
 def set_seeds(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def prepare_run_dir(output_dir: str | Path, keep: tuple[str, ...] = ("out.txt", "err.txt")) -> Path:
-    """Create `output_dir`; if it holds an incomplete run (no `done`), remove that run's files first.
-
-    `keep` names files that survive (by default the stdout/stderr logs a launcher opened just before).
-    """
-    path = Path(output_dir)
-    if path.exists() and not (path / "done").exists():
-        for name in os.listdir(path):
-            if name in keep:
-                continue
-            target = path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _infinite_batches(split: Dataset, batch_size: int, seed: int, num_workers: int) -> Iterator[tuple]:
@@ -140,16 +137,21 @@ def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> Path:
-    """Run one training job and write its folder; returns the folder. Skips a run already `done`."""
+    """Run one training job and write its folder; returns the folder.
+
+    The folder must be fresh (`RunDir.is_fresh`): UserError otherwise, before anything is written.
+    """
     from domainbed_recycle import hparams_registry
     from domainbed_recycle.algorithms import get_algorithm_class
     from domainbed_recycle.datasets import get_dataset
     from domainbed_recycle.datasets.base import get_dataset_class
     from domainbed_recycle.networks import architecture
 
-    out_dir = Path(config.output_dir)
-    if (out_dir / "done").exists():
-        return out_dir
+    config.check()
+    run = RunDir(config.output_dir)
+    if not run.is_fresh:
+        raise UserError(f"{run.path}: train() writes only into a new or empty folder, and this one "
+                        f"holds {run.state} run files (reset it first, as the launchers do)")
     if config.threads:
         torch.set_num_threads(config.threads)
     algorithm_class = get_algorithm_class(config.algorithm)  # fail fast on an unknown name
@@ -167,11 +169,11 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         )
     if dataset is None:  # real datasets read hparams['data_augmentation'] (training domains only)
         dataset = get_dataset(config.dataset, config.data_dir, config.test_envs, hparams)
-    steps = config.steps if config.steps is not None else dataset.N_STEPS
-    checkpoint_freq = config.checkpoint_freq or dataset.CHECKPOINT_FREQ
+    args = config.stored_args(dataset) | {"environments": list(dataset.ENVIRONMENTS)}
+    steps, checkpoint_freq = args["steps"], args["checkpoint_freq"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    out_dir = prepare_run_dir(out_dir)
+    run.create()
     set_seeds(config.seed)
 
     in_splits, out_splits = make_splits(dataset, config.holdout_fraction, config.trial_seed)
@@ -192,8 +194,6 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         for i in train_envs
     ]
     steps_per_epoch = min(len(in_splits[i]) / batch_size for i in train_envs)
-    args = config.to_args() | {"environments": list(dataset.ENVIRONMENTS), "steps": steps,
-                               "checkpoint_freq": checkpoint_freq}
     static = {
         "args": args,
         "hparams": hparams,
@@ -210,7 +210,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         "hparams": hparams, "trial_seed": config.trial_seed, "hparams_seed": config.hparams_seed,
         "seed": config.seed, "strategy": config.strategy, "init": init_description,
     }
-    (out_dir / "args.json").write_text(json.dumps(static, indent=2, sort_keys=True, default=str))
+    run.write_args(static)
 
     best_val = -1.0
     step_times: list[float] = []
@@ -219,7 +219,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
 
     bar = tqdm(range(steps), desc=f"{config.algorithm} {config.dataset} test={config.test_envs}",
                disable=not config.progress, file=sys.stderr, leave=False)
-    log = open(out_dir / "results.jsonl", "a", encoding="utf-8")
+    log = run.open_records()
 
     def log_evaluation(step: int, last: bool) -> float:
         """Evaluate every split, append one flushed record, keep the best (and, if `last`, the final)
@@ -237,8 +237,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         record["mem_gb"] = _peak_memory_gb(device)
         val = float(np.mean([record[f"env{i}_out_acc"] for i in train_envs]))
         record.update(static)
-        log.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        log.flush()
+        log.append(record)
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", val=f"{val:.3f}")
         # Checkpoints are written before `end_of_evaluation`, which may change the evaluated model
         # (SWAD's window), so each file holds exactly the weights its record scored.
@@ -246,12 +245,12 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
             if config.save_best and val > best_val:
                 best_val = val
                 checkpoints.save_checkpoint(
-                    out_dir / "model_best.safetensors", algorithm.eval_state_dict(),
+                    run.best_checkpoint, algorithm.eval_state_dict(),
                     metadata | {"step": step, "val_acc": val},
                 )
             if last:
                 checkpoints.save_checkpoint(
-                    out_dir / "model.safetensors", algorithm.eval_state_dict(),
+                    run.last_checkpoint, algorithm.eval_state_dict(),
                     metadata | {"step": step, "val_acc": val},
                 )
         algorithm.end_of_evaluation(record)
@@ -270,5 +269,5 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
                 continue
             log_evaluation(step + 1, last=step == steps - 1)
             step_times, losses = [], {}
-    (out_dir / "done").write_text("done\n")
-    return out_dir
+    run.mark_done()
+    return run.path

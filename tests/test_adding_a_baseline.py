@@ -24,6 +24,7 @@ from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.algorithms.erm import ERM
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.records import load_records
+from domainbed_recycle.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Adding a baseline"
@@ -100,8 +101,8 @@ def test_sweep_and_collect_as_the_section_says(plugin, capsys):
     ours = records[records["algorithm"] == "LabelSmoothing"]
     assert sorted(set(ours["trial_seed"])) == [0, 1]
     assert set(records["algorithm"]) == {"ERM", "LabelSmoothing"}
-    run = next(p for p in Path(sweep_dir).iterdir() if '"LabelSmoothing"' in (p / "args.json").read_text())
-    assert '"smoothing": 0.1' in (run / "results.jsonl").read_text()  # hparams seed 0: the default
+    run = next(p for p in Path(sweep_dir).iterdir() if '"LabelSmoothing"' in (p / RunDir.ARGS).read_text())
+    assert '"smoothing": 0.1' in (run / RunDir.RESULTS).read_text()  # hparams seed 0: the default
 
     assert cli.main(with_option(collect_argv, "--input_dir", sweep_dir) + ["--markdown", "--selection", "iid"]) == 0
     table = capsys.readouterr().out

@@ -18,6 +18,7 @@ from domainbed_recycle.algorithms.group_dro import group_dro_weights
 from domainbed_recycle.algorithms.mixup import mixup_loss, random_domain_pairs
 from domainbed_recycle.algorithms.swad import LossValley, training_validation_loss
 from domainbed_recycle.algorithms.vrex import variance_penalty
+from domainbed_recycle.rundir import RunDir
 
 ARCH = {"featurizer": "small_cnn", "input_shape": [3, 28, 28], "num_classes": 3, "width": 4}
 NAMES = ["ERM", "MovingAverage", "CORAL", "GroupDRO", "Mixup", "VREx", "SWAD"]
@@ -346,9 +347,9 @@ def test_train_end_to_end(tmp_path, small_colored_mnist, name):
     config = TrainConfig(dataset="ColoredMNIST", output_dir=str(tmp_path / name), algorithm=name,
                          test_envs=[2], steps=8, checkpoint_freq=4, progress=False, hparams=hparams)
     run = train(config, dataset=small_colored_mnist)
-    records = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / RunDir.RESULTS).read_text().splitlines()]
     assert [r["step"] for r in records] == [4, 8]
     assert all(math.isfinite(r["loss"]) and 0.0 <= r["env0_out_acc"] <= 1.0 for r in records)
-    assert (run / "done").exists()
-    state, meta = checkpoints.load_checkpoint(run / "model.safetensors")
+    assert (run / RunDir.DONE).exists()
+    state, meta = checkpoints.load_checkpoint(run / RunDir.LAST)
     assert meta["algorithm"] == name and all(torch.isfinite(v).all() for v in state.values())

@@ -13,6 +13,7 @@ from domainbed_recycle import analysis, checkpoints, diversity
 from domainbed_recycle.averaging import uniform_average
 from domainbed_recycle.cli import main
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, train
 
 TEST_ENV = 5
@@ -46,13 +47,13 @@ def _copy_run(source, target, metadata=None, args=None):
     """A copy of a run folder with some checkpoint metadata / args.json entries replaced."""
     shutil.copytree(source, target)
     if metadata:
-        for name in ("model_best.safetensors", "model.safetensors"):
+        for name in (RunDir.BEST, RunDir.LAST):
             state, meta = checkpoints.load_checkpoint(target / name)
             checkpoints.save_checkpoint(target / name, state, meta | metadata)
     if args:
-        static = json.loads((target / "args.json").read_text())
+        static = json.loads((target / RunDir.ARGS).read_text())
         static["args"].update(args)
-        (target / "args.json").write_text(json.dumps(static))
+        (target / RunDir.ARGS).write_text(json.dumps(static))
     return target
 
 
@@ -63,7 +64,7 @@ def _copy_run(source, target, metadata=None, args=None):
 
 def test_load_run_reads_what_the_run_was_trained_on(runs, run_dirs):
     info = runs[0]
-    assert info.checkpoint == run_dirs[0] / "model_best.safetensors"
+    assert info.checkpoint == run_dirs[0] / RunDir.BEST
     assert (info.dataset, info.test_envs, info.trial_seed) == ("RotatedMNIST", [TEST_ENV], 0)
     assert info.holdout_fraction == 0.2 and info.data_dir is None and info.init_label == "random"
     assert info.arch["width"] == 8 and info.name == "run0" and 0.0 <= info.val_acc <= 1.0
@@ -77,11 +78,11 @@ def test_load_run_refuses_what_is_not_a_finished_run(tmp_path, run_dirs):
     with pytest.raises(UserError, match="not a run folder"):
         analysis.load_run(tmp_path / "empty")
     unfinished = shutil.copytree(run_dirs[0], tmp_path / "unfinished")
-    (unfinished / "done").unlink()
+    (unfinished / RunDir.DONE).unlink()
     with pytest.raises(UserError, match="unfinished run"):
         analysis.load_run(unfinished)
     nomodel = shutil.copytree(run_dirs[0], tmp_path / "nomodel")
-    for name in ("model_best.safetensors", "model.safetensors"):
+    for name in (RunDir.BEST, RunDir.LAST):
         (nomodel / name).unlink()
     with pytest.raises(UserError, match="saved no model"):
         analysis.load_run(nomodel)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from domainbed_recycle.cli import main
+from domainbed_recycle.rundir import RunDir
 
 FIXTURE = Path(__file__).parent / "data" / "domainbed_vlcs_sweep"
 SWEEP = str(FIXTURE / "sweep")
@@ -107,8 +108,8 @@ def test_formats_are_exclusive(capsys):
 def test_warning_on_stderr_tables_on_stdout(tmp_path, capsys):
     run = tmp_path / "killed"
     run.mkdir()
-    good = (FIXTURE / "sweep" / ONE_RUN / "results.jsonl").read_text()
-    (run / "results.jsonl").write_text(good + '{"args": {"dataset": "VL')
+    good = (FIXTURE / "sweep" / ONE_RUN / RunDir.RESULTS).read_text()
+    (run / RunDir.RESULTS).write_text(good + '{"args": {"dataset": "VL')
     code, out, err = run_cli(capsys, "--input_dir", str(tmp_path), "--only_done")
     assert code == 0 and "Total records: 0" in out and "left out 1 run(s)" in err
     code, out, err = run_cli(capsys, "--input_dir", str(tmp_path))
@@ -122,8 +123,8 @@ def test_strict_averages_flag(tmp_path, capsys):
     # one run of one domain: DomainBed averages the trial over that domain alone; strict says X
     run = tmp_path / "run"
     run.mkdir()
-    (run / "results.jsonl").write_text((FIXTURE / "sweep" / ONE_RUN / "results.jsonl").read_text())
-    (run / "done").write_text("")
+    (run / RunDir.RESULTS).write_text((FIXTURE / "sweep" / ONE_RUN / RunDir.RESULTS).read_text())
+    (run / RunDir.DONE).write_text("")
     _, loose, _ = run_cli(capsys, "--input_dir", str(tmp_path), "--selection", "iid", "--csv")
     _, strict, _ = run_cli(capsys, "--input_dir", str(tmp_path), "--selection", "iid", "--csv", "--strict_averages")
     averages = lambda text: pd.read_csv(io.StringIO(text)).query("table == 'Averages' and column == 'VLCS'")  # noqa: E731

@@ -9,6 +9,7 @@ import pytest
 
 from domainbed_recycle.collect import collect, format_table
 from domainbed_recycle.records import load_records, parse_lines
+from domainbed_recycle.rundir import RunDir
 
 
 def vlcs_record(test_env: int, step: int, trial: int = 0, acc: float = 0.5) -> dict:
@@ -33,13 +34,13 @@ def line(r: dict) -> str:
 def make_run(root: Path, name: str, text: str | bytes, done: bool = True) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
-    path = folder / "results.jsonl"
+    path = folder / RunDir.RESULTS
     if isinstance(text, bytes):
         path.write_bytes(text)
     else:
         path.write_text(text)
     if done:
-        (folder / "done").write_text("")
+        (folder / RunDir.DONE).write_text("")
     return path
 
 
@@ -130,7 +131,7 @@ def test_no_problem_no_warning(tmp_path):
 
 
 def test_results_file_in_the_folder_itself_is_read(tmp_path):
-    (tmp_path / "results.jsonl").write_text(line(vlcs_record(0, 0)))
+    (tmp_path / RunDir.RESULTS).write_text(line(vlcs_record(0, 0)))
     make_run(tmp_path, "sub", line(vlcs_record(1, 0)))
     records, _ = load_records(tmp_path)
     assert list(records["run_dir"]) == [".", "sub"]

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from domainbed_recycle import launchers, sweep
+from domainbed_recycle import sweep
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.launchers import JobOutcome, LaunchReport, SlurmOptions, launch, run_job
-from domainbed_recycle.sweep import make_jobs
+from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.sweep import launchers, make_jobs
+from domainbed_recycle.sweep.launchers import JobOutcome, LaunchReport, SlurmOptions, launch, run_job
 
 SMALL = {"cnn_width": 8}
 
@@ -43,13 +44,13 @@ def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
     (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 10, None, tmp_path, checkpoint_freq=10,
                        hparams=SMALL)
     job.output_dir.mkdir()
-    (job.output_dir / "results.jsonl").write_text('{"step": 10, "stale": true}\n')
-    (job.output_dir / "out.txt").write_text("old attempt\n")
+    (job.output_dir / RunDir.RESULTS).write_text('{"step": 10, "stale": true}\n')
+    (job.output_dir / RunDir.OUT).write_text("old attempt\n")
     outcome = run_job(job.args, echo=False)
     assert outcome.status == "done" and sweep.job_state(job) == "done"
-    records = [json.loads(line) for line in (job.output_dir / "results.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (job.output_dir / RunDir.RESULTS).read_text().splitlines()]
     assert [r["step"] for r in records] == [10] and "stale" not in records[0]
-    assert "old attempt" not in (job.output_dir / "out.txt").read_text()
+    assert "old attempt" not in (job.output_dir / RunDir.OUT).read_text()
     assert run_job(job.args).status == "skipped"
     assert launch([job, job], "inprocess", progress=False).n_skipped == 2
 
@@ -61,7 +62,7 @@ def test_submitit_local_runs_real_jobs(tmp_path):
     assert report.ok and report.n_ran == 2, report.summary()
     for job in jobs:
         assert sweep.job_state(job) == "done"
-        record = json.loads((job.output_dir / "results.jsonl").read_text().splitlines()[-1])
+        record = json.loads((job.output_dir / RunDir.RESULTS).read_text().splitlines()[-1])
         assert record["step"] == 10 and record["threads"] == launchers.threads_per_worker(2)
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))
 

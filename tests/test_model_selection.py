@@ -15,6 +15,7 @@ import pytest
 from domainbed_recycle.collect import collect, format_table, mean_and_se
 from domainbed_recycle.model_selection import METHODS, select
 from domainbed_recycle.records import load_records
+from domainbed_recycle.rundir import RunDir
 
 
 def record(test_envs, step, n_envs, *, h=0, t=0, acc_in=None, acc_out=None, dataset="Toy", names=None):
@@ -40,8 +41,8 @@ def write_sweep(root: Path, runs: list[list[dict]]) -> Path:
     for k, run in enumerate(runs):
         folder = root / f"run{k:04d}"
         folder.mkdir(parents=True)
-        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run))
-        (folder / "done").write_text("")
+        (folder / RunDir.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in run))
+        (folder / RunDir.DONE).write_text("")
     return root
 
 

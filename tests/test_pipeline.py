@@ -15,6 +15,7 @@ from domainbed_recycle.errors import UserError
 from domainbed_recycle.recycle.imports import import_finetuning
 from domainbed_recycle.recycle.pipeline import Pipeline
 from domainbed_recycle.recycle.spec import load_recycle_spec, spec_from_dict
+from domainbed_recycle.rundir import RunDir
 
 TINY = {
     "launcher": "inprocess",
@@ -53,7 +54,7 @@ def test_shared_runs_train_once_and_a_rerun_trains_nothing(finished):
     target_runs = sorted((pipeline.out / "target").glob("*/done"))
     # ERM 3 + LP-FT pool 3 + MA 1 + aux pool: 2 new (its phi0 run is LP-FT's) + Fusing 1
     assert len(target_runs) == 10
-    stamps = {p: p.stat().st_mtime_ns for p in (pipeline.out / "target").glob("*/results.jsonl")}
+    stamps = {p: p.stat().st_mtime_ns for p in (pipeline.out / "target").glob(f"*/{RunDir.RESULTS}")}
     table_again = pipeline.run()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert "Ratatouille-greedy" in table_again

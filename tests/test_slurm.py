@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from domainbed_recycle import sweep
-from domainbed_recycle.launchers import SlurmOptions, launch
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import jobs_from_configs
+from domainbed_recycle.sweep.launchers import SlurmOptions, launch
 
 pytestmark = pytest.mark.slurm
 
@@ -117,7 +118,7 @@ def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
                            checkpoint_freq=10, hparams={"cnn_width": 8})
     for job in jobs:
         assert sweep.job_state(job) == "done"
-        records = [json.loads(line) for line in (job.output_dir / "results.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (job.output_dir / RunDir.RESULTS).read_text().splitlines()]
         assert [r["step"] for r in records] == [10, 20]
         for record in records:
             for env in range(3):
@@ -144,9 +145,9 @@ def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, t
         target=lambda: reports.append(launch(jobs, "slurm", slurm=options, progress=False)))
     thread.start()
     deadline = time.time() + 120
-    while time.time() < deadline and not (jobs[0].output_dir / "out.txt").exists():
+    while time.time() < deadline and not (jobs[0].output_dir / RunDir.OUT).exists():
         time.sleep(0.2)
-    assert (jobs[0].output_dir / "out.txt").exists(), "the Slurm job never started"
+    assert (jobs[0].output_dir / RunDir.OUT).exists(), "the Slurm job never started"
     subprocess.run(["scancel", "--name=drecycle", "--state=RUNNING"], check=True)
     thread.join(timeout=90)
     assert not thread.is_alive(), "the launcher kept waiting for a cancelled job"

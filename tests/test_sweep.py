@@ -15,16 +15,17 @@ import pytest
 
 from domainbed_recycle import cli, sweep
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.launchers import JobOutcome, LaunchReport, launch, threads_per_worker
 from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import Job, jobs_from_configs, make_jobs
+from domainbed_recycle.sweep.launchers import JobOutcome, LaunchReport, launch, threads_per_worker
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"cnn_width": 8}  # a narrower CNN: each 20-step run takes a few seconds on 2 cores
 
 
 def _steps(run_dir: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return [json.loads(line)["step"] for line in (run_dir / RunDir.RESULTS).read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------------ job lists
@@ -83,14 +84,19 @@ def test_jobs_from_configs_keeps_extra_keys_dedups_and_rejects_unknown_keys(tmp_
 def test_status_and_delete_incomplete(tmp_path):
     jobs = make_jobs(["ColoredMNIST"], ["ERM"], None, 1, 1, 5, None, tmp_path)  # 6 jobs
     jobs[0].output_dir.mkdir()
-    (jobs[0].output_dir / "done").write_text("done\n")
+    (jobs[0].output_dir / RunDir.DONE).write_text("done\n")
     for job in jobs[1:3]:
         job.output_dir.mkdir()
-        (job.output_dir / "results.jsonl").write_text("{}\n")
+        (job.output_dir / RunDir.RESULTS).write_text("{}\n")
     counts = sweep.status(jobs)[("ColoredMNIST", "ERM")]
     assert (counts["done"], counts["incomplete"], counts["not_launched"]) == (1, 2, 3)
     table = sweep.format_status(sweep.status(jobs))
     assert "ColoredMNIST" in table and "not launched" in table
+    (jobs[2].output_dir / "notes.txt").write_text("mine")  # not the harness's: nothing is deleted
+    with pytest.raises(UserError, match="did not write \\('notes.txt'"):
+        sweep.delete_incomplete(jobs)
+    assert all(job.output_dir.exists() for job in jobs[:3])
+    (jobs[2].output_dir / "notes.txt").unlink()
     assert sweep.delete_incomplete(jobs) == jobs[1:3]
     assert [sweep.job_state(j) for j in jobs[:3]] == ["done", "not_launched", "not_launched"]
 
@@ -156,7 +162,7 @@ def test_cli_exit_status_is_1_when_a_job_failed(tmp_path, monkeypatch, capsys):
         outcomes[0].status, outcomes[0].error = "failed", "ValueError: boom"
         return LaunchReport("pool", outcomes)
 
-    monkeypatch.setattr("domainbed_recycle.launchers.launch", fake_launch)
+    monkeypatch.setattr("domainbed_recycle.sweep.launchers.launch", fake_launch)
     assert cli.main(_sweep_argv("launch", tmp_path, "--skip_confirmation")) == 1
     assert "1 failed" in capsys.readouterr().out
 
@@ -168,7 +174,7 @@ def test_inprocess_launcher_lets_exceptions_propagate(tmp_path):
     bad = jobs_from_configs([{"dataset": "ColoredMNIST", "test_envs": [7], "steps": 5}], tmp_path)
     with pytest.raises(UserError, match="out of range"):
         launch(bad, "inprocess", progress=False)
-    assert "Traceback" in (bad[0].output_dir / "err.txt").read_text()
+    assert "Traceback" in (bad[0].output_dir / RunDir.ERR).read_text()
 
 
 def test_pool_runs_jobs_records_failures_and_skips_done(tmp_path):
@@ -179,20 +185,20 @@ def test_pool_runs_jobs_records_failures_and_skips_done(tmp_path):
 
     assert (report.n_ran, report.n_skipped, len(report.failed)) == (2, 0, 1)
     assert report.failed[0].job_id == bad[0].job_id and "out of range" in report.failed[0].error
-    assert "Traceback" in (bad[0].output_dir / "err.txt").read_text()
+    assert "Traceback" in (bad[0].output_dir / RunDir.ERR).read_text()
     for job in good:
         assert sweep.job_state(job) == "done" and _steps(job.output_dir) == [10, 20]
-        record = json.loads((job.output_dir / "results.jsonl").read_text().splitlines()[-1])
+        record = json.loads((job.output_dir / RunDir.RESULTS).read_text().splitlines()[-1])
         assert record["threads"] == threads_per_worker(2)  # cores // workers, set before torch started
-        assert f"job {job.job_id}" in (job.output_dir / "out.txt").read_text()
+        assert f"job {job.job_id}" in (job.output_dir / RunDir.OUT).read_text()
     counts = sweep.status(good + bad)[("ColoredMNIST", "ERM")]
     assert (counts["done"], counts["incomplete"]) == (2, 1)
 
-    before = {j.job_id: (j.output_dir / "results.jsonl").stat().st_mtime_ns for j in good}
+    before = {j.job_id: (j.output_dir / RunDir.RESULTS).stat().st_mtime_ns for j in good}
     start = time.time()
     again = launch(good, "pool", n_workers=2, progress=False)
     assert again.n_skipped == 2 and again.ok and time.time() - start < 5  # no worker was even started
-    assert before == {j.job_id: (j.output_dir / "results.jsonl").stat().st_mtime_ns for j in good}
+    assert before == {j.job_id: (j.output_dir / RunDir.RESULTS).stat().st_mtime_ns for j in good}
 
     assert sweep.delete_incomplete(good + bad) == bad
     assert sweep.job_state(bad[0]) == "not_launched"
@@ -211,7 +217,7 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
     assert len(jobs) == 4
 
     def started(job: Job) -> bool:
-        path = job.output_dir / "results.jsonl"
+        path = job.output_dir / RunDir.RESULTS
         return path.exists() and path.stat().st_size > 0
 
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
@@ -230,7 +236,7 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
         proc.wait(timeout=30)
     killed_states = [sweep.job_state(j) for j in jobs]
     assert "done" in killed_states and "incomplete" in killed_states
-    done_before = {j.job_id: (j.output_dir / "results.jsonl").read_bytes()
+    done_before = {j.job_id: (j.output_dir / RunDir.RESULTS).read_bytes()
                    for j, s in zip(jobs, killed_states, strict=True) if s == "done"}
 
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -241,7 +247,7 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
         assert sweep.job_state(job) == "done"
         assert _steps(job.output_dir) == expected  # strictly increasing, unique, none lost
     for job_id, content in done_before.items():  # finished runs were not touched
-        assert (out / job_id / "results.jsonl").read_bytes() == content
+        assert (out / job_id / RunDir.RESULTS).read_bytes() == content
     table = subprocess.run([sys.executable, "-m", "domainbed_recycle.cli", "collect", "--input_dir", str(out)],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr

@@ -11,13 +11,14 @@ import torch
 
 from domainbed_recycle import checkpoints
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, train
 
 DOMAINBED_KEYS = {"step", "epoch", "loss", "step_time", "mem_gb", "hparams", "args"}
 
 
 def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / RunDir.RESULTS).read_text().splitlines()]
 
 
 def _config(tmp_path, name, **kwargs):
@@ -36,11 +37,11 @@ def test_run_writes_domainbed_log_checkpoints_and_done(tmp_path):
             assert 0.0 <= record[f"env{env}_in_acc"] <= 1.0 and 0.0 <= record[f"env{env}_out_acc"] <= 1.0
         assert record["args"]["test_envs"] == [5] and record["args"]["environments"][5] == "75"
         assert record["versions"]["torch"] and "git_commit" in record
-    assert (run / "done").exists()
-    state, meta = checkpoints.load_checkpoint(run / "model_best.safetensors")
+    assert (run / RunDir.DONE).exists()
+    state, meta = checkpoints.load_checkpoint(run / RunDir.BEST)
     assert meta["arch"]["featurizer"] == "small_cnn" and meta["dataset"] == "RotatedMNIST"
     assert any(key.startswith("classifier.") for key in state)
-    assert checkpoints.read_metadata(run / "model.safetensors")["step"] == 20
+    assert checkpoints.read_metadata(run / RunDir.LAST)["step"] == 20
 
 
 def test_same_seeds_give_identical_numbers(tmp_path):
@@ -52,45 +53,48 @@ def test_same_seeds_give_identical_numbers(tmp_path):
     assert [r["loss"] for r in first] != [r["loss"] for r in other]
 
 
-def test_incomplete_folder_is_restarted_clean_and_done_is_skipped(tmp_path):
-    config = _config(tmp_path, "run")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "results.jsonl").write_text('{"step": 999}\n{"trunc')  # a killed run's leftovers
-    train(config)
-    assert [r["step"] for r in _records(run)] == [10, 20]
-    before = (run / "results.jsonl").read_text()
-    train(config)  # done: nothing rewritten
-    assert (run / "results.jsonl").read_text() == before
+def test_train_writes_only_into_a_fresh_folder(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.create()
+    run.results_file.write_text('{"step": 999}\n{"trunc')  # a killed run's leftovers
+    with pytest.raises(UserError, match="new or empty folder"):  # resetting is the launcher's job
+        train(_config(tmp_path, "run"))
+    assert run.results_file.read_text() == '{"step": 999}\n{"trunc'
+    run.reset()
+    run.out_file.write_text("a launcher's log, opened before training\n")
+    train(_config(tmp_path, "run"))
+    assert [r["step"] for r in _records(run.path)] == [10, 20] and run.is_done
+    with pytest.raises(UserError, match="holds done run files"):
+        train(_config(tmp_path, "run"))
 
 
 def test_linear_probe_keeps_featurizer_and_lp_warmup_freezes_it_first(tmp_path):
     source = train(_config(tmp_path, "source"))
-    state, _ = checkpoints.load_checkpoint(source / "model.safetensors")
-    probe = train(_config(tmp_path, "probe", init=str(source / "model.safetensors"), linear_probe=True))
-    probed, _ = checkpoints.load_checkpoint(probe / "model.safetensors")
+    state, _ = checkpoints.load_checkpoint(source / RunDir.LAST)
+    probe = train(_config(tmp_path, "probe", init=str(source / RunDir.LAST), linear_probe=True))
+    probed, _ = checkpoints.load_checkpoint(probe / RunDir.LAST)
     for key in state:
         same = torch.equal(state[key], probed[key])
         assert same if key.startswith("featurizer.") else True
     assert not torch.equal(state["classifier.weight"], probed["classifier.weight"])
     # lp_steps as long as the run: the featurizer must not move either.
-    warm = train(_config(tmp_path, "warm", init=str(source / "model.safetensors"),
+    warm = train(_config(tmp_path, "warm", init=str(source / RunDir.LAST),
                          hparams={"cnn_width": 8, "lp_steps": 20}))
-    warmed, _ = checkpoints.load_checkpoint(warm / "model.safetensors")
+    warmed, _ = checkpoints.load_checkpoint(warm / RunDir.LAST)
     assert all(torch.equal(state[k], warmed[k]) for k in state if k.startswith("featurizer."))
-    moved = train(_config(tmp_path, "moved", init=str(source / "model.safetensors"),
+    moved = train(_config(tmp_path, "moved", init=str(source / RunDir.LAST),
                           hparams={"cnn_width": 8, "lp_steps": 10}))
-    moved_state, _ = checkpoints.load_checkpoint(moved / "model.safetensors")
+    moved_state, _ = checkpoints.load_checkpoint(moved / RunDir.LAST)
     assert not all(torch.equal(state[k], moved_state[k]) for k in state if k.startswith("featurizer."))
 
 
 def test_init_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     source = train(_config(tmp_path, "wide", hparams={"cnn_width": 4}))
     with pytest.raises(UserError, match="featurizer architecture"):
-        train(_config(tmp_path, "bad", init=str(source / "model.safetensors")))
+        train(_config(tmp_path, "bad", init=str(source / RunDir.LAST)))
     other_classes = train(_config(tmp_path, "colored", dataset="ColoredMNIST", test_envs=[2]))
     with pytest.raises(UserError, match="classes|classifier"):
-        train(_config(tmp_path, "bad2", init_classifier=str(other_classes / "model.safetensors")))
+        train(_config(tmp_path, "bad2", init_classifier=str(other_classes / RunDir.LAST)))
 
 
 @pytest.mark.parametrize(

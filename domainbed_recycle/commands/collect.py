@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.rundir import RESULTS
 
 HELP = "Print model-selection tables (DomainBed's three methods) for a folder of runs."
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read --input_dir {args.input_dir!r}: {error.strerror or error}") from None
     if report.n_files == 0:
         raise UserError(
-            f"no results.jsonl found in {args.input_dir!r} or its sub-folders; "
+            f"no {RESULTS} found in {args.input_dir!r} or its sub-folders; "
             "point --input_dir at a sweep's output folder"
         )
     methods = SELECTIONS if args.selection == "all" else (args.selection,)

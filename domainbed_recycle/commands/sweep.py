@@ -121,7 +121,7 @@ def _verb(action: str) -> str:
 
 def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
     from domainbed_recycle import sweep
-    from domainbed_recycle.launchers import SlurmOptions, launch
+    from domainbed_recycle.sweep.launchers import SlurmOptions, launch
 
     states = [sweep.job_state(job) for job in jobs]
     n_done = states.count(sweep.DONE)

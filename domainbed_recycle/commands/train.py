@@ -1,10 +1,21 @@
-"""`drecycle train`: one leave-one-domain-out run (DomainBed's train.py flags, plus --init)."""
+"""`drecycle train`: one leave-one-domain-out run (DomainBed's train.py flags, plus --init).
+
+`--output_dir` rules (the run folder's, see `rundir`): a missing or empty folder is trained into; a
+killed attempt of this harness is reset (only the harness's files are deleted) and trained again; a
+finished run with the same arguments is shown, not retrained; a finished run with other arguments,
+or a folder holding anything the harness did not write, is refused with one line.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.rundir import RunDir
+
+if TYPE_CHECKING:  # training imports torch; `drecycle --help` must not
+    from domainbed_recycle.training import TrainConfig
 
 HELP = "Train one run (DomainBed's train.py flags) and write its results.jsonl, checkpoints and done."
 
@@ -54,19 +65,42 @@ def run(args: argparse.Namespace) -> int:
         init_classifier=args.init_classifier, linear_probe=args.linear_probe, threads=args.threads,
         skip_model_save=args.skip_model_save, progress=not args.no_progress,
     )
-    out_dir = train(config)
-    _print_summary(out_dir)
+    config.check()
+    run = RunDir(config.output_dir)
+    if run.is_done:
+        _check_same_run(run, config)
+        print(f"already done: {run.path} holds a finished run with these arguments (its result below)")
+    else:
+        run.reset()  # a killed attempt of this harness; refuses a folder holding anything else
+        train(config)
+    _print_summary(run)
     return 0
 
 
-def _print_summary(out_dir) -> None:
-    """Last record's accuracies, as a small table (test domains marked)."""
-    import json
+def _check_same_run(run: RunDir, config: TrainConfig) -> None:
+    """UserError (one line) unless the finished run in `run` was trained with `config`'s arguments."""
+    from domainbed_recycle.datasets.base import get_dataset_class
 
+    run.check_is_run()
+    wanted = config.stored_args(get_dataset_class(config.dataset))
+    differing = run.differing_args(wanted)
+    if differing:
+        stored = run.args
+        shown = ", ".join(f"{key}={stored.get(key)!r} there, {wanted.get(key)!r} now" for key in differing[:3])
+        raise UserError(
+            f"{run.path} already holds a finished run with other arguments ({shown}); to train this one, "
+            f"pass a new --output_dir, or delete {run.path} first"
+        )
+
+
+def _print_summary(run: RunDir) -> None:
+    """Last record's accuracies, as a small table (test domains marked)."""
     from tabulate import tabulate
 
-    lines = (out_dir / "results.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1])
+    records = run.read_records()
+    if not records:
+        raise UserError(f"{run.results_file}: the finished run logged no record")
+    last = records[-1]
     envs = last["args"]["environments"]
     test_envs = set(last["args"]["test_envs"])
     rows = [
@@ -76,5 +110,6 @@ def _print_summary(out_dir) -> None:
     ]
     print(tabulate(rows, headers=["domain", "in acc %", "out acc %"]))
     batch = last["hparams"]["batch_size"]
-    print(f"step {last['step']}, {1 / max(last['step_time'], 1e-9):.1f} steps/s (a step = {batch} images from each "
-          f"of {len(envs) - len(test_envs)} training domains); run folder: {out_dir}")
+    speed = (f"{1 / last['step_time']:.1f} steps/s (a step = {batch} images from each of "
+             f"{len(envs) - len(test_envs)} training domains)" if last["step_time"] > 0 else "no training step")
+    print(f"step {last['step']}, {speed}; run folder: {run.path}")

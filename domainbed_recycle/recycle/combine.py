@@ -24,6 +24,7 @@ from domainbed_recycle.misc import args_hash
 from domainbed_recycle.records import load_records
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.reporting import render
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.strategies.base import Cell, ModelOutcome, RunRef, RunsOutcome, Strategy
 
 TABLE, COMBINED = "table", "combined"
@@ -127,13 +128,11 @@ def _write_outcomes(spec: RecycleSpec, out: Path, cell: Cell, outcomes: list[Run
 
 
 def _write_run(table_dir: Path, key: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    folder = table_dir / args_hash(key)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "done").unlink(missing_ok=True)
-    with open(folder / "results.jsonl", "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-    (folder / "done").write_text("done\n")
+    run = RunDir(table_dir / args_hash(key))
+    run.reset()  # a combined model is rewritten whole when recombined
+    with run.create().open_records() as log:
+        log.extend(records)
+    run.mark_done()
 
 
 def _summary(outcome: RunsOutcome | ModelOutcome) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import EvaluatorCache
-from domainbed_recycle.launchers import SlurmOptions, launch
 from domainbed_recycle.recycle import combine, figures, stages
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.sweep import Job
+from domainbed_recycle.sweep.launchers import SlurmOptions, launch
 
 
 def _log(message: str) -> None:

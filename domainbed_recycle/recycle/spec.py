@@ -12,9 +12,9 @@ from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.datasets import load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import PROFILES, known_anywhere
-from domainbed_recycle.launchers import LAUNCHERS, SlurmOptions
 from domainbed_recycle.model_selection import METHODS
 from domainbed_recycle.strategies import STRATEGIES
+from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 
 
 @dataclass

@@ -19,10 +19,9 @@ from typing import Any
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.recycle.spec import RecycleSpec
+from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.strategies.base import PHI0, Cell, DerivedInit, Inits, RunRef, Strategy, TargetSettings
 from domainbed_recycle.sweep import Job, job_id_of, jobs_from_configs
-
-BEST = "model_best.safetensors"
 
 # Sub-folders of a pipeline's output folder, one per stage.
 FOUNDATION, AUXILIARY, IMPORTED, PROBES, INITS, TARGET = (
@@ -83,7 +82,7 @@ def foundation_checkpoint(spec: RecycleSpec, out: Path) -> Path:
         return Path(spec.foundation.checkpoint).resolve()
     job = foundation_job(spec, out)
     assert job is not None
-    return job.output_dir / BEST
+    return job.run.best_checkpoint
 
 
 def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[str, Job]:
@@ -131,9 +130,9 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
     configs: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     for cell, probe in probes.items():
-        aux = [(f"aux:{d}", str(job.output_dir / BEST)) for d, job in aux_jobs.items()
+        aux = [(f"aux:{d}", str(job.run.best_checkpoint)) for d, job in aux_jobs.items()
                if not (spec.auxiliary.exclude_target and d == cell.dataset)]
-        inits = Inits(foundation=str(foundation), probe=str(probe.output_dir / BEST),
+        inits = Inits(foundation=str(foundation), probe=str(probe.run.best_checkpoint),
                       auxiliary=tuple(aux + imported), work_dir=out / INITS)
         per_cell[cell] = {}
         for strategy in strategies:
@@ -150,7 +149,7 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
 
 
 def _run_ref(config: dict[str, Any], out: Path) -> RunRef:
-    return RunRef(config, out / TARGET / job_id_of(config))
+    return RunRef(config, RunDir(out / TARGET / job_id_of(config)))
 
 
 def describe(plan: Plan, variants: list[str]) -> str:

@@ -13,7 +13,6 @@ Nothing here mutates its inputs, so planning is a pure function of the spec.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +24,7 @@ from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.registry import Registry
+from domainbed_recycle.rundir import RunDir
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
@@ -82,15 +82,19 @@ class TargetSettings:
 
 @dataclass(frozen=True)
 class RunRef:
-    """A finished target run: its config and folder."""
+    """A target run a strategy reads: its config and its run folder."""
 
     config: dict[str, Any]
-    output_dir: Path
+    run: RunDir
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.path
 
     @property
     def checkpoint(self) -> Path:
         """The run's best checkpoint by training-domain validation (what averaging uses)."""
-        return self.output_dir / "model_best.safetensors"
+        return self.run.best_checkpoint
 
     @property
     def init_label(self) -> str:
@@ -105,8 +109,7 @@ class RunRef:
         return float(read_metadata(self.checkpoint)["val_acc"])
 
     def records(self) -> list[dict[str, Any]]:
-        lines = (self.output_dir / "results.jsonl").read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return self.run.read_records()
 
 
 @dataclass

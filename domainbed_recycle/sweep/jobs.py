@@ -1,4 +1,4 @@
-"""Sweeps: lists of training jobs with stable ids, their on-disk state, and sweep spec files.
+"""Sweep jobs: lists of training jobs with stable ids, and their on-disk state (through `RunDir`).
 
 A job is one `TrainConfig`, held as a dict of its arguments. Its id is `args_hash` of those
 arguments (without `output_dir`, `progress` and `threads`, which do not change the result), and its
@@ -9,34 +9,34 @@ default), so a job's id does not depend on whether a caller spelled a default ou
 `make_jobs` expands datasets x algorithms x test domains x hparams seeds x trial seeds the way
 DomainBed's `make_args_list` does; `jobs_from_configs` wraps any list of argument dicts (the
 recycling pipeline's jobs, with init checkpoints and strategy labels). Launching lives in
-`domainbed_recycle.launchers`.
+`sweep.launchers`, spec files in `sweep.spec`.
+
+Torch-free at import (pool workers and `sweep status` import it): the two helpers that need the
+dataset or training modules import them when called.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
+from domainbed_recycle import rundir
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.misc import args_hash, seed_hash
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = None  # type: ignore[assignment]
+from domainbed_recycle.rundir import RunDir
 
 # Arguments that say where or how a job runs, not what it computes: left out of its id.
-UNHASHED_ARGS = ("output_dir", "progress", "threads")
+UNHASHED_ARGS = rundir.PLACEMENT_ARGS
 
-DONE = "done"
-INCOMPLETE = "incomplete"
-NOT_LAUNCHED = "not_launched"
-STATES = (DONE, INCOMPLETE, NOT_LAUNCHED)
+DONE = rundir.STATE_DONE
+INCOMPLETE = rundir.INCOMPLETE
+NOT_LAUNCHED = rundir.NOT_LAUNCHED
+STATES = rundir.STATES
 
 
 def job_id_of(args: Mapping[str, Any]) -> str:
@@ -53,21 +53,21 @@ class Job:
 
     Attributes:
         job_id: hash of the arguments (see `job_id_of`); also the run folder's name.
-        output_dir: `<sweep_dir>/<job_id>`.
+        run: the run folder, `<sweep_dir>/<job_id>` (`output_dir` is its path).
         args: keyword arguments of `TrainConfig`, `output_dir` included (None values dropped).
     """
 
-    __slots__ = ("args", "job_id", "output_dir")
+    __slots__ = ("args", "job_id", "run")
 
     def __init__(self, args: Mapping[str, Any], sweep_dir: str | Path) -> None:
         clean = _hashed_args(args)
         self.job_id = args_hash(clean)
-        self.output_dir = Path(sweep_dir) / self.job_id
+        self.run = RunDir(Path(sweep_dir) / self.job_id)
         self.args: dict[str, Any] = clean | {"output_dir": str(self.output_dir)}
 
     @property
-    def state(self) -> str:
-        return job_state(self)
+    def output_dir(self) -> Path:
+        return self.run.path
 
     def describe(self) -> str:
         """One line: dataset, algorithm, test envs, seeds (and init label when there is one)."""
@@ -208,12 +208,8 @@ def jobs_from_configs(configs: Iterable[Mapping[str, Any]], output_dir: str | Pa
 
 def job_state(job: Job) -> str:
     """'done' (the run folder holds `done`), 'incomplete' (folder without `done`: killed, failed or
-    running) or 'not_launched' (no folder)."""
-    if (job.output_dir / "done").exists():
-        return DONE
-    if job.output_dir.exists():
-        return INCOMPLETE
-    return NOT_LAUNCHED
+    running) or 'not_launched' (no folder); see `RunDir.state`."""
+    return job.run.state
 
 
 def status(jobs: Iterable[Job]) -> dict[tuple[str, str], Counter[str]]:
@@ -227,8 +223,6 @@ def status(jobs: Iterable[Job]) -> dict[tuple[str, str], Counter[str]]:
 
 def format_status(counts: Mapping[tuple[str, str], Counter[str]]) -> str:
     """A text table of `status(...)`: one row per dataset and algorithm, and a total row."""
-    from tabulate import tabulate
-
     rows = [[dataset, algorithm, *(c[s] for s in STATES), sum(c.values())]
             for (dataset, algorithm), c in counts.items()]
     total = sum(counts.values(), Counter())
@@ -237,180 +231,14 @@ def format_status(counts: Mapping[tuple[str, str], Counter[str]]) -> str:
 
 
 def delete_incomplete(jobs: Iterable[Job]) -> list[Job]:
-    """Remove the run folder of every incomplete job (so it starts afresh); returns those jobs."""
-    deleted = []
-    for job in jobs:
-        if job_state(job) == INCOMPLETE:
-            shutil.rmtree(job.output_dir)
-            deleted.append(job)
-    return deleted
+    """Remove the run folder of every incomplete job (so it starts afresh); returns those jobs.
 
-
-# ------------------------------------------------------------------------------------- spec files
-
-
-@dataclasses.dataclass
-class SweepSpec:
-    """What a sweep spec file (TOML, in `sweeps/`) or the equivalent CLI flags describe.
-
-    `test_envs`: None (every domain, and pairs unless `single_test_envs`), a list of domain indices
-    (the domains that may be held out, combined the same way) or a list of lists (explicit sets).
-    `slurm`: keys of `launchers.SlurmOptions` (partition, time_min, mem_gb, cpus_per_task,
-    gpus_per_node, array_parallelism).
+    Only the harness's files are deleted: a folder holding anything else is refused (UserError)
+    before any folder is touched.
     """
-
-    datasets: list[str]
-    algorithms: list[str] = dataclasses.field(default_factory=lambda: ["ERM"])
-    test_envs: list[int] | list[list[int]] | None = None
-    single_test_envs: bool = False
-    n_hparams: int = 1
-    n_hparams_from: int = 0
-    n_trials: int = 1
-    steps: int | None = None
-    checkpoint_freq: int | None = None
-    holdout_fraction: float | None = None
-    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
-    data_dir: str | None = None
-    output_dir: str | None = None
-    launcher: str = "pool"
-    n_workers: int | None = None
-    slurm: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def test_envs_list(self) -> list[list[int]] | None:
-        """Explicit test-domain sets for `make_jobs` (None: every domain of each dataset)."""
-        if self.test_envs is None:
-            return None
-        if all(isinstance(e, int) for e in self.test_envs):
-            return test_env_combinations(0, self.single_test_envs, candidates=self.test_envs)  # type: ignore[arg-type]
-        return [list(combo) for combo in self.test_envs]  # type: ignore[arg-type]
-
-    def jobs(self) -> list[Job]:
-        """The spec's jobs (its `output_dir` must be set)."""
-        if not self.output_dir:
-            raise UserError("no output folder: pass --output_dir or set output_dir in the spec file")
-        extra = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction is not None else {}
-        return make_jobs(
-            self.datasets, self.algorithms, self.test_envs_list(), self.n_hparams, self.n_trials,
-            self.steps, self.data_dir, self.output_dir, self.n_hparams_from, extra,
-            single_test_envs=self.single_test_envs, checkpoint_freq=self.checkpoint_freq,
-            hparams=self.hparams,
-        )
-
-
-SPEC_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
-SLURM_KEYS = ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism")
-
-
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The raw key/value table of a TOML (or JSON) spec file; UserError if missing or unparsable."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"cannot read sweep spec {path}: {error.strerror or error}") from None
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path} is not valid JSON: {error}") from None
-    if tomllib is None:
-        raise UserError(f"{path}: reading TOML needs Python 3.11+ (tomllib); use a .json spec instead")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path} is not valid TOML: {error}") from None
-
-
-def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> SweepSpec:
-    """Validate `values` (spec file keys, possibly overridden by flags) into a SweepSpec.
-
-    Raises UserError naming unknown keys, unknown datasets or algorithms, and values of a wrong type.
-    """
-    unknown = sorted(set(values) - set(SPEC_KEYS))
-    if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(SPEC_KEYS)}")
-    slurm = values.get("slurm") or {}
-    if not isinstance(slurm, Mapping):
-        raise UserError(f"{source}: 'slurm' must be a table of {', '.join(SLURM_KEYS)}")
-    bad_slurm = sorted(set(slurm) - set(SLURM_KEYS))
-    if bad_slurm:
-        raise UserError(f"{source}: unknown slurm key(s) {', '.join(bad_slurm)}; "
-                        f"known: {', '.join(SLURM_KEYS)}")
-    if not values.get("datasets"):
-        raise UserError(f"{source}: no datasets (set 'datasets' or pass --datasets)")
-    spec = SweepSpec(**{key: value for key, value in values.items() if value is not None})
-    _check_types(spec, source)
-    _check_names(spec, source)
-    return spec
-
-
-def _check_types(spec: SweepSpec, source: str) -> None:
-    def is_str_list(value: Any) -> bool:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-    problems = []
-    for key in ("datasets", "algorithms"):
-        if not is_str_list(getattr(spec, key)) or not getattr(spec, key):
-            problems.append(f"{key} must be a non-empty list of names")
-    for key in ("n_hparams", "n_trials"):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 1:
-            problems.append(f"{key} must be an integer >= 1")
-    for key in ("n_hparams_from",):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 0:
-            problems.append(f"{key} must be an integer >= 0")
-    for key in ("steps", "checkpoint_freq", "n_workers"):
-        value = getattr(spec, key)
-        if value is not None and (not isinstance(value, int) or value < (0 if key == "steps" else 1)):
-            problems.append(f"{key} must be a positive integer")
-    if not isinstance(spec.hparams, dict):
-        problems.append("hparams must be a table (JSON object) of overrides")
-    if not isinstance(spec.single_test_envs, bool):
-        problems.append("single_test_envs must be true or false")
-    envs = spec.test_envs
-    if envs is not None and not (
-        isinstance(envs, list) and envs and (
-            all(isinstance(e, int) for e in envs)
-            or all(isinstance(c, list) and c and all(isinstance(e, int) for e in c) for c in envs))
-    ):
-        problems.append("test_envs must be a list of domain indices or a list of lists of them")
-    if problems:
-        raise UserError(f"{source}: " + "; ".join(problems))
-
-
-def _check_names(spec: SweepSpec, source: str) -> None:
-    from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
-    from domainbed_recycle.datasets.base import FOLDER_PREFIX, load_all_datasets
-    from domainbed_recycle.launchers import LAUNCHERS
-
-    try:  # imports the modules named in $DRECYCLE_PLUGINS, which register user algorithms
-        get_algorithm_class(spec.algorithms[0])
-    except UserError as error:
-        if "DRECYCLE_PLUGINS" in str(error):
-            raise
-    datasets = load_all_datasets()
-    bad_datasets = [d for d in spec.datasets if d not in datasets and not d.startswith(FOLDER_PREFIX)]
-    bad_algorithms = [a for a in spec.algorithms if a not in ALGORITHMS]
-    problems = []
-    if bad_datasets:
-        problems.append(f"unknown dataset(s) {', '.join(bad_datasets)} "
-                        f"(known: {', '.join(datasets.names())})")
-    if bad_algorithms:
-        problems.append(f"unknown algorithm(s) {', '.join(bad_algorithms)} "
-                        f"(known: {', '.join(ALGORITHMS.names())})")
-    if spec.launcher not in LAUNCHERS:
-        problems.append(f"unknown launcher '{spec.launcher}' (known: {', '.join(LAUNCHERS.names())})")
-    if problems:
-        raise UserError(f"{source}: " + "; ".join(problems))
-
-
-def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
-    """Read and validate a spec file; `overrides` (non-None values) win over the file's keys."""
-    values = read_spec_file(path)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key == "slurm":
-            values["slurm"] = dict(values.get("slurm") or {}) | dict(value)
-        else:
-            values[key] = value
-    return spec_from_dict(values, source=str(path))
+    incomplete = [job for job in jobs if job_state(job) == INCOMPLETE]
+    for job in incomplete:
+        job.run.check_is_run()
+    for job in incomplete:
+        job.run.remove()
+    return incomplete

@@ -2,12 +2,13 @@
 
 Python API (used by `drecycle sweep` and by the recycling pipeline)::
 
-    from domainbed_recycle.launchers import launch, SlurmOptions
+    from domainbed_recycle.sweep import launch, SlurmOptions
     report = launch(jobs, launcher="pool", n_workers=2)
     report.failed  # outcomes of the jobs that raised; their tracebacks are in <run folder>/err.txt
 
 Every launcher runs `run_job(job.args)` once per job. `run_job` skips a job that is already done,
-wipes a half-written run folder (so no record is ever written twice), tees the job's stdout/stderr
+resets a half-written run folder (`RunDir.reset`: so no record is ever written twice; it is the only
+place a run folder is reset before training), tees the job's stdout/stderr
 into `out.txt`/`err.txt` of its run folder and calls `training.train`. A job that fails is recorded
 (traceback in `err.txt`, outcome "failed") and the others go on; only the `inprocess` launcher,
 meant for debugging, lets the exception propagate.
@@ -17,7 +18,8 @@ Threads: on a CPU machine parallel runs are processes, and oversubscription is c
 count to cores // workers before torch does any work.
 
 This module imports neither torch nor submitit at import time: pool workers unpickle `run_job`
-from it before their thread count is set.
+from it before their thread count is set (hence the function-local imports of torch, training,
+submitit and tqdm).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import dataclasses
 import io
 import json
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -37,7 +38,8 @@ from typing import Any, TextIO
 
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.registry import Registry
-from domainbed_recycle.sweep import DONE, Job, job_state
+from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.sweep.jobs import DONE, Job, job_state
 
 # Outcome statuses.
 RAN = "done"  # trained to the end in this launch
@@ -111,7 +113,7 @@ class LaunchReport:
         lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {self.n_ran} ran, "
                  f"{self.n_skipped} already done, {len(self.failed)} failed"]
         for outcome in self.failed:
-            lines.append(f"  FAILED {outcome.job_id}: {outcome.error} (see {outcome.output_dir}/err.txt)")
+            lines.append(f"  FAILED {outcome.job_id}: {outcome.error} (see {RunDir(outcome.output_dir).err_file})")
         return "\n".join(lines)
 
 
@@ -175,10 +177,9 @@ class _Tee(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _tee_output(run_dir: Path, echo: bool) -> Iterator[None]:
-    """Send sys.stdout/sys.stderr to run_dir/out.txt and err.txt (and the terminal if `echo`)."""
-    with open(run_dir / "out.txt", "a", encoding="utf-8") as out, \
-            open(run_dir / "err.txt", "a", encoding="utf-8") as err:
+def _tee_output(run: RunDir, echo: bool) -> Iterator[None]:
+    """Send sys.stdout/sys.stderr to the run's out.txt and err.txt (and the terminal if `echo`)."""
+    with open(run.out_file, "a", encoding="utf-8") as out, open(run.err_file, "a", encoding="utf-8") as err:
         saved = sys.stdout, sys.stderr
         sys.stdout = _Tee(out, saved[0] if echo else None)  # type: ignore[assignment]
         sys.stderr = _Tee(err, saved[1] if echo else None)  # type: ignore[assignment]
@@ -193,30 +194,30 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     """Train one job (the `TrainConfig` arguments `args`, `output_dir` included); never raises
     unless `reraise`.
 
-    Skips a job already done (unless `force`: its folder is removed and it runs again). Otherwise
-    wipes whatever a killed attempt left in the run folder, tees stdout/stderr to `out.txt` and
-    `err.txt` there, and trains with `progress=False` and `threads` torch threads. A failure's
-    traceback goes to `err.txt`; the outcome says "failed" and the folder stays incomplete.
+    Skips a job already done (unless `force`: it runs again). Otherwise resets the run folder
+    (deleting only the harness's files of a killed attempt; a folder holding anything else fails
+    the job), tees stdout/stderr to `out.txt` and `err.txt` there, and trains with
+    `progress=False` and `threads` torch threads. A failure's traceback goes to `err.txt`; the
+    outcome says "failed" and the folder stays incomplete.
     """
     start = time.time()
     limit_threads(threads)
-    run_dir = Path(args["output_dir"])
-    job_id = run_dir.name
-    if (run_dir / "done").exists():
-        if not force:
-            return JobOutcome(job_id, str(run_dir), SKIPPED)
-        shutil.rmtree(run_dir)
+    run = RunDir(args["output_dir"])
+    run_dir, job_id = run.path, run.name
+    if run.is_done and not force:
+        return JobOutcome(job_id, str(run_dir), SKIPPED)
 
-    from domainbed_recycle.training import TrainConfig, prepare_run_dir, train
+    from domainbed_recycle.training import TrainConfig, train
 
     try:
-        prepare_run_dir(run_dir, keep=())
-    except OSError as error:
+        run.reset()
+        run.create()
+    except (OSError, UserError) as error:
         if reraise:
             raise
         return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {error}")
     config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
-    with _tee_output(run_dir, echo):
+    with _tee_output(run, echo):
         print(f"job {job_id}: {config_args}", flush=True)
         try:
             train(TrainConfig(**config_args, progress=False, threads=threads))
@@ -282,7 +283,7 @@ class _PoolWorker:
 
         env = os.environ | {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS")}
-        code = "from domainbed_recycle.launchers import _worker_main; _worker_main()"
+        code = "from domainbed_recycle.sweep.launchers import _worker_main; _worker_main()"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(threads), str(os.getpid())],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         self.job: Job | None = None

@@ -1,0 +1,279 @@
+"""The run folder: the one contract between training, launchers, strategies, analysis and collect.
+
+A run folder holds only files the harness writes (names below): `args.json` (the run's arguments
+and provenance), `results.jsonl` (one JSON record per evaluation, flushed line by line),
+`model_best.safetensors` (best training-domain validation accuracy), `model.safetensors` (last
+step), `out.txt`/`err.txt` (a launcher's copy of stdout/stderr), atomic-write temp files
+(`.<name>.<pid>.tmp`), and `done`, written last and atomically once everything else succeeded.
+
+States: `done` (holds `done`), `incomplete` (exists without `done`: killed, failed or running),
+`not_launched` (no folder). `reset()` deletes only the harness's own files and refuses a folder
+holding anything else, so a mistyped `--output_dir` never costs a user's files.
+
+Torch-free on purpose: the collector, `sweep status` and the launchers' parent process use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from domainbed_recycle.errors import UserError
+
+RESULTS = "results.jsonl"
+ARGS = "args.json"
+DONE = "done"
+BEST = "model_best.safetensors"
+LAST = "model.safetensors"
+OUT = "out.txt"
+ERR = "err.txt"
+LOGS = (OUT, ERR)  # what a launcher opens in the folder before training starts
+FILES = (ARGS, RESULTS, BEST, LAST, OUT, ERR, DONE)  # everything the harness writes (besides temp files)
+
+# States.
+STATE_DONE = "done"
+INCOMPLETE = "incomplete"
+NOT_LAUNCHED = "not_launched"
+STATES = (STATE_DONE, INCOMPLETE, NOT_LAUNCHED)
+
+# Arguments that say where or how a run executes, not what it computes: they never tell two runs apart.
+PLACEMENT_ARGS = ("output_dir", "progress", "threads")
+
+
+def temp_name(name: str) -> str:
+    """The temp file an atomic write of `name` uses (same folder, then `os.replace`)."""
+    return f".{name}.{os.getpid()}.tmp"
+
+
+def _is_harness_file(name: str) -> bool:
+    if name in FILES:
+        return True
+    if name.startswith(".") and name.endswith(".tmp"):  # `.<name>.<pid>.tmp`, left by a killed write
+        core, _, pid = name[1:-len(".tmp")].rpartition(".")
+        return core in FILES and pid.isdigit()
+    return False
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run folder (`path`); cheap to make, reads the disk only when asked.
+
+    Attributes are file paths; `state`/`is_done` look at the disk each time (a run may finish meanwhile).
+    """
+
+    path: Path
+
+    # The file names, also reachable from the class (`RunDir.RESULTS`).
+    RESULTS = RESULTS
+    ARGS = ARGS
+    DONE = DONE
+    BEST = BEST
+    LAST = LAST
+    OUT = OUT
+    ERR = ERR
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        """The folder's name (a sweep job's id)."""
+        return self.path.name
+
+    # -------------------------------------------------------------------------- files
+    @property
+    def results_file(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def args_file(self) -> Path:
+        return self.path / ARGS
+
+    @property
+    def done_file(self) -> Path:
+        return self.path / DONE
+
+    @property
+    def out_file(self) -> Path:
+        return self.path / OUT
+
+    @property
+    def err_file(self) -> Path:
+        return self.path / ERR
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Weights at the best training-domain validation accuracy (what averaging uses)."""
+        return self.path / BEST
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """Weights at the last step."""
+        return self.path / LAST
+
+    @property
+    def model_checkpoint(self) -> Path | None:
+        """The run's model: the best checkpoint if there is one, else the last; None if neither exists."""
+        return next((p for p in (self.best_checkpoint, self.last_checkpoint) if p.is_file()), None)
+
+    # -------------------------------------------------------------------------- state
+    @property
+    def state(self) -> str:
+        """`done`, `incomplete` or `not_launched` (see the module docstring)."""
+        if self.done_file.is_file():
+            return STATE_DONE
+        if self.path.exists():
+            return INCOMPLETE
+        return NOT_LAUNCHED
+
+    @property
+    def is_done(self) -> bool:
+        return self.done_file.is_file()
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the folder that the harness did not write (sorted); [] for a missing folder."""
+        if not self.path.exists():
+            return []
+        self._check_is_dir()
+        return sorted(name for name in os.listdir(self.path)
+                      if not _is_harness_file(name) or (self.path / name).is_dir())
+
+    @property
+    def is_fresh(self) -> bool:
+        """True if the folder is missing, or holds at most a launcher's `out.txt`/`err.txt`."""
+        if not self.path.exists():
+            return True
+        self._check_is_dir()
+        return all(name in LOGS and not (self.path / name).is_dir() for name in os.listdir(self.path))
+
+    def _check_is_dir(self) -> None:
+        if not self.path.is_dir():
+            raise UserError(f"{self.path} is not a folder (a run folder is expected there)")
+
+    def check_is_run(self) -> None:
+        """UserError (one line) unless the folder is missing or holds only the harness's files."""
+        foreign = self.foreign_entries()
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise UserError(
+                f"{self.path} holds files this harness did not write ({foreign[0]!r}{more}); refusing to "
+                f"touch it: choose a new or empty output folder"
+            )
+
+    def reset(self) -> None:
+        """Delete the harness's files, so a run starts afresh (the folder itself stays).
+
+        Raises UserError, deleting nothing, if the folder holds anything the harness did not write.
+        """
+        self.check_is_run()
+        if not self.path.exists():
+            return
+        for name in os.listdir(self.path):
+            (self.path / name).unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """`reset()`, then remove the emptied folder (the run becomes `not_launched`)."""
+        self.reset()
+        if self.path.exists():
+            self.path.rmdir()
+
+    def create(self) -> RunDir:
+        """Make the folder (and its parents) if missing; returns self."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def mark_done(self) -> None:
+        """Write `done` atomically (temp file, then rename): call it last, once everything succeeded."""
+        tmp = self.path / temp_name(DONE)
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write("done\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.done_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -------------------------------------------------------------------------- records
+    def open_records(self) -> RecordLog:
+        """The results log, opened for appending (use as a context manager)."""
+        return RecordLog(open(self.results_file, "a", encoding="utf-8"))
+
+    def read_records(self) -> list[dict[str, Any]]:
+        """Every record of `results.jsonl` ([] if there is none); UserError naming a corrupt line."""
+        if not self.results_file.is_file():
+            return []
+        records = []
+        for number, line in enumerate(self.results_file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise UserError(f"{self.results_file}:{number}: not a JSON record") from None
+        return records
+
+    def write_args(self, static: Mapping[str, Any]) -> None:
+        """Write `args.json` (the run's arguments, hyper-parameters and provenance)."""
+        self.args_file.write_text(json.dumps(static, indent=2, sort_keys=True, default=str))
+
+    def read_static(self) -> dict[str, Any]:
+        """The whole of `args.json`, else the first record (which repeats it); UserError if neither reads."""
+        for source in (self.args_file, self.results_file):
+            try:
+                text = source.read_text(encoding="utf-8")
+                obj = json.loads(text if source == self.args_file else text.splitlines()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("args"), dict):
+                return obj
+        raise UserError(f"{self.path}: cannot read the run's arguments ({ARGS} missing or corrupt)")
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The run's stored arguments (`TrainConfig` fields, steps resolved, plus `environments`)."""
+        return dict(self.read_static()["args"])
+
+    def differing_args(self, wanted: Mapping[str, Any]) -> list[str]:
+        """Names of the arguments in `wanted` whose stored value differs (placement args ignored).
+
+        `wanted` is compared after a JSON round trip, as the stored values were written.
+        """
+        stored = self.args
+        wanted = json.loads(json.dumps(dict(wanted), default=str))
+        return sorted(key for key, value in wanted.items()
+                      if key not in PLACEMENT_ARGS and stored.get(key) != value)
+
+
+class RecordLog:
+    """An open `results.jsonl`: `append(record)` writes one JSON line and flushes it."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self._handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        self._handle.flush()
+
+    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+        for record in records:
+            self.append(record)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> RecordLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,128 @@
+"""RunDir, the run-folder contract: names, states, a reset that deletes only the harness's files,
+records, an atomic `done`, checkpoints and stored arguments. No training: plain files only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from domainbed_recycle import rundir
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.rundir import RunDir
+
+
+def _harness_run(path):
+    """A folder holding one of each harness file (contents do not matter here), without `done`."""
+    run = RunDir(path).create()
+    for name in (rundir.ARGS, rundir.RESULTS, rundir.BEST, rundir.LAST, rundir.OUT, rundir.ERR):
+        (run.path / name).write_text("x")
+    (run.path / f".{rundir.BEST}.123.tmp").write_text("a killed checkpoint write")
+    return run
+
+
+def test_states_follow_the_folder(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.state == rundir.NOT_LAUNCHED and not run.is_done and run.is_fresh
+    run.create()
+    assert run.state == rundir.INCOMPLETE and run.is_fresh
+    run.out_file.write_text("log")
+    assert run.is_fresh  # a launcher's logs only
+    run.results_file.write_text("{}\n")
+    assert not run.is_fresh
+    run.mark_done()
+    assert run.state == rundir.STATE_DONE and run.is_done
+    assert run.done_file.read_text() == "done\n"
+    assert sorted(p.name for p in run.path.iterdir()) == sorted([rundir.DONE, rundir.OUT, rundir.RESULTS])
+    assert RunDir(str(tmp_path / "r")) == run and run.name == "r" and RunDir.RESULTS == "results.jsonl"
+
+
+def test_reset_deletes_only_the_harness_files(tmp_path):
+    run = _harness_run(tmp_path / "r")
+    run.mark_done()
+    run.reset()
+    assert run.path.is_dir() and not any(run.path.iterdir()) and run.state == rundir.INCOMPLETE
+    run = _harness_run(tmp_path / "r2")
+    run.remove()
+    assert run.state == rundir.NOT_LAUNCHED
+    RunDir(tmp_path / "never").reset()  # nothing there: nothing to do
+
+
+@pytest.mark.parametrize("foreign", [".git", "notes.txt", "src", ".done.tmp", "results.jsonl.bak", "done"])
+def test_a_folder_with_anything_else_is_refused_and_kept_whole(tmp_path, foreign):
+    run = _harness_run(tmp_path / "r")
+    if foreign in (".git", "src", "done"):  # a folder, even one named like a harness file
+        (run.path / foreign).mkdir()
+        (run.path / foreign / "HEAD").write_text("ref: refs/heads/main\n")
+    else:
+        (run.path / foreign).write_text("mine")
+    before = sorted(p.name for p in run.path.rglob("*"))
+    for action in (run.reset, run.remove, run.check_is_run):
+        with pytest.raises(UserError, match=f"did not write \\('{foreign}'") as error:
+            action()
+        assert len(str(error.value).splitlines()) == 1
+    assert sorted(p.name for p in run.path.rglob("*")) == before
+    assert run.foreign_entries() == [foreign]
+
+
+def test_a_file_where_the_folder_should_be_is_one_clear_error(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("not a folder")
+    with pytest.raises(UserError, match="is not a folder"):
+        RunDir(path).reset()
+    assert path.read_text() == "not a folder"
+
+
+def test_records_are_appended_flushed_and_read_back(tmp_path):
+    run = RunDir(tmp_path / "r").create()
+    assert run.read_records() == []
+    with run.open_records() as log:
+        log.append({"step": 1, "b": 2.5, "a": [1]})
+        assert json.loads(run.results_file.read_text()) == {"a": [1], "b": 2.5, "step": 1}  # flushed
+        log.extend([{"step": 2}])
+    assert run.results_file.read_text().splitlines()[0] == '{"a": [1], "b": 2.5, "step": 1}'  # sorted keys
+    assert [r["step"] for r in run.read_records()] == [1, 2]
+    with open(run.results_file, "a") as handle:
+        handle.write('{"trunc')
+    with pytest.raises(UserError, match=r"results.jsonl:3: not a JSON record"):
+        run.read_records()
+
+
+def test_mark_done_is_atomic_and_leaves_no_temp_file(tmp_path):
+    run = RunDir(tmp_path / "r").create()
+    run.mark_done()
+    run.mark_done()  # idempotent
+    assert [p.name for p in run.path.iterdir()] == [rundir.DONE]
+
+
+def test_model_checkpoint_is_best_else_last(tmp_path):
+    run = RunDir(tmp_path / "r").create()
+    assert run.model_checkpoint is None
+    run.last_checkpoint.write_text("x")
+    assert run.model_checkpoint == run.path / "model.safetensors"
+    run.best_checkpoint.write_text("x")
+    assert run.model_checkpoint == run.path / "model_best.safetensors"
+
+
+def test_args_come_from_args_json_else_the_first_record(tmp_path):
+    run = RunDir(tmp_path / "r").create()
+    with pytest.raises(UserError, match="cannot read the run's arguments"):
+        _ = run.args
+    run.results_file.write_text(json.dumps({"args": {"dataset": "A", "steps": 3}, "step": 3}) + "\n")
+    assert run.args == {"dataset": "A", "steps": 3}
+    run.write_args({"args": {"dataset": "B", "steps": 3, "test_envs": [0], "output_dir": "x", "threads": 1},
+                    "hparams": {}})
+    assert run.args["dataset"] == "B" and run.read_static()["hparams"] == {}
+    same = {"dataset": "B", "steps": 3, "test_envs": (0,), "output_dir": "elsewhere", "threads": 4}
+    assert run.differing_args(same) == []  # tuples compare as the JSON lists they are stored as
+    assert run.differing_args(same | {"steps": 4, "seed": 1}) == ["seed", "steps"]
+
+
+def test_rundir_and_the_sweep_package_import_no_torch():
+    code = ("import sys, domainbed_recycle.rundir, domainbed_recycle.sweep; "
+            "from domainbed_recycle.sweep.spec import read_spec_file; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
