@@ -152,18 +152,29 @@ def validate(spec: RecycleSpec) -> None:
         bad = [e for e in (spec.target.test_envs or []) if not 0 <= e < n_envs]
         if bad:
             raise UserError(f"{where} [target]: test env {bad[0]} out of range for {name} ({n_envs} domains)")
-    from domainbed_recycle.hparams_registry import PROFILES, known_anywhere
+    from domainbed_recycle.hparams_registry import PROFILES, validate_overrides
+    from domainbed_recycle.training import TrainConfig
 
     for section in (spec.auxiliary, spec.probe, spec.target):
         if section.hparams_profile is not None and section.hparams_profile not in PROFILES:
             raise UserError(f"{where}: unknown hparams_profile '{section.hparams_profile}'; "
                             f"known: {', '.join(PROFILES)}")
 
-    for name in spec.target.datasets:
-        known = known_anywhere(spec.target.hparams_profile or datasets.get(name).HPARAMS_PROFILE)
-        unknown = sorted(set(spec.target.hparams) - known)
-        if unknown:
-            raise UserError(f"{where} [target] hparams: unknown hyper-parameter(s) {', '.join(unknown)}")
+    # One override rule (hparams_registry.validate_overrides): target runs use the [target] algorithm
+    # and those the strategies impose; auxiliary fine-tunings and probes use TrainConfig's default.
+    target_algorithms = [spec.target.algorithm] + [
+        STRATEGIES.get(name).algorithm for name in spec.strategies if STRATEGIES.get(name).algorithm]
+    for title, section, algorithms, names in (
+        ("target", spec.target, target_algorithms, spec.target.datasets),
+        ("auxiliary", spec.auxiliary, [TrainConfig.algorithm], spec.auxiliary.datasets),
+        ("probe", spec.probe, [TrainConfig.algorithm], spec.target.datasets),
+    ):
+        for name in names if section.hparams else ():
+            try:
+                validate_overrides(algorithms, section.hparams_profile or datasets.get(name).HPARAMS_PROFILE,
+                                   section.hparams)
+            except UserError as error:
+                raise UserError(f"{where} [{title}] hparams: {error}") from None
     if needs_aux and not spec.auxiliary.datasets:
         raise UserError(f"{where}: strategies {sorted(needs_aux)} need [auxiliary] datasets")
     for key in ("n_trials", "n_runs", "n_runs_small"):

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from domainbed_recycle.datasets.base import get_dataset_class
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.hparams_registry import validate_overrides
 from domainbed_recycle.misc import args_hash, seed_hash
 
 try:
@@ -106,8 +108,6 @@ def test_env_combinations(n_envs: int, single_test_envs: bool = False,
 
 def dataset_environments(name: str) -> list[str]:
     """Domain names of dataset `name`, read from its class (no data is loaded)."""
-    from domainbed_recycle.datasets.base import get_dataset_class
-
     return list(get_dataset_class(name).ENVIRONMENTS)
 
 
@@ -136,7 +136,8 @@ def make_jobs(
             (seed 0 is the registry's default hyper-parameters, as in DomainBed).
         n_trials: trial seeds 0 .. n_trials - 1 (each seeds the in/out split of every domain).
         extra: more `TrainConfig` arguments given to every job (e.g. holdout_fraction, init).
-        hparams: hyper-parameter overrides given to every job.
+        hparams: hyper-parameter overrides, each given to the jobs whose algorithm declares it
+            (`hparams_registry.validate_overrides`: one no algorithm declares is a UserError).
     Each job's `seed` is `seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)`.
     Raises UserError for a test domain that a dataset does not have.
     """
@@ -151,6 +152,9 @@ def make_jobs(
                 raise UserError(f"test env {bad[0]} out of range: {dataset} has {len(envs)} domains "
                                 f"(0..{len(envs) - 1}: {', '.join(envs)})")
     common = dict(extra or {})
+    profile_of = {dataset: common.get("hparams_profile") or get_dataset_class(dataset).HPARAMS_PROFILE
+                  for dataset in datasets}
+    overrides = {dataset: validate_overrides(algorithms, profile_of[dataset], hparams or {}) for dataset in datasets}
     jobs = []
     for trial_seed in range(n_trials):
         for dataset in datasets:
@@ -163,7 +167,7 @@ def make_jobs(
                             "dataset": dataset,
                             "algorithm": algorithm,
                             "test_envs": test_envs,
-                            "hparams": dict(hparams or {}),
+                            "hparams": dict(overrides[dataset][algorithm]),
                             "hparams_seed": hparams_seed,
                             "trial_seed": trial_seed,
                             "seed": seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed),

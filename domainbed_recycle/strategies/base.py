@@ -119,10 +119,15 @@ class ModelOutcome:
 
 
 class Strategy:
-    """Base class: subclasses set `name`, `variants`, and implement `plan` and `combine`."""
+    """Base class: subclasses set `name`, `variants`, and implement `plan` and `combine`.
+
+    `algorithm`: the objective this strategy's own target runs use (e.g. "MovingAverage"); None: the
+    spec's [target] algorithm. The spec's [target] hparams are checked against these algorithms.
+    """
 
     name: ClassVar[str]
     variants: ClassVar[tuple[str, ...]]
+    algorithm: ClassVar[str | None] = None
 
     def prepare(self, cell: Cell, inits: Inits, settings: TargetSettings, work_dir: Path) -> None:
         """Write files the plan needs (e.g. a fused featurizer). Default: nothing."""
@@ -151,6 +156,7 @@ def target_run(
     every argument, the init included, as DomainBed derives it from a run's arguments.
     """
     from domainbed_recycle import hparams_registry
+    from domainbed_recycle.algorithms import ALGORITHMS
     from domainbed_recycle.datasets import load_all_datasets
 
     algorithm = algorithm or settings.algorithm
@@ -160,7 +166,9 @@ def target_run(
         "algorithm": algorithm,
         "test_envs": [cell.test_env],
         "data_dir": settings.data_dir,
-        "hparams": hparams_registry.overrides_for(algorithm, profile, settings.hparams),
+        # The spec refused overrides that none of its algorithms declares (`recycle_spec.validate`);
+        # a run takes those its own algorithm declares.
+        "hparams": hparams_registry.validate_overrides([algorithm, *ALGORITHMS], profile, settings.hparams)[algorithm],
         "hparams_seed": hparams_seed,
         "hparams_profile": settings.hparams_profile,
         "trial_seed": cell.trial_seed,

@@ -116,9 +116,10 @@ class MovingAverage(Strategy):
 
     name = "MovingAverage"
     variants = ("MovingAverage",)
+    algorithm = "MovingAverage"
 
     def plan(self, cell, inits, settings):
-        return [target_run(cell, settings, h, PHI0, inits.foundation, inits.probe, algorithm="MovingAverage")
+        return [target_run(cell, settings, h, PHI0, inits.foundation, inits.probe, algorithm=self.algorithm)
                 for h in range(settings.n_runs_small)]
 
     def combine(self, cell, runs, evaluator):
