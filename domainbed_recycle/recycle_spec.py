@@ -161,18 +161,20 @@ def validate(spec: RecycleSpec) -> None:
                             f"known: {', '.join(PROFILES)}")
 
     # One override rule (hparams_registry.validate_overrides): target runs use the [target] algorithm
-    # and those the strategies impose; auxiliary fine-tunings and probes use TrainConfig's default.
+    # and those the strategies impose; the other stages use TrainConfig's default algorithm.
     target_algorithms = [spec.target.algorithm] + [
         STRATEGIES.get(name).algorithm for name in spec.strategies if STRATEGIES.get(name).algorithm]
+    pretrained = [spec.foundation.dataset] if spec.foundation.checkpoint is None else []
     for title, section, algorithms, names in (
-        ("target", spec.target, target_algorithms, spec.target.datasets),
+        ("foundation", spec.foundation, [TrainConfig.algorithm], pretrained),
         ("auxiliary", spec.auxiliary, [TrainConfig.algorithm], spec.auxiliary.datasets),
         ("probe", spec.probe, [TrainConfig.algorithm], spec.target.datasets),
+        ("target", spec.target, target_algorithms, spec.target.datasets),
     ):
         for name in names if section.hparams else ():
+            profile = getattr(section, "hparams_profile", None) or datasets.get(name).HPARAMS_PROFILE
             try:
-                validate_overrides(algorithms, section.hparams_profile or datasets.get(name).HPARAMS_PROFILE,
-                                   section.hparams)
+                validate_overrides(algorithms, profile, section.hparams)
             except UserError as error:
                 raise UserError(f"{where} [{title}] hparams: {error}") from None
     if needs_aux and not spec.auxiliary.datasets:
