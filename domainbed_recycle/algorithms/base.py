@@ -23,27 +23,6 @@ ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
 OPTIMIZERS = ("adam", "sgd")  # what `make_optimizer` builds
 
 
-def get_algorithm_class(name: str) -> type[Algorithm]:
-    """The class registered as `name`, after importing the built-ins and every module named in
-    $DRECYCLE_PLUGINS (comma-separated, importable from sys.path): user code outside the package
-    registers its algorithms there. Pool and Slurm workers inherit the variable, so they import
-    the modules too when they build their run's algorithm."""
-    import importlib
-    import os
-
-    import domainbed_recycle.algorithms  # noqa: F401  (registers every algorithm)
-    from domainbed_recycle.errors import UserError
-
-    for module in filter(None, (m.strip() for m in os.environ.get("DRECYCLE_PLUGINS", "").split(","))):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if not f"{module}.".startswith(f"{error.name}."):  # a missing import inside the module
-                raise
-            raise UserError(f"DRECYCLE_PLUGINS: no module named '{module}' (is its folder on PYTHONPATH?)") from None
-    return ALGORITHMS.get(name)
-
-
 def make_optimizer(params: Any, hparams: dict[str, Any]) -> torch.optim.Optimizer:
     """The optimiser named by hparams['optimizer'] (Adam as DomainBed, or SGD with momentum 0.9)."""
     name = hparams.get("optimizer", OPTIMIZERS[0])
