@@ -1,181 +1,144 @@
-"""Hyper-parameters: each has a default and a seeded random distribution (DomainBed's recipe).
+"""Hyper-parameters: each has a default, a seeded random distribution (DomainBed's recipe), a kind
+and a range.
 
 `hparams_seed == 0` gives the defaults. Each random value is drawn from its own generator seeded by
 (hparams_seed, name), so adding a hyper-parameter never changes the values drawn for the others.
 
-Adding an algorithm's hyper-parameters = one entry in `ALGORITHM_HPARAMS`: a function that calls
-`define(name, default, sampler)` for each of them, where `sampler(rng)` draws from a numpy RandomState.
+This module holds the hyper-parameters every run has (`_common`), the profiles, the seeded drawing
+and the override rule; each algorithm declares its own in `Algorithm.define_hparams` (see
+`hparams_spec` for `define(name, default, sampler, kind)`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from domainbed_recycle.algorithms import get_algorithm_class
+from domainbed_recycle.algorithms.base import OPTIMIZERS
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.hparams_spec import Define, Flag, HParam, Integer, OneOf, Real, choice, log_uniform
 from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.networks import ARCHITECTURES
 
-Sampler = Callable[[np.random.RandomState], Any]
 PROFILES = ("small", "small_finetune", "resnet")
-Define = Callable[[str, Any, Sampler], None]
 
-
-def _log_uniform(low: float, high: float) -> Sampler:
-    """10 ** U(low, high)."""
-    return lambda rng: float(10 ** rng.uniform(low, high))
-
-
-def _choice(values: list[Any]) -> Sampler:
-    return lambda rng: values[rng.randint(len(values))]
+POSITIVE = Real(low=0, low_open=True)
+NON_NEGATIVE = Real(low=0)
+PROBABILITY = Real(low=0, high=1, high_open=True)  # dropout: 1 would drop everything
 
 
 def _common(define: Define, profile: str) -> None:
     """Hyper-parameters of every run: optimiser, batch, regularisation, architecture, LP warm-up."""
-    define("optimizer", "adam", lambda rng: "adam")
-    define("lp_steps", 0, lambda rng: 0)  # steps training the head alone before everything (LP-FT)
+    define("optimizer", "adam", None, OneOf(OPTIMIZERS))
+    define("lp_steps", 0, None, Integer(low=0))  # steps training the head alone before everything (LP-FT)
     if profile == "resnet":
         # The paper's ResNet-50 setting (Ramé et al. 2023, DiWA): Adam, batch 32, frozen BatchNorm.
-        define("arch", "resnet50", lambda rng: "resnet50")
-        define("freeze_bn", True, lambda rng: True)
-        define("data_augmentation", True, lambda rng: True)
-        define("lr", 5e-5, _choice([1e-5, 3e-5, 5e-5]))
-        define("dropout", 0.0, _choice([0.0, 0.1, 0.5]))
-        define("weight_decay", 0.0, _choice([1e-4, 1e-6]))
-        define("batch_size", 32, lambda rng: 32)
+        define("arch", "resnet50", None, OneOf(ARCHITECTURES))
+        define("freeze_bn", True, None, Flag())
+        define("data_augmentation", True, None, Flag())
+        define("lr", 5e-5, choice([1e-5, 3e-5, 5e-5]), POSITIVE)
+        define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
+        define("weight_decay", 0.0, choice([1e-4, 1e-6]), NON_NEGATIVE)
+        define("batch_size", 32, None, Integer(low=1))
     elif profile in ("small", "small_finetune"):
         # CPU scale: the small CNN on 3x28x28 built-ins. Fine-tuning a pre-trained featurizer
         # ("small_finetune") uses a 3x smaller learning rate range, as the ResNet ranges are for
         # fine-tuning ImageNet weights: fine-tunings stay close to their init, where averaging works.
-        define("arch", "small_cnn", lambda rng: "small_cnn")
-        define("cnn_width", 16, lambda rng: 16)
-        define("data_augmentation", False, lambda rng: False)
+        define("arch", "small_cnn", None, OneOf(ARCHITECTURES))
+        define("cnn_width", 16, None, Integer(low=1))
+        define("data_augmentation", False, None, Flag())
         if profile == "small":
-            define("lr", 1e-3, _log_uniform(-3.5, -2.5))
+            define("lr", 1e-3, log_uniform(-3.5, -2.5), POSITIVE)
         else:
-            define("lr", 3e-4, _log_uniform(-4.0, -3.0))
-        define("dropout", 0.0, _choice([0.0, 0.1, 0.5]))
-        define("weight_decay", 0.0, _choice([0.0, 1e-6, 1e-4]))
-        define("batch_size", 64, lambda rng: int(2 ** rng.uniform(5, 7)))
+            define("lr", 3e-4, log_uniform(-4.0, -3.0), POSITIVE)
+        define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
+        define("weight_decay", 0.0, choice([0.0, 1e-6, 1e-4]), NON_NEGATIVE)
+        define("batch_size", 64, lambda rng: int(2 ** rng.uniform(5, 7)), Integer(low=1))
     else:
         raise UserError(f"unknown hyper-parameter profile '{profile}'; known: {', '.join(PROFILES)}")
 
 
-def _moving_average(define: Define, profile: str) -> None:
-    define("ma_start_step", 100, lambda rng: 100)  # iterates averaged from this step on (DiWA's MA)
+def declarations(algorithm: str, profile: str) -> dict[str, HParam]:
+    """Every hyper-parameter of `algorithm` under `profile`, in declaration order (common ones first)."""
+    declared: dict[str, HParam] = {}
 
-
-def _coral(define: Define, profile: str) -> None:
-    define("mmd_gamma", 1.0, _log_uniform(-1, 1))
-
-
-def _group_dro(define: Define, profile: str) -> None:
-    define("groupdro_eta", 1e-2, _log_uniform(-3, -1))
-
-
-def _mixup(define: Define, profile: str) -> None:
-    define("mixup_alpha", 0.2, _log_uniform(-1, 1))
-
-
-def _vrex(define: Define, profile: str) -> None:
-    define("vrex_lambda", 1e1, _log_uniform(-1, 5))
-    # DomainBed's default is 500 steps (of 5000); built-in runs last 300 steps, so 100 there.
-    anneal_default = 500 if profile == "resnet" else 100
-    define("vrex_penalty_anneal_iters", anneal_default, lambda rng: int(10 ** rng.uniform(0, 4)))
-
-
-def _swad(define: Define, profile: str) -> None:
-    # SWAD (Cha et al. 2021) defaults: converge/tolerance windows counted in evaluations.
-    define("swad_n_converge", 3, lambda rng: 3)
-    define("swad_n_tolerance", 6, lambda rng: 6)
-    define("swad_tolerance_ratio", 0.3, lambda rng: 0.3)
-
-
-# algorithm name -> its own hyper-parameters (on top of `_common`)
-ALGORITHM_HPARAMS: dict[str, Callable[[Define, str], None]] = {
-    "ERM": lambda define, profile: None,
-    "MovingAverage": _moving_average,
-    "CORAL": _coral,
-    "GroupDRO": _group_dro,
-    "Mixup": _mixup,
-    "VREx": _vrex,
-    "SWAD": _swad,
-}
-
-
-def _collect(algorithm: str, profile: str, seed: int | None) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-
-    def define(name: str, default: Any, sampler: Sampler) -> None:
-        if name in values:
-            raise ValueError(f"hyper-parameter '{name}' defined twice")
-        if seed is None:
-            values[name] = default
-        else:
-            values[name] = sampler(np.random.RandomState(seed_hash(seed, name)))
+    def define(name: str, default: Any, sampler: Any, kind: Any) -> None:
+        if name in declared:
+            raise ValueError(f"hyper-parameter '{name}' defined twice ({algorithm}, profile {profile})")
+        declared[name] = HParam(name, default, sampler, kind)
 
     _common(define, profile)
-    ALGORITHM_HPARAMS.get(algorithm, lambda define, profile: None)(define, profile)
+    get_algorithm_class(algorithm).define_hparams(define, profile)
+    return declared
+
+
+def _values(algorithm: str, profile: str, seed: int | None) -> dict[str, Any]:
+    values = {}
+    for name, spec in declarations(algorithm, profile).items():
+        if seed is None or spec.sampler is None:
+            values[name] = spec.default
+        else:
+            values[name] = spec.sampler(np.random.RandomState(seed_hash(seed, name)))
     return values
 
 
 def default_hparams(algorithm: str, profile: str = "small") -> dict[str, Any]:
-    """Default hyper-parameters of `algorithm` for a dataset profile ('small' or 'resnet')."""
-    return _collect(algorithm, profile, None)
+    """Default hyper-parameters of `algorithm` for a profile ('small', 'small_finetune' or 'resnet')."""
+    return _values(algorithm, profile, None)
 
 
 def random_hparams(algorithm: str, profile: str, seed: int) -> dict[str, Any]:
     """Hyper-parameters drawn from their random distributions with `seed`."""
-    return _collect(algorithm, profile, seed)
+    return _values(algorithm, profile, seed)
 
 
 def get_hparams(
-    algorithm: str, profile: str, hparams_seed: int, overrides: dict[str, Any] | None = None
+    algorithm: str, profile: str, hparams_seed: int, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """DomainBed's rule: seed 0 -> defaults, else random; then apply user `overrides` (e.g. --hparams)."""
-    if hparams_seed == 0:
-        hparams = default_hparams(algorithm, profile)
-    else:
-        hparams = random_hparams(algorithm, profile, hparams_seed)
-    unknown = sorted(set(overrides or {}) - set(hparams))
-    if unknown:
-        raise UserError(
-            f"unknown hyper-parameter(s) {', '.join(unknown)} for {algorithm}; known: {', '.join(sorted(hparams))}"
-        )
-    for name, value in (overrides or {}).items():
-        if not _same_kind(hparams[name], value):
-            raise UserError(f"hyper-parameter '{name}' must be a {type(hparams[name]).__name__} like its default "
-                            f"{hparams[name]!r}, got {value!r}")
-    hparams.update(overrides or {})
+    """DomainBed's rule: seed 0 -> defaults, else random; then apply user `overrides` (e.g. --hparams).
+
+    Every value is checked against its declared kind and range (UserError naming the first bad one).
+    """
+    hparams = _values(algorithm, profile, hparams_seed or None)
+    hparams.update(validate_overrides([algorithm], profile, overrides or {})[algorithm])
+    declared = declarations(algorithm, profile)
+    for name, value in hparams.items():
+        problem = declared[name].problem(value)
+        if problem:
+            raise UserError(f"{problem} ({algorithm}, hparams seed {hparams_seed})")
     return hparams
 
 
-def _same_kind(default: Any, value: Any) -> bool:
-    """Whether an override can stand where `default` stood (an int may replace a float, not a bool)."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, int | float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(default))
+def validate_overrides(
+    algorithms: Sequence[str], profile: str, overrides: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The one override rule: which of `overrides` each of `algorithms` takes, checked once.
 
-
-def overrides_for(algorithm: str, profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `overrides` that `algorithm` defines (a spec's shared overrides may name
-    hyper-parameters of only some of its algorithms, e.g. `ma_start_step`)."""
-    known = default_hparams(algorithm, profile)
-    return {key: value for key, value in overrides.items() if key in known}
-
-
-def known_anywhere(profile: str) -> set[str]:
-    """Every hyper-parameter name some registered algorithm defines (to validate shared overrides)."""
-    return {name for algorithm in ALGORITHM_HPARAMS for name in default_hparams(algorithm, profile)}
+    An override that no algorithm of `algorithms` declares under `profile` is an error naming it;
+    one that some declare applies to those only; a value outside its declared kind or range is an
+    error. Returns {algorithm: its overrides, in the order given}.
+    """
+    declared = {algorithm: declarations(algorithm, profile) for algorithm in dict.fromkeys(algorithms)}
+    unknown = [name for name in overrides if not any(name in names for names in declared.values())]
+    if unknown:
+        known = sorted({name for names in declared.values() for name in names})
+        raise UserError(f"unknown hyper-parameter(s) {', '.join(unknown)} for {', '.join(declared)} "
+                        f"(profile {profile}); known: {', '.join(known)}")
+    for name, value in overrides.items():
+        spec = next(names[name] for names in declared.values() if name in names)
+        problem = spec.problem(value)
+        if problem:
+            raise UserError(problem)
+    return {algorithm: {name: value for name, value in overrides.items() if name in names}
+            for algorithm, names in declared.items()}
 
 
 def parse_overrides(text: str | None, flag: str = "--hparams") -> dict[str, Any]:
     """A `--hparams` flag's JSON object (None -> {}); UserError naming the flag if it is not one."""
-    import json
-
     if text is None:
         return {}
     try:

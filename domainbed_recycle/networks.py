@@ -14,6 +14,8 @@ from torch import nn
 
 from domainbed_recycle.errors import UserError
 
+ARCHITECTURES = ("small_cnn", "resnet18", "resnet50")  # the featurizers `build_featurizer` knows
+
 
 class SmallCNN(nn.Module):
     """Four 3x3 conv blocks with GroupNorm (no BatchNorm buffers, so weight averaging is exact).
@@ -96,7 +98,7 @@ def architecture(input_shape: tuple[int, int, int], num_classes: int, hparams: d
     elif name in ("resnet18", "resnet50"):
         arch["freeze_bn"] = bool(hparams.get("freeze_bn", True))
     else:
-        raise UserError(f"unknown architecture '{name}'; known: small_cnn, resnet18, resnet50")
+        raise UserError(f"unknown architecture '{name}'; known: {', '.join(ARCHITECTURES)}")
     return arch
 
 
@@ -107,7 +109,7 @@ def build_featurizer(arch: dict[str, Any]) -> nn.Module:
         return SmallCNN(tuple(arch["input_shape"]), width=arch.get("width", 16))
     if name in ("resnet18", "resnet50"):
         return ResNetFeaturizer(depth=int(name[len("resnet"):]), freeze_bn=arch.get("freeze_bn", True))
-    raise UserError(f"unknown architecture '{name}'; known: small_cnn, resnet18, resnet50")
+    raise UserError(f"unknown architecture '{name}'; known: {', '.join(ARCHITECTURES)}")
 
 
 def build_model(arch: dict[str, Any], dropout: float = 0.0) -> Model:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_recycle import hparams_registry
-from domainbed_recycle.algorithms import get_algorithm_class
+from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.algorithms.coral import coral_penalty, mean_cov_distance
 from domainbed_recycle.algorithms.group_dro import group_dro_weights
 from domainbed_recycle.algorithms.mixup import mixup_loss, random_domain_pairs
@@ -21,7 +21,6 @@ from domainbed_recycle.algorithms.vrex import variance_penalty
 from domainbed_recycle.rundir import RunDir
 
 ARCH = {"featurizer": "small_cnn", "input_shape": [3, 28, 28], "num_classes": 3, "width": 4}
-NAMES = ["ERM", "MovingAverage", "CORAL", "GroupDRO", "Mixup", "VREx", "SWAD"]
 
 
 def _make(name: str, num_domains: int = 3, **overrides) -> torch.nn.Module:
@@ -57,10 +56,10 @@ def _record(val_acc: float, test_envs=(2,), n_envs: int = 3) -> dict:
     return record
 
 
-# --- every algorithm steps -----------------------------------------------------------------------
+# --- every registered algorithm steps -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_update_returns_finite_floats_and_moves_parameters(name):
     algorithm = _make(name)
     before = _state(algorithm.network)

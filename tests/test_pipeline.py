@@ -118,6 +118,21 @@ def test_bad_spec_keys_and_names_fail_clearly():
         spec_from_dict(TINY | {"output_dir": "x", "target": TINY["target"] | {"datasets": ["Nope"]}})
 
 
+def test_spec_hparams_follow_the_one_override_rule():
+    # ma_start_step is MovingAverage's: known through the MovingAverage strategy, an error without it.
+    spec_from_dict(TINY | {"output_dir": "x"})
+    with pytest.raises(UserError, match=r"\[target\] hparams: unknown hyper-parameter\(s\) ma_start_step for ERM "):
+        spec_from_dict(TINY | {"output_dir": "x", "strategies": ["ERM", "Soup"]})
+    with pytest.raises(UserError, match=r"\[target\] hparams: hyper-parameter 'batch_size' must be an integer >= 1"):
+        spec_from_dict(TINY | {"output_dir": "x", "target": TINY["target"] | {"hparams": {"batch_size": 0}}})
+    with pytest.raises(UserError, match=r"\[probe\] hparams: unknown hyper-parameter\(s\) mmd_gamma for ERM"):
+        spec_from_dict(TINY | {"output_dir": "x", "probe": TINY["probe"] | {"hparams": {"mmd_gamma": 1}}})
+    with pytest.raises(UserError, match=r"\[foundation\] hparams: hyper-parameter 'lr' must be a finite number > 0"):
+        spec_from_dict(TINY | {"output_dir": "x", "foundation": TINY["foundation"] | {"hparams": {"lr": -1}}})
+    with pytest.raises(UserError, match=r"\[auxiliary\] hparams: hyper-parameter 'dropout' must be"):
+        spec_from_dict(TINY | {"output_dir": "x", "auxiliary": TINY["auxiliary"] | {"hparams": {"dropout": 2.0}}})
+
+
 def test_target_objective_is_a_spec_key(tmp_path):
     spec = spec_from_dict(TINY | {"output_dir": str(tmp_path), "target": TINY["target"] | {"algorithm": "CORAL"}})
     listing = Pipeline(spec).dry_run()

@@ -44,6 +44,23 @@ def test_job_ids_are_stable_and_ignore_where_and_how_a_job_runs(tmp_path):
     assert changed.job_id != jobs[0].job_id
 
 
+def test_overrides_go_to_the_algorithms_that_declare_them_and_ids_stay(tmp_path):
+    # Every override applies to every algorithm: the ids are those of the commit before the rule.
+    jobs = make_jobs(["ColoredMNIST"], ["ERM", "CORAL"], [[0]], 2, 1, 20, None, tmp_path,
+                     hparams={"cnn_width": 8, "lr": 0.01}, checkpoint_freq=10)
+    assert [j.job_id for j in jobs] == ["00a8d36ceef2365a87e6a1aabb7721c1", "7989d9b5925a27593d676754a7e8bb5b",
+                                        "bb10b3d82d83d620c74d0cf33879bdd2", "f145b69eecfb7e362743efc58d7a964b"]
+    # mmd_gamma is CORAL's only: ERM jobs do not get it (they used to, and failed in their workers).
+    jobs = make_jobs(["ColoredMNIST"], ["ERM", "CORAL"], [[0]], 1, 1, 20, None, tmp_path,
+                     hparams={"mmd_gamma": 2, "cnn_width": 8})
+    assert {j.args["algorithm"]: j.args["hparams"] for j in jobs} == {
+        "ERM": {"cnn_width": 8}, "CORAL": {"mmd_gamma": 2, "cnn_width": 8}}
+    with pytest.raises(UserError, match="unknown hyper-parameter.*mmd_gamma for ERM, MovingAverage"):
+        make_jobs(["ColoredMNIST"], ["ERM", "MovingAverage"], [[0]], 1, 1, 20, None, tmp_path, hparams={"mmd_gamma": 2})
+    with pytest.raises(UserError, match="'batch_size' must be an integer >= 1, got 2.5"):
+        make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 20, None, tmp_path, hparams={"batch_size": 2.5})
+
+
 def test_make_jobs_follows_domainbed(tmp_path):
     jobs = make_jobs(["ColoredMNIST", "RotatedMNIST"], ["ERM", "CORAL"], None, n_hparams=2, n_trials=2,
                      steps=5, data_dir=None, output_dir=tmp_path, hparams_from=3)

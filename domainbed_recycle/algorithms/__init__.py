@@ -1,18 +1,29 @@
 """Training objectives (DomainBed's contract), found by name in `ALGORITHMS`.
 
-Importing this package registers every built-in algorithm.
+Importing this package registers every built-in algorithm (each module registers its classes with
+@ALGORITHMS.register()); `get_algorithm_class` also imports the user's modules ($DRECYCLE_PLUGINS).
 """
 
-from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, get_algorithm_class
+import importlib
+import os
 
-# Each import registers its classes with @ALGORITHMS.register().
-from domainbed_recycle.algorithms import erm  # noqa: E402,F401  isort: skip
-
-for _optional in ("coral", "group_dro", "mixup", "vrex", "swad"):
-    try:
-        __import__(f"domainbed_recycle.algorithms.{_optional}")
-    except ModuleNotFoundError as _error:
-        if _error.name != f"domainbed_recycle.algorithms.{_optional}":
-            raise
+from domainbed_recycle.algorithms import coral, erm, group_dro, mixup, swad, vrex  # noqa: F401
+from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm
+from domainbed_recycle.errors import UserError
 
 __all__ = ["ALGORITHMS", "Algorithm", "get_algorithm_class"]
+
+
+def get_algorithm_class(name: str) -> type[Algorithm]:
+    """The class registered as `name`, after importing every module named in $DRECYCLE_PLUGINS
+    (comma-separated, importable from sys.path): user code outside the package registers its
+    algorithms there. Pool and Slurm workers inherit the variable, so they import the modules too
+    when they build their run's algorithm."""
+    for module in filter(None, (m.strip() for m in os.environ.get("DRECYCLE_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if not f"{module}.".startswith(f"{error.name}."):  # a missing import inside the module
+                raise
+            raise UserError(f"DRECYCLE_PLUGINS: no module named '{module}' (is its folder on PYTHONPATH?)") from None
+    return ALGORITHMS.get(name)

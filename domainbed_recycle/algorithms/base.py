@@ -1,8 +1,9 @@
 """The Algorithm contract: `update(minibatches) -> dict of floats` and `predict(x) -> logits`.
 
-A new algorithm is one subclass registered with `@ALGORITHMS.register()` plus one entry in
-`hparams_registry.ALGORITHM_HPARAMS`. The trainer calls `train_step`, which handles the
-linear-probe and LP-warm-up logic (featurizer frozen) around the subclass's `update`.
+A new algorithm is one subclass registered with `@ALGORITHMS.register()`; it declares its own
+hyper-parameters in `define_hparams` (inherited and extended by its subclasses). The trainer calls
+`train_step`, which handles the linear-probe and LP-warm-up logic (featurizer frozen) around the
+subclass's `update`.
 """
 
 from __future__ import annotations
@@ -12,38 +13,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from domainbed_recycle.hparams_spec import Define
 from domainbed_recycle.networks import Model, build_model
 from domainbed_recycle.registry import Registry
 
 Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
-
-
-def get_algorithm_class(name: str) -> type[Algorithm]:
-    """The class registered as `name`, after importing the built-ins and every module named in
-    $DRECYCLE_PLUGINS (comma-separated, importable from sys.path): user code outside the package
-    registers its algorithms there. Pool and Slurm workers inherit the variable, so they import
-    the modules too when they build their run's algorithm."""
-    import importlib
-    import os
-
-    import domainbed_recycle.algorithms  # noqa: F401  (registers every algorithm)
-    from domainbed_recycle.errors import UserError
-
-    for module in filter(None, (m.strip() for m in os.environ.get("DRECYCLE_PLUGINS", "").split(","))):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if not f"{module}.".startswith(f"{error.name}."):  # a missing import inside the module
-                raise
-            raise UserError(f"DRECYCLE_PLUGINS: no module named '{module}' (is its folder on PYTHONPATH?)") from None
-    return ALGORITHMS.get(name)
+OPTIMIZERS = ("adam", "sgd")  # what `make_optimizer` builds
 
 
 def make_optimizer(params: Any, hparams: dict[str, Any]) -> torch.optim.Optimizer:
     """The optimiser named by hparams['optimizer'] (Adam as DomainBed, or SGD with momentum 0.9)."""
-    name = hparams.get("optimizer", "adam")
+    name = hparams.get("optimizer", OPTIMIZERS[0])
     if name == "adam":
         return torch.optim.Adam(params, lr=hparams["lr"], weight_decay=hparams["weight_decay"])
     if name == "sgd":
@@ -57,7 +39,7 @@ class Algorithm(nn.Module):
     Args:
         arch: architecture dict (see `networks.architecture`); gives input shape and num_classes.
         num_domains: number of training domains (len(minibatches) in `update`).
-        hparams: hyper-parameters (see `hparams_registry`).
+        hparams: hyper-parameters (see `hparams_registry` and `define_hparams`).
     Attributes:
         network: the `Model` being trained (featurizer -> dropout -> classifier).
         update_count: number of `train_step` calls so far.
@@ -74,13 +56,11 @@ class Algorithm(nn.Module):
         self.update_count = 0
         self.linear_probe = False
 
-    @property
-    def featurizer(self) -> nn.Module:
-        return self.network.featurizer
-
-    @property
-    def classifier(self) -> nn.Linear:
-        return self.network.classifier
+    @classmethod
+    def define_hparams(cls, define: Define, profile: str) -> None:
+        """Declare this algorithm's own hyper-parameters (on top of `hparams_registry`'s common ones)
+        with `define(name, default, sampler, kind)`; a subclass calls `super().define_hparams` first
+        to keep its parent's. `profile` is 'small', 'small_finetune' or 'resnet'. Default: none."""
 
     def featurizer_frozen(self) -> bool:
         """True during a linear probe and during the first `lp_steps` steps (LP warm-up)."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches
+from domainbed_recycle.hparams_spec import Define, Real, log_uniform
 
 
 def mean_cov_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -47,6 +48,11 @@ class CORAL(Algorithm):
     logits are `classifier(dropout(features))`. Logged: `loss` (the cross-entropy term, as DomainBed
     logs it) and `penalty`.
     """
+
+    @classmethod
+    def define_hparams(cls, define: Define, profile: str) -> None:
+        super().define_hparams(define, profile)
+        define("mmd_gamma", 1.0, log_uniform(-1, 1), Real(low=0))
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         features = [self.network.featurizer(x) for x, _ in minibatches]

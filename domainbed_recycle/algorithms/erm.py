@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches
+from domainbed_recycle.hparams_spec import Define, Integer
 
 
 @ALGORITHMS.register()
@@ -32,6 +33,11 @@ class MovingAverage(ERM):
     This is weight averaging over the epochs of one run (DiWA's "MA"); before the start step the
     current network is evaluated.
     """
+
+    @classmethod
+    def define_hparams(cls, define: Define, profile: str) -> None:
+        super().define_hparams(define, profile)
+        define("ma_start_step", 100, None, Integer(low=0))  # iterates averaged from this step on (DiWA's MA)
 
     def __init__(self, arch: dict[str, Any], num_domains: int, hparams: dict[str, Any]) -> None:
         super().__init__(arch, num_domains, hparams)

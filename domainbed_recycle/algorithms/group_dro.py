@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches
+from domainbed_recycle.hparams_spec import Define, Real, log_uniform
 
 
 def group_dro_weights(q: torch.Tensor, losses: torch.Tensor, eta: float) -> torch.Tensor:
@@ -30,6 +31,11 @@ class GroupDRO(Algorithm):
     step's losses *before* weighting them, as in DomainBed. Each domain's minibatch gets its own
     forward pass (DomainBed's structure).
     """
+
+    @classmethod
+    def define_hparams(cls, define: Define, profile: str) -> None:
+        super().define_hparams(define, profile)
+        define("groupdro_eta", 1e-2, log_uniform(-3, -1), Real(low=0))
 
     q: torch.Tensor
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches
+from domainbed_recycle.hparams_spec import Define, Real, log_uniform
 
 Pair = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -41,6 +42,11 @@ class Mixup(Algorithm):
     Randomness (pairing and lam) comes from a private numpy RandomState seeded, at construction,
     with one draw from torch's global generator, so a run seeded by the trainer is reproducible.
     """
+
+    @classmethod
+    def define_hparams(cls, define: Define, profile: str) -> None:
+        super().define_hparams(define, profile)
+        define("mixup_alpha", 0.2, log_uniform(-1, 1), Real(low=0, low_open=True))  # Beta(a, a) needs a > 0
 
     def __init__(self, arch: dict[str, Any], num_domains: int, hparams: dict[str, Any]) -> None:
         super().__init__(arch, num_domains, hparams)

@@ -17,6 +17,7 @@ import torch
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Minibatches
 from domainbed_recycle.algorithms.erm import ERM
+from domainbed_recycle.hparams_spec import Define, Integer, Real
 
 
 class LossValley:
@@ -179,6 +180,14 @@ class SWAD(ERM):
         the same thing when evaluations are evenly spaced). See `LossValley` for its two quirks.
       - No BatchNorm statistics re-estimation (the built-in CNN has none; ResNets freeze theirs).
     """
+
+    @classmethod
+    def define_hparams(cls, define: Define, profile: str) -> None:
+        super().define_hparams(define, profile)
+        # SWAD (Cha et al. 2021) defaults: converge/tolerance windows counted in evaluations.
+        define("swad_n_converge", 3, None, Integer(low=1))
+        define("swad_n_tolerance", 6, None, Integer(low=1))
+        define("swad_tolerance_ratio", 0.3, None, Real(low=0))
 
     def __init__(self, arch: dict[str, Any], num_domains: int, hparams: dict[str, Any]) -> None:
         super().__init__(arch, num_domains, hparams)

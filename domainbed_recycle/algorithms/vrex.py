@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches, make_optimizer
+from domainbed_recycle.hparams_spec import Define, Integer, Real, log_uniform
 
 
 def variance_penalty(losses: torch.Tensor) -> torch.Tensor:
@@ -22,6 +23,14 @@ class VREx(Algorithm):
     pass runs on the concatenated minibatches. Logged: `loss`, `nll` (mean cross-entropy; DomainBed
     logs the last domain's) and `penalty`.
     """
+
+    @classmethod
+    def define_hparams(cls, define: Define, profile: str) -> None:
+        super().define_hparams(define, profile)
+        define("vrex_lambda", 1e1, log_uniform(-1, 5), Real(low=0))
+        # DomainBed's default is 500 steps (of 5000); built-in runs last 300 steps, so 100 there.
+        anneal_default = 500 if profile == "resnet" else 100
+        define("vrex_penalty_anneal_iters", anneal_default, lambda rng: int(10 ** rng.uniform(0, 4)), Integer(low=0))
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         anneal = int(self.hparams["vrex_penalty_anneal_iters"])

@@ -11,10 +11,11 @@ import tomllib
 from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.datasets import load_all_datasets
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.hparams_registry import PROFILES, known_anywhere
+from domainbed_recycle.hparams_registry import PROFILES, validate_overrides
 from domainbed_recycle.model_selection import METHODS
 from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
+from domainbed_recycle.training import TrainConfig
 
 
 @dataclass
@@ -153,11 +154,23 @@ def validate(spec: RecycleSpec) -> None:
             raise UserError(f"{where}: unknown hparams_profile '{section.hparams_profile}'; "
                             f"known: {', '.join(PROFILES)}")
 
-    for name in spec.target.datasets:
-        known = known_anywhere(spec.target.hparams_profile or datasets.get(name).HPARAMS_PROFILE)
-        unknown = sorted(set(spec.target.hparams) - known)
-        if unknown:
-            raise UserError(f"{where} [target] hparams: unknown hyper-parameter(s) {', '.join(unknown)}")
+    # One override rule (hparams_registry.validate_overrides): target runs use the [target] algorithm
+    # and those the strategies impose; the other stages use TrainConfig's default algorithm.
+    target_algorithms = [spec.target.algorithm] + [
+        STRATEGIES.get(name).algorithm for name in spec.strategies if STRATEGIES.get(name).algorithm]
+    pretrained = [spec.foundation.dataset] if spec.foundation.checkpoint is None else []
+    for title, section, algorithms, names in (
+        ("foundation", spec.foundation, [TrainConfig.algorithm], pretrained),
+        ("auxiliary", spec.auxiliary, [TrainConfig.algorithm], spec.auxiliary.datasets),
+        ("probe", spec.probe, [TrainConfig.algorithm], spec.target.datasets),
+        ("target", spec.target, target_algorithms, spec.target.datasets),
+    ):
+        for name in names if section.hparams else ():
+            profile = getattr(section, "hparams_profile", None) or datasets.get(name).HPARAMS_PROFILE
+            try:
+                validate_overrides(algorithms, profile, section.hparams)
+            except UserError as error:
+                raise UserError(f"{where} [{title}] hparams: {error}") from None
     if needs_aux and not spec.auxiliary.datasets:
         raise UserError(f"{where}: strategies {needs_aux} need [auxiliary] datasets")
     for key in ("n_trials", "n_runs", "n_runs_small"):

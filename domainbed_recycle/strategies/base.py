@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from domainbed_recycle import hparams_registry
+from domainbed_recycle.algorithms import ALGORITHMS
 from domainbed_recycle.checkpoints import read_metadata
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator
@@ -150,6 +151,8 @@ class Strategy:
             different inits.
         pooled: pooled variant -> the variant it is listed after; a pooled variant is the uniform
             average of this strategy's runs over every trial seed of a test domain (the paper's †).
+        algorithm: the objective this strategy's own target runs use (e.g. "MovingAverage"); None: the
+            spec's [target] algorithm. The spec's [target] hparams are checked against these algorithms.
     """
 
     name: ClassVar[str]
@@ -158,6 +161,7 @@ class Strategy:
     analysis_pool: ClassVar[tuple[str, str] | None] = None
     lmc_across_inits: ClassVar[bool] = False
     pooled: ClassVar[dict[str, str]] = {}
+    algorithm: ClassVar[str | None] = None
 
     def derived_inits(self, cell: Cell, inits: Inits, settings: TargetSettings) -> list[DerivedInit]:
         """Init files this strategy's runs need built before they start. Default: none."""
@@ -193,7 +197,9 @@ def target_run(
         "algorithm": algorithm,
         "test_envs": [cell.test_env],
         "data_dir": settings.data_dir,
-        "hparams": hparams_registry.overrides_for(algorithm, profile, settings.hparams),
+        # The spec refused overrides that none of its algorithms declares (`recycle_spec.validate`);
+        # a run takes those its own algorithm declares.
+        "hparams": hparams_registry.validate_overrides([algorithm, *ALGORITHMS], profile, settings.hparams)[algorithm],
         "hparams_seed": hparams_seed,
         "hparams_profile": settings.hparams_profile,
         "trial_seed": cell.trial_seed,

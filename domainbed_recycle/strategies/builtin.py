@@ -114,9 +114,10 @@ class MovingAverage(Strategy):
 
     name = "MovingAverage"
     variants = ("MovingAverage",)
+    algorithm = "MovingAverage"
 
     def pools(self, cell, inits, settings):
-        return {RUNS: [target_run(cell, settings, h, PHI0, inits.foundation, inits.probe, algorithm="MovingAverage")
+        return {RUNS: [target_run(cell, settings, h, PHI0, inits.foundation, inits.probe, algorithm=self.algorithm)
                        for h in range(settings.n_runs_small)]}
 
     def combine(self, cell, pools, evaluator):

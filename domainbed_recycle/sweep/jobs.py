@@ -10,9 +10,6 @@ default), so a job's id does not depend on whether a caller spelled a default ou
 DomainBed's `make_args_list` does; `jobs_from_configs` wraps any list of argument dicts (the
 recycling pipeline's jobs, with init checkpoints and strategy labels). Launching lives in
 `sweep.launchers`, spec files in `sweep.spec`.
-
-Torch-free at import (pool workers and `sweep status` import it): the two helpers that need the
-dataset or training modules import them when called.
 """
 
 from __future__ import annotations
@@ -26,9 +23,12 @@ from typing import Any
 from tabulate import tabulate
 
 from domainbed_recycle import rundir
+from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.hparams_registry import validate_overrides
 from domainbed_recycle.misc import args_hash, seed_hash
 from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.training import TrainConfig
 
 # Arguments that say where or how a job runs, not what it computes: left out of its id.
 UNHASHED_ARGS = rundir.PLACEMENT_ARGS
@@ -106,8 +106,6 @@ def test_env_combinations(n_envs: int, single_test_envs: bool = False,
 
 def dataset_environments(name: str) -> list[str]:
     """Domain names of dataset `name`, read from its class (no data is loaded)."""
-    from domainbed_recycle.datasets.base import get_dataset_class
-
     return list(get_dataset_class(name).ENVIRONMENTS)
 
 
@@ -136,7 +134,8 @@ def make_jobs(
             (seed 0 is the registry's default hyper-parameters, as in DomainBed).
         n_trials: trial seeds 0 .. n_trials - 1 (each seeds the in/out split of every domain).
         extra: more `TrainConfig` arguments given to every job (e.g. holdout_fraction, init).
-        hparams: hyper-parameter overrides given to every job.
+        hparams: hyper-parameter overrides, each given to the jobs whose algorithm declares it
+            (`hparams_registry.validate_overrides`: one no algorithm declares is a UserError).
     Each job's `seed` is `seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)`.
     Raises UserError for a test domain that a dataset does not have.
     """
@@ -151,6 +150,9 @@ def make_jobs(
                 raise UserError(f"test env {bad[0]} out of range: {dataset} has {len(envs)} domains "
                                 f"(0..{len(envs) - 1}: {', '.join(envs)})")
     common = dict(extra or {})
+    profile_of = {dataset: common.get("hparams_profile") or get_dataset_class(dataset).HPARAMS_PROFILE
+                  for dataset in datasets}
+    overrides = {dataset: validate_overrides(algorithms, profile_of[dataset], hparams or {}) for dataset in datasets}
     jobs = []
     for trial_seed in range(n_trials):
         for dataset in datasets:
@@ -163,7 +165,7 @@ def make_jobs(
                             "dataset": dataset,
                             "algorithm": algorithm,
                             "test_envs": test_envs,
-                            "hparams": dict(hparams or {}),
+                            "hparams": dict(overrides[dataset][algorithm]),
                             "hparams_seed": hparams_seed,
                             "trial_seed": trial_seed,
                             "seed": seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed),
@@ -177,8 +179,6 @@ def make_jobs(
 
 def train_config_fields() -> set[str]:
     """Names of `TrainConfig`'s fields (the keys a job's arguments may use)."""
-    from domainbed_recycle.training import TrainConfig
-
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
 
