@@ -24,8 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from domainbed_recycle.collect import collect, format_table
-from domainbed_recycle.records import load_records
+from domainbed_recycle.collect import collect, format_table, load_records
 
 N_ENVS = 4
 DATASETS = ("VLCS", "PACS")

@@ -364,9 +364,7 @@ class Pipeline:
         return names
 
     def table(self, fmt: str = "text") -> str:
-        from domainbed_recycle.collect import collect
-        from domainbed_recycle.records import load_records
-        from domainbed_recycle.reporting import render
+        from domainbed_recycle.collect import collect, load_records, render
 
         records, report = load_records(self.out / "table")
         result = collect(records, methods=self.spec.selection, algorithms=self.variants(),

@@ -119,9 +119,9 @@ def load_recycle_spec(path: str | Path, overrides: dict[str, Any] | None = None)
 def validate(spec: RecycleSpec) -> None:
     """Check every name the spec uses against the registries; raise one UserError listing the problem."""
     from domainbed_recycle.algorithms import get_algorithm_class
+    from domainbed_recycle.collect.selection import METHODS
     from domainbed_recycle.datasets import load_all_datasets
     from domainbed_recycle.launchers import LAUNCHERS
-    from domainbed_recycle.model_selection import METHODS
     from domainbed_recycle.strategies import STRATEGIES
 
     datasets = load_all_datasets()
