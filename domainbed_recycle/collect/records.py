@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from domainbed_recycle.collect.flatten import DOMAINBED_ENVIRONMENTS, flatten_records
-from domainbed_recycle.collect.jsonl import parse_lines
+from domainbed_recycle.collect.jsonl import parse_files
 
 RESULTS_FILE = "results.jsonl"
 DONE_FILE = "done"
@@ -166,14 +166,14 @@ def load_records(input_dir: str | os.PathLike, only_done: bool = False) -> tuple
         return _load(root, only_done)
 
 
-def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
-    report = LoadReport(input_dir=root)
-    all_records: list[dict] = []
-    line_numbers: list[int] = []
-    # per results file read: its run folder's name, whether it is done, how many records it gave
-    names: list[str] = []
-    done_flags: list[bool] = []
-    counts: list[int] = []
+#: Bytes of results files decoded in one call (bounds the decoder's extra memory).
+BATCH_BYTES = 1 << 24
+
+
+def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[tuple[str, bool, bytes]]:
+    """(results file path, whether its run is done, its bytes) of each file to parse, in reading
+    order; counts files, unfinished and excluded runs, unreadable files and finished runs without
+    a results file in `report`."""
     for folder in run_folders(root):
         path = os.path.join(folder, RESULTS_FILE)
         done_path = os.path.join(folder, DONE_FILE)
@@ -194,14 +194,41 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
         if only_done and not done:
             report.n_runs_excluded += 1
             continue
-        parsed, numbers, problems = parse_lines(data)
-        for _, kind in problems:
-            report.add_problem(kind, path)
-        all_records.extend(parsed)
-        line_numbers.extend(numbers)
-        names.append("." if folder == root else os.path.basename(folder))
-        done_flags.append(done)
-        counts.append(len(parsed))
+        yield path, done, data
+
+
+def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
+    report = LoadReport(input_dir=root)
+    all_records: list[dict] = []
+    line_numbers: list[int] = []
+    # per results file parsed: its run folder's name, whether it is done, how many records it gave
+    names: list[str] = []
+    done_flags: list[bool] = []
+    counts: list[int] = []
+    batch: list[tuple[str, bool, bytes]] = []
+
+    def parse_batch() -> None:
+        for (path, done, _), (parsed, numbers, problems) in zip(
+            batch, parse_files([data for _, _, data in batch]), strict=True
+        ):
+            for _, kind in problems:
+                report.add_problem(kind, path)
+            all_records.extend(parsed)
+            line_numbers.extend(numbers)
+            folder = os.path.dirname(path)
+            names.append("." if folder == root else os.path.basename(folder))
+            done_flags.append(done)
+            counts.append(len(parsed))
+        batch.clear()
+
+    size = 0
+    for item in _results_files(root, only_done, report):
+        batch.append(item)
+        size += len(item[2])
+        if size >= BATCH_BYTES:
+            parse_batch()
+            size = 0
+    parse_batch()
 
     frame, valid = flatten_records(all_records)
     done_of_file = np.asarray(done_flags, dtype=bool)
