@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import chain, repeat
-from operator import contains, itemgetter
+from operator import contains, is_not, itemgetter
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,21 @@ def _n_acc_domains(records: list[dict]) -> int:
     return width
 
 
+def _not_none(values: list[Any]) -> np.ndarray:
+    """Booleans: which of `values` are not None."""
+    return np.fromiter(map(is_not, values, repeat(None)), bool, len(values))
+
+
+def _categorical(values: list[str | None]) -> pd.Categorical:
+    """`values` as a categorical with sorted categories, None missing (as `astype("category")`
+    makes it, several times faster on a long list of few distinct names)."""
+    names = sorted({v for v in dict.fromkeys(values) if v is not None})
+    code_of = {name: code for code, name in enumerate(names)}
+    code_of[None] = -1
+    codes = np.fromiter(map(code_of.__getitem__, values), np.int64, len(values))
+    return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object))
+
+
 def flatten_records(records: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
     """Flatten raw records into the collector's columns.
 
@@ -140,8 +155,8 @@ def flatten_records(records: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
     accs_ok = ~((np.isnan(acc_in) | np.isnan(acc_out)) & needed).any(axis=1) & (n_envs > 0) & (n_envs <= width)
     out = pd.DataFrame(
         {
-            "dataset": pd.Series(datasets, dtype=object),
-            "algorithm": pd.Series(algorithms, dtype=object),
+            "dataset": _categorical(datasets),
+            "algorithm": _categorical(algorithms),
             "test_envs": pd.Series(test_envs, dtype=object),
             "hparams_seed": pd.Series(hparams_seeds, dtype=object),
             "trial_seed": pd.Series(trial_seeds, dtype=object),
@@ -153,8 +168,10 @@ def flatten_records(records: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
             "n_envs": n_envs,
         }
     )
-    present = out[["dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed"]].notna().all(axis=1)
-    valid = present.to_numpy() & ~np.isnan(step) & accs_ok & (max_test_env < n_envs)
+    present = np.logical_and.reduce(
+        [_not_none(column) for column in (datasets, algorithms, test_envs, hparams_seeds, trial_seeds)]
+    )
+    valid = present & ~np.isnan(step) & accs_ok & (max_test_env < n_envs)
     acc_in = np.where(needed, acc_in, np.nan)
     acc_out = np.where(needed, acc_out, np.nan)
     accs = {}

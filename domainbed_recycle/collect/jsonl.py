@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from itertools import accumulate
 from typing import Any
 
 try:  # optional: the `fast` extra
@@ -43,40 +42,25 @@ def loads(data: bytes) -> Any:
     return _loads_std(data)
 
 
-def _clean(data: bytes) -> bool:
-    """Whether `data` can be one of the files of `_whole_files`: complete, non-blank lines."""
-    return data.endswith(b"\n") and b"\n\n" not in data and not data.startswith(b"\n")
-
-
-def _whole_files(datas: list[bytes]) -> list[list[dict]] | None:
-    """The records of each of `datas` (each `_clean`) in one decoder call (the common case,
-    several times faster than a call per line or per file); None unless every line of every
-    file is one JSON object."""
-    bodies = [data[:-1] for data in datas]
+def _whole_file(data: bytes) -> list[dict] | None:
+    """All records of a file of complete, non-blank lines of JSON objects, decoded the fastest
+    way (the common case); None when the file is not one."""
+    if not data.endswith(b"\n") or b"\n\n" in data or data.startswith(b"\n"):
+        return None
     try:
-        parsed = loads(b"[" + b",".join(bodies).replace(b"\n", b",") + b"]")
+        if _fast_loads is not None:  # orjson: a call per line beats one call on a joined array
+            parsed = list(map(_fast_loads, data[:-1].split(b"\n")))
+        else:  # json: one call for the whole file, its Python-level overhead is per call
+            body = data[:-1].decode("utf-8")
+            parsed = json.loads("[" + body.replace("\n", ",") + "]")
+            # a line holding two values ("1, 2") would shift the count: then read line by line
+            if len(parsed) != body.count("\n") + 1:
+                return None
     except ValueError:
         return None
-    counts = [body.count(b"\n") + 1 for body in bodies]
-    # a line holding two values ("1, 2") would shift the count: then read line by line
-    if len(parsed) != sum(counts) or not all(type(p) is dict for p in parsed):
+    if not all(type(p) is dict for p in parsed):
         return None
-    ends = list(accumulate(counts))
-    return [parsed[end - count : end] for end, count in zip(ends, counts, strict=True)]
-
-
-def parse_files(datas: list[bytes]) -> list[tuple[list[dict], list[int], list[tuple[int, str]]]]:
-    """`parse_lines` of each of `datas`, decoding all clean files in one call (the caller keeps
-    `datas` to a few MB: the decoder holds a copy)."""
-    out: list = [None] * len(datas)
-    clean = [k for k, data in enumerate(datas) if _clean(data)]
-    parsed = _whole_files([datas[k] for k in clean]) if clean else []
-    if parsed is None:  # some file has a bad line: find it file by file
-        parsed = [None] * len(clean)
-    for k, records in zip(clean, parsed, strict=True):
-        if records is not None:
-            out[k] = (records, list(range(1, len(records) + 1)), [])
-    return [parse_lines(data) if result is None else result for data, result in zip(datas, out, strict=True)]
+    return parsed
 
 
 def parse_lines(data: bytes | str) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
@@ -89,9 +73,9 @@ def parse_lines(data: bytes | str) -> tuple[list[dict], list[int], list[tuple[in
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    parsed = _whole_files([data]) if _clean(data) else None
+    parsed = _whole_file(data)
     if parsed is not None:
-        return parsed[0], list(range(1, len(parsed[0]) + 1)), []
+        return parsed, list(range(1, len(parsed) + 1)), []
     lines = data.split(b"\n")
     complete = data.endswith(b"\n")
     records, numbers, problems = [], [], []

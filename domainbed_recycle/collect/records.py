@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from domainbed_recycle.collect.flatten import DOMAINBED_ENVIRONMENTS, flatten_records
-from domainbed_recycle.collect.jsonl import parse_files
+from domainbed_recycle.collect.jsonl import parse_lines
 
 RESULTS_FILE = "results.jsonl"
 DONE_FILE = "done"
@@ -166,10 +166,6 @@ def load_records(input_dir: str | os.PathLike, only_done: bool = False) -> tuple
         return _load(root, only_done)
 
 
-#: Bytes of results files decoded in one call (bounds the decoder's extra memory).
-BATCH_BYTES = 1 << 24
-
-
 def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[tuple[str, bool, bytes]]:
     """(results file path, whether its run is done, its bytes) of each file to parse, in reading
     order; counts files, unfinished and excluded runs, unreadable files and finished runs without
@@ -205,30 +201,16 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
     names: list[str] = []
     done_flags: list[bool] = []
     counts: list[int] = []
-    batch: list[tuple[str, bool, bytes]] = []
-
-    def parse_batch() -> None:
-        for (path, done, _), (parsed, numbers, problems) in zip(
-            batch, parse_files([data for _, _, data in batch]), strict=True
-        ):
-            for _, kind in problems:
-                report.add_problem(kind, path)
-            all_records.extend(parsed)
-            line_numbers.extend(numbers)
-            folder = os.path.dirname(path)
-            names.append("." if folder == root else os.path.basename(folder))
-            done_flags.append(done)
-            counts.append(len(parsed))
-        batch.clear()
-
-    size = 0
-    for item in _results_files(root, only_done, report):
-        batch.append(item)
-        size += len(item[2])
-        if size >= BATCH_BYTES:
-            parse_batch()
-            size = 0
-    parse_batch()
+    for path, done, data in _results_files(root, only_done, report):
+        parsed, numbers, problems = parse_lines(data)
+        for _, kind in problems:
+            report.add_problem(kind, path)
+        all_records.extend(parsed)
+        line_numbers.extend(numbers)
+        folder = os.path.dirname(path)
+        names.append("." if folder == root else os.path.basename(folder))
+        done_flags.append(done)
+        counts.append(len(parsed))
 
     frame, valid = flatten_records(all_records)
     done_of_file = np.asarray(done_flags, dtype=bool)
@@ -247,9 +229,8 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
     frame.insert(3, "order", np.arange(len(frame)))
     for column in ("hparams_seed", "trial_seed"):
         frame[column] = frame[column].astype("int64")
-    for column in ("dataset", "algorithm"):
-        frame[column] = frame[column].astype("category")
-    frame["run_dir"] = frame["run_dir"].cat.remove_unused_categories()
+    for column in ("run_dir", "dataset", "algorithm"):
+        frame[column] = frame[column].cat.remove_unused_categories()
     frame["step"] = _int_if_integral(frame["step"])
     report.n_records = len(frame)
     return frame, report
