@@ -118,13 +118,15 @@ def _some(names: list[str], at_most: int) -> str:
     return ", ".join(names[:at_most]) + more
 
 
-def run_folders(input_dir: str | os.PathLike) -> list[str]:
-    """The folders whose `results.jsonl` the collector reads: `input_dir` itself, then each
-    sub-folder sorted by name (paths as strings; whether they hold a results file is not checked)."""
+def run_folders(input_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """(name, path) of the folders whose `results.jsonl` the collector reads: `input_dir` itself
+    (name "."), then each sub-folder sorted by name (whether it holds a results file is not
+    checked)."""
     root = os.fspath(input_dir)
     with os.scandir(root) as entries:
         names = sorted(entry.name for entry in entries if entry.is_dir())
-    return [root] + [os.path.join(root, name) for name in names]
+    prefix = root if root.endswith(os.sep) else root + os.sep  # = os.path.join, for 10,000 names
+    return [(".", root)] + [(name, prefix + name) for name in names]
 
 
 @contextmanager
@@ -166,13 +168,14 @@ def load_records(input_dir: str | os.PathLike, only_done: bool = False) -> tuple
         return _load(root, only_done)
 
 
-def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[tuple[str, bool, bytes]]:
-    """(results file path, whether its run is done, its bytes) of each file to parse, in reading
-    order; counts files, unfinished and excluded runs, unreadable files and finished runs without
-    a results file in `report`."""
-    for folder in run_folders(root):
-        path = os.path.join(folder, RESULTS_FILE)
-        done_path = os.path.join(folder, DONE_FILE)
+def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[tuple[str, str, bool, bytes]]:
+    """(run folder name, results file path, whether its run is done, its bytes) of each file to
+    parse, in reading order; counts files, unfinished and excluded runs, unreadable files and
+    finished runs without a results file in `report`."""
+    results, done_file = os.sep + RESULTS_FILE, os.sep + DONE_FILE
+    for name, folder in run_folders(root):
+        path = folder + results
+        done_path = folder + done_file
         try:
             with open(path, "rb") as file:
                 data = file.read()
@@ -190,7 +193,7 @@ def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[t
         if only_done and not done:
             report.n_runs_excluded += 1
             continue
-        yield path, done, data
+        yield name, path, done, data
 
 
 def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
@@ -201,14 +204,13 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
     names: list[str] = []
     done_flags: list[bool] = []
     counts: list[int] = []
-    for path, done, data in _results_files(root, only_done, report):
+    for name, path, done, data in _results_files(root, only_done, report):
         parsed, numbers, problems = parse_lines(data)
         for _, kind in problems:
             report.add_problem(kind, path)
         all_records.extend(parsed)
         line_numbers.extend(numbers)
-        folder = os.path.dirname(path)
-        names.append("." if folder == root else os.path.basename(folder))
+        names.append(name)
         done_flags.append(done)
         counts.append(len(parsed))
 
