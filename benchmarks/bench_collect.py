@@ -1,13 +1,18 @@
-"""Benchmark: `drecycle collect`'s code path vs a straightforward per-record Python collector.
+"""Benchmark: `drecycle collect`'s code path vs the floor and vs a per-record Python collector.
 
 Writes a synthetic sweep (default 10,000 run folders × 5 records: 2 datasets × 5 algorithms ×
-5 trial seeds × 20 hparams seeds × 10 test-env sets of 4 domains) to a temporary folder, then times
+5 trial seeds × 20 hparams seeds × 10 test-env sets of 4 domains) to a temporary folder, then
+times, interleaved, best of `--repeats`:
 
-- ours: `load_records` + all three selection methods + all tables (`collect`);
-- naive: one loop over the records, DomainBed-style dicts, training-domain validation only.
+- floor: reading every `results.jsonl` and decoding every line, with `json.loads` (the floor as
+  issue 10 defines it) and with the collector's decoder (orjson when installed);
+- ours: `load_records` + all three selection methods + all tables (`collect`), with the fast
+  decoder when installed and with the standard library's `json` only;
+- naive (once): one loop over the records, DomainBed-style dicts, training-domain validation only.
 
-It checks that both give the same training-domain-validation cells, and prints both times and
-their ratio. Usage: `python benchmarks/bench_collect.py [--runs N] [--records R] [--keep DIR]`.
+It checks that every variant prints identical tables and that the naive loop gives the same
+training-domain-validation cells, then prints the times and the ratios.
+Usage: `python benchmarks/bench_collect.py [--runs N] [--records R] [--repeats K] [--keep DIR]`.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
-from domainbed_recycle.collect import collect, format_table
-from domainbed_recycle.records import load_records
+from domainbed_recycle.collect import collect, format_table, jsonl, load_records, render
 
 N_ENVS = 4
 DATASETS = ("VLCS", "PACS")
@@ -77,6 +82,38 @@ def naive_load(input_dir: str) -> list[dict]:
                 if line.strip():
                     records.append(json.loads(line))
     return records
+
+
+def floor(input_dir: str, loads=json.loads) -> int:
+    """Read every results file and decode every line with `loads`; the number of records."""
+    n = 0
+    for name in sorted(os.listdir(input_dir)):
+        try:
+            with open(os.path.join(input_dir, name, "results.jsonl"), "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for line in data.splitlines():
+            if line.strip():
+                loads(line)
+                n += 1
+    return n
+
+
+@contextmanager
+def stdlib_json():
+    """The collector as users without the `fast` extra run it (decoder: `json` only)."""
+    saved = jsonl._fast_loads
+    jsonl._fast_loads = None
+    try:
+        yield
+    finally:
+        jsonl._fast_loads = saved
+
+
+def our_collect_stdlib(input_dir: str):
+    with stdlib_json():
+        return our_collect(input_dir)
 
 
 def naive_iid_cells(input_dir: str) -> dict[tuple[str, str, int], str]:
@@ -155,53 +192,45 @@ def main(argv: list[str] | None = None) -> int:
         if not any(root.iterdir()):
             _, write_s, _ = timed(write_sweep, root, args.runs, args.records)
             print(f"wrote {args.runs} runs x {args.records} records in {write_s:.1f}s")
-        naive_iid_cells(str(root))  # warm the page cache for both
-        ours_wall, ours_cpu, naive_wall, naive_cpu, load_cpu = [], [], [], [], []
-        for _ in range(args.repeats):  # interleaved, so that load from other processes hits both
-            (records, _), _, cpu = timed(load_records, str(root))
-            load_cpu.append(cpu)
-            result, wall, cpu = timed(our_collect, str(root))
-            ours_wall.append(wall)
-            ours_cpu.append(cpu)
-            naive, wall, cpu = timed(naive_iid_cells, str(root))
-            naive_wall.append(wall)
-            naive_cpu.append(cpu)
-        ours = our_iid_cells(result)
-        missing = [k for k, v in ours.items() if v == "X"]
-        assert not missing, f"X cells in our table: {missing[:5]}"
-        assert ours == naive, "the two collectors disagree"
+        folder = str(root)
+        n_lines = floor(folder)  # warms the page cache for all
+        variants = {
+            "floor, json.loads per line": lambda: floor(folder),
+            f"floor, {jsonl.DECODER} per line": lambda: floor(folder, jsonl.loads),
+            f"ours ({jsonl.DECODER}): load + iid + loo + oracle + tables": lambda: our_collect(folder),
+            "ours (json only): load + iid + loo + oracle + tables": lambda: our_collect_stdlib(folder),
+        }
+        wall = {name: [] for name in variants}
+        cpu = {name: [] for name in variants}
+        results = {}
+        for _ in range(args.repeats):  # interleaved, so that load from other processes hits all
+            for name, fn in variants.items():
+                results[name], w, c = timed(fn)
+                wall[name].append(w)
+                cpu[name].append(c)
+        floor_json, floor_fast, ours, ours_json = variants
+        texts = {render(results[name], "text") for name in (ours, ours_json)}
+        assert len(texts) == 1, "the two decoders give different tables"
+        assert results[ours].total_records == n_lines == results[floor_json], "records lost"
 
-        # the selection itself, records already in memory (ours: a DataFrame; naive: dicts)
-        raw = naive_load(str(root))
-        hot_ours, hot_iid, hot_naive = [], [], []
-        for _ in range(args.repeats):
-            _, _, cpu = timed(collect, records)
-            hot_ours.append(cpu)
-            iid_only, _, cpu = timed(collect, records, ["iid"])
-            hot_iid.append(cpu)
-            naive_hot, _, cpu = timed(naive_iid_cells_from, raw)
-            hot_naive.append(cpu)
-        assert our_iid_cells(iid_only) == naive_hot == naive
+        naive, naive_wall, naive_cpu = timed(naive_iid_cells, folder)
+        mine = our_iid_cells(results[ours])
+        assert not [k for k, v in mine.items() if v == "X"], "X cells in our table"
+        assert mine == naive, "ours and the naive collector disagree"
 
-        print(f"records: {len(records)}; IID cells compared: {len(ours)} (all equal)")
-        print(f"end to end (from the folder), best of {args.repeats}, wall / CPU seconds:")
-        print(
-            f"  ours  (load + iid + loo + oracle + tables): {min(ours_wall):.2f} / {min(ours_cpu):.2f}"
-            f"  (load alone: {min(load_cpu):.2f} CPU)"
-        )
-        print(f"  naive (load + iid only, per-record loops):  {min(naive_wall):.2f} / {min(naive_cpu):.2f}")
-        print(
-            f"  ratio naive / ours: {min(naive_wall) / min(ours_wall):.2f}x wall, "
-            f"{min(naive_cpu) / min(ours_cpu):.2f}x CPU"
-        )
-        print("selection + tables only (records in memory), CPU seconds:")
-        print(f"  ours iid + loo + oracle + tables: {min(hot_ours):.3f}")
-        print(f"  ours iid + tables:                {min(hot_iid):.3f}")
-        print(f"  naive iid (per-record loops):     {min(hot_naive):.3f}")
-        print(
-            f"  ratio naive / ours: {min(hot_naive) / min(hot_iid):.2f}x (iid vs iid), "
-            f"{min(hot_naive) / min(hot_ours):.2f}x (iid vs all three)"
-        )
+        n_runs = sum(1 for path in root.iterdir() if path.is_dir())
+        print(f"{n_runs} runs, {n_lines} records; tables identical with {jsonl.DECODER} and json only;")
+        print(f"IID cells equal to the naive collector's ({len(mine)} cells)")
+        print(f"best of {args.repeats}, interleaved, wall / CPU seconds:")
+        for name in variants:
+            print(f"  {name:58s} {min(wall[name]):6.3f} / {min(cpu[name]):6.3f}")
+        print(f"  {'naive (load + iid only, per-record loops), once':58s} {naive_wall:6.3f} / {naive_cpu:6.3f}")
+        best = {name: min(cpu[name]) for name in variants}
+        print("ratios (CPU):")
+        print(f"  ours ({jsonl.DECODER}) / floor (json.loads):   {best[ours] / best[floor_json]:.2f}x")
+        print(f"  ours ({jsonl.DECODER}) / floor ({jsonl.DECODER}):  {best[ours] / best[floor_fast]:.2f}x")
+        print(f"  ours (json only) / floor (json.loads): {best[ours_json] / best[floor_json]:.2f}x")
+        print(f"  naive / ours ({jsonl.DECODER}):            {naive_cpu / best[ours]:.2f}x")
     return 0
 
 

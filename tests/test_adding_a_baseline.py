@@ -22,8 +22,8 @@ import pytest
 from domainbed_recycle import cli, hparams_registry
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.algorithms.erm import ERM
+from domainbed_recycle.collect import load_records
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.records import load_records
 from domainbed_recycle.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -119,6 +119,20 @@ def test_warning_on_stderr_tables_on_stdout(tmp_path, capsys):
     assert note.startswith("note: 1 run(s) have no `done` file")
 
 
+def test_done_run_without_records_is_one_warning_line(tmp_path, capsys):
+    run = tmp_path / "ok"
+    run.mkdir()
+    (run / "results.jsonl").write_text((FIXTURE / "sweep" / ONE_RUN / "results.jsonl").read_text())
+    (run / "done").write_text("")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.jsonl").write_text("")
+    (empty / "done").write_text("")
+    code, out, err = run_cli(capsys, "--input_dir", str(tmp_path))
+    assert code == 0 and "Total records: 5" in out
+    assert err.count("\n") == 1 and err.startswith("warning: 1 finished run(s)") and str(empty) in err
+
+
 def test_strict_averages_flag(tmp_path, capsys):
     # one run of one domain: DomainBed averages the trial over that domain alone; strict says X
     run = tmp_path / "run"
@@ -132,11 +146,21 @@ def test_strict_averages_flag(tmp_path, capsys):
     assert averages(strict)["cell"].iloc[0] == "X"
 
 
-def test_collector_modules_do_not_import_torch():
+def test_parser_and_collect_wing_do_not_import_torch():
+    # a fresh interpreter: this one has torch loaded by other tests
     code = (
-        "import sys\n"
-        "import domainbed_recycle.commands.collect, domainbed_recycle.collect, domainbed_recycle.reporting\n"
-        "import domainbed_recycle.records, domainbed_recycle.model_selection\n"
+        "import pkgutil, sys, importlib\n"
+        "from domainbed_recycle.cli import build_parser\n"
+        "build_parser()\n"
+        "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'build_parser imports torch/pandas'\n"
+        "import domainbed_recycle.collect as wing\n"
+        "names = [m.name for m in pkgutil.iter_modules(wing.__path__, wing.__name__ + '.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "assert len(names) >= 4, names\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "print(len(names))\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 4

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from domainbed_recycle.collect import collect, format_table
-from domainbed_recycle.records import load_records, parse_lines
+from domainbed_recycle.collect import collect, format_table, jsonl, load_records, parse_lines
 from domainbed_recycle.rundir import RunDir
 
 
@@ -79,12 +78,13 @@ def test_problems_are_counted_per_kind_with_files(corrupt_sweep):
     root, files = corrupt_sweep
     records, report = load_records(root)
     assert report.n_files == 6
-    assert report.skipped == {"truncated_line": 1, "bad_json": 2, "missing_keys": 3, "unreadable": 1}
+    assert report.skipped == {"truncated_line": 1, "bad_json": 2, "not_text": 1, "missing_keys": 3}
     assert report.files["truncated_line"] == [str(files["truncated"])]
     assert report.files["bad_json"] == [str(files["garbage"])]
     assert report.files["missing_keys"] == [str(files["keys"])]
-    assert report.files["unreadable"] == [str(files["binary"])]
+    assert report.files["not_text"] == [str(files["binary"])]
     assert report.n_runs_not_done == 1
+    assert report.empty_done_runs == [str(files["binary"].parent)]
     # 2 good + 1 before the truncation + 2 around the garbage + 1 valid in d_keys + 1 without newline
     assert len(records) == report.n_records == 7
     assert list(records["run_dir"].unique()) == ["a_good", "b_killed", "c_garbage", "d_keys", "f_no_newline"]
@@ -159,3 +159,67 @@ def test_odd_values_are_missing_keys(tmp_path):
     make_run(tmp_path, "odd", "".join(line(r) for r in odd) + line(vlcs_record(0, 1)))
     records, report = load_records(tmp_path)
     assert report.skipped == {"missing_keys": 5} and len(records) == 1
+
+
+def test_trailing_binary_garbage_keeps_the_valid_lines(tmp_path):
+    # what a crash can leave: NUL blocks and bytes that are not UTF-8 after the last record
+    good = line(vlcs_record(0, 0)) + line(vlcs_record(0, 1))
+    for name, tail in [("nul", b"\x00" * 64), ("binary", b"\xff\xfe\x00\x9c garbage\n\x00\x01")]:
+        make_run(tmp_path / name, "run", good.encode() + tail)
+        records, report = load_records(tmp_path / name)
+        assert len(records) == 2 and list(records["step"]) == [0, 1], name
+        assert report.skipped == {"not_text": 1 if name == "nul" else 2}, name
+        assert report.files["not_text"] == [str(tmp_path / name / "run" / "results.jsonl")]
+        assert "binary garbage" in report.warning() and report.empty_done_runs == []
+
+
+def test_garbage_between_lines_and_invalid_utf8_line(tmp_path):
+    text = line(vlcs_record(0, 0)).encode() + b"\xc3\x28\n" + line(vlcs_record(0, 1)).encode()
+    records, numbers, problems = parse_lines(text)
+    assert numbers == [1, 3] and problems == [(2, "not_text")] and len(records) == 2
+
+
+def test_nan_and_big_integers_read_like_the_standard_library(tmp_path):
+    # json.dumps writes a diverged loss as NaN, which orjson alone refuses
+    record = vlcs_record(0, 0) | {"loss": float("nan"), "seed": 2**70}
+    records, numbers, problems = parse_lines(line(record) + line(vlcs_record(0, 1)))
+    assert problems == [] and numbers == [1, 2]
+    assert records[0]["loss"] != records[0]["loss"] and records[0]["seed"] == 2**70
+    records, numbers, problems = parse_lines(line(vlcs_record(0, 1)) + "{oops\n" + line(record))
+    assert numbers == [1, 3] and problems == [(2, "bad_json")] and records[1]["seed"] == 2**70
+
+
+def test_done_runs_without_records_are_named(tmp_path):
+    make_run(tmp_path, "a_ok", line(vlcs_record(0, 0)))
+    make_run(tmp_path, "b_empty", "")
+    (tmp_path / "c_no_file").mkdir()
+    (tmp_path / "c_no_file" / "done").write_text("")
+    make_run(tmp_path, "d_all_bad", "{oops\n")
+    make_run(tmp_path, "e_running", "", done=False)  # not finished: nothing to warn about
+    records, report = load_records(tmp_path)
+    assert len(records) == 1
+    expected = [str(tmp_path / name) for name in ("c_no_file", "b_empty", "d_all_bad")]
+    assert sorted(report.empty_done_runs) == sorted(expected)
+    text = report.empty_runs_warning()
+    assert "\n" not in text and text.startswith("warning: 3 finished run(s) have no valid record")
+    assert all(name in text for name in expected)
+    assert report.warnings() == [report.warning(), text]
+    assert load_records(tmp_path / "a_ok")[1].empty_runs_warning() is None
+
+
+@pytest.mark.parametrize("decoder", ["fast", "json"])
+def test_both_decoders_read_the_same(monkeypatch, decoder):
+    # the standard library's path is what users without the `fast` extra get
+    if decoder == "json":
+        monkeypatch.setattr(jsonl, "_fast_loads", None)
+    elif jsonl._fast_loads is None:
+        pytest.skip("orjson is not installed")
+    fixture = Path(__file__).parent / "data" / "domainbed_vlcs_sweep" / "sweep"
+    texts = [path.read_bytes() for path in sorted(fixture.glob("*/results.jsonl"))]
+    odd = line(vlcs_record(0, 1) | {"x": float("inf")})
+    texts.append(line(vlcs_record(0, 0)).encode() + b"{oops\n\xff\n" + odd.encode())
+    parsed = [parse_lines(text) for text in texts]
+    assert sum(len(p[0]) for p in parsed) == 200 + 2
+    assert parsed[-1][1:] == ([1, 4], [(2, "bad_json"), (3, "not_text")])
+    expected = [[json.loads(raw) for raw in text.decode("utf-8", "replace").splitlines()] for text in texts[:-1]]
+    assert [p[0] for p in parsed[:-1]] == expected

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from domainbed_recycle.collect import collect, format_table
-from domainbed_recycle.records import load_records
-from domainbed_recycle.reporting import render
+from domainbed_recycle.collect import collect, format_table, load_records, render
 
 FIXTURE = Path(__file__).parent / "data" / "domainbed_vlcs_sweep"
 EXPECTED = FIXTURE / "expected_tables.txt"

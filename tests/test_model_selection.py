@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from domainbed_recycle.collect import collect, format_table, mean_and_se
-from domainbed_recycle.model_selection import METHODS, select
-from domainbed_recycle.records import load_records
+from domainbed_recycle.collect import METHODS, collect, format_table, load_records, mean_and_se, select
 from domainbed_recycle.rundir import RunDir
 
 

@@ -46,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the records, select, print the tables to stdout and any load warning to stderr."""
-    from domainbed_recycle.collect import collect
-    from domainbed_recycle.records import load_records
-    from domainbed_recycle.reporting import render
+    from domainbed_recycle.collect import collect, load_records, render
 
     try:
         records, report = load_records(args.input_dir, only_done=args.only_done)
@@ -65,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
         )
     methods = SELECTIONS if args.selection == "all" else (args.selection,)
     result = collect(records, methods=methods, strict=args.strict_averages, report=report)
-    warning = report.warning(MAX_WARNED_FILES)
-    if warning:
+    for warning in report.warnings(MAX_WARNED_FILES):
         print(warning, file=sys.stderr)
     if args.only_done and report.n_runs_excluded:
         print(f"note: left out {report.n_runs_excluded} run(s) without a `done` file", file=sys.stderr)

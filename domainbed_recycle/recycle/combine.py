@@ -17,13 +17,11 @@ from tqdm import tqdm
 from domainbed_recycle import provenance
 from domainbed_recycle.averaging import uniform_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
-from domainbed_recycle.collect import collect
+from domainbed_recycle.collect import collect, load_records, render
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
 from domainbed_recycle.misc import args_hash
-from domainbed_recycle.records import load_records
 from domainbed_recycle.recycle.spec import RecycleSpec
-from domainbed_recycle.reporting import render
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.strategies.base import Cell, ModelOutcome, RunRef, RunsOutcome, Strategy
 

@@ -9,10 +9,10 @@ from typing import Any
 import tomllib
 
 from domainbed_recycle.algorithms import get_algorithm_class
+from domainbed_recycle.collect.selection import METHODS
 from domainbed_recycle.datasets import load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import PROFILES, validate_overrides
-from domainbed_recycle.model_selection import METHODS
 from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 from domainbed_recycle.training import TrainConfig

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from domainbed_recycle.model_selection import METHODS, get_method
-from domainbed_recycle.records import LoadReport, environment_names
+from domainbed_recycle.collect.records import LoadReport, environment_names
+from domainbed_recycle.collect.selection import METHODS, get_method
 
 #: DomainBed's `algorithms.ALGORITHMS` order (rows come in this order, then other names sorted).
 DOMAINBED_ALGORITHMS = (

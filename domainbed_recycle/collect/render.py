@@ -1,7 +1,7 @@
 """Render a `CollectResult` as text, DomainBed's own text, Markdown, LaTeX, CSV or JSON.
 
 One entry point, `render(result, fmt)`; every format takes its cell strings from
-`collect.format_table`, so a number reads the same everywhere (CSV and JSON add the raw numbers).
+`tables.format_table`, so a number reads the same everywhere (CSV and JSON add the raw numbers).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Callable
 import pandas as pd
 from tabulate import tabulate
 
-from domainbed_recycle.collect import AVG, CollectResult, ResultTable, format_table
-from domainbed_recycle.model_selection import METHODS
+from domainbed_recycle.collect.selection import METHODS
+from domainbed_recycle.collect.tables import AVG, CollectResult, ResultTable, format_table
 
 FORMATS = ("text", "domainbed", "markdown", "latex", "csv", "json")
 

@@ -1,6 +1,6 @@
 """DomainBed's three model-selection methods, vectorised over a records frame.
 
-Input: the frame of `records.load_records` (one row per record). A *run* is what DomainBed's
+Input: the frame of `collect.records.load_records` (one row per record). A *run* is what DomainBed's
 collector treats as one: the records of one (dataset, algorithm, test env, trial seed, hparams
 seed). Each method scores every run (`*_run_scores`: its chosen step's validation and test
 accuracy) and then keeps, per (dataset, algorithm, test env, trial seed), the run with the best
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from domainbed_recycle.records import acc_columns
+from domainbed_recycle.collect.records import acc_columns
 
 GROUP_KEYS = ["dataset", "algorithm", "test_env", "trial_seed"]
 RUN_KEYS = [*GROUP_KEYS, "hparams_seed"]
