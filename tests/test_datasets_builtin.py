@@ -134,13 +134,18 @@ def test_missing_fashion_names_paths_and_apt(tmp_path: Path, monkeypatch: pytest
     assert str(tmp_path / "FashionMNIST" / "raw") in message
 
 
-def test_skimage_sources_need_no_download():
-    for name in sources.SKIMAGE_OFFLINE:
-        image = sources.skimage_rgb(name)
+def test_bundled_images_need_no_download():
+    """scikit-image, scikit-learn and matplotlib images, each large enough for Textures' scale8 crops."""
+    ids = sources.image_ids()
+    assert {i.partition(":")[0] for i in ids} == {"skimage", "sklearn", "matplotlib"}
+    for source_id in ids:
+        image = sources.image_rgb(source_id)
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-        assert min(image.shape[:2]) >= 290
+        assert min(image.shape[:2]) >= 290 and image.std() > 10, source_id
     with pytest.raises(ValueError, match="offline"):
         sources.skimage_rgb("brain")  # needs pooch + a download
+    with pytest.raises(ValueError, match="not an offline image"):
+        sources.image_rgb("skimage:brain")
 
 
 # --- contract -------------------------------------------------------------------------------------

