@@ -11,14 +11,14 @@ role, not from a hand-kept list.
 from __future__ import annotations
 
 import itertools
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from domainbed_recycle.datasets import DATASETS, load_all_datasets, sources
-from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, Textures, TextureMNIST
+from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, TextureMNIST, Textures
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 Declared = dict[str, dict[str, frozenset[str]]]  # dataset -> domain -> source ids
@@ -69,6 +69,7 @@ def test_no_auxiliary_or_pretrain_source_in_any_target(declared: Declared):
 
 def test_no_shared_content_under_other_names(declared: Declared, digests: dict[str, str]):
     """The same check on content (pixels, font bytes): an image under two ids is one source."""
+
     def content(names: list[str]) -> set[str]:
         return {digests[i] for name in names for ids in declared[name].values() for i in ids}
 
