@@ -233,6 +233,13 @@ class BuiltinDataset(MultipleDomainDataset):
 # --- helpers shared by recipes ------------------------------------------------------------------
 
 
+def _images_brief(ids: list[str] | tuple[str, ...]) -> str:
+    """E.g. "7 skimage + 2 sklearn images" for ["skimage:moon", ..., "sklearn:china.jpg", ...]."""
+    packages = [i.partition(":")[0] for i in ids]
+    counts = {p: packages.count(p) for p in dict.fromkeys(packages)}
+    return " + ".join(f"{n} {p}" for p, n in counts.items()) + " images"
+
+
 def _strided_indices(size: int, n: int, seed: int) -> list[np.ndarray]:
     """Indices of `size` items shuffled (seeded) then dealt into `n` near-equal parts [i::n], as
     DomainBed's MNIST datasets."""
@@ -292,8 +299,8 @@ class _MnistBased(_CollectionBased):
 
     @classmethod
     def source_summary(cls) -> str:
-        extra = sorted({i for ids in cls.EXTRA_SOURCES.values() for i in ids})
-        return "MNIST digits, disjoint per domain" + (f"; over {', '.join(extra)}" if extra else "")
+        extra = tuple(i for ids in cls.EXTRA_SOURCES.values() for i in ids)
+        return "MNIST" + (f" + {_images_brief(extra)}" if extra else "") + ", disjoint per domain"
 
     @classmethod
     def check_sources(cls, data_dir: str | os.PathLike | None) -> None:
@@ -593,7 +600,7 @@ class Textures(BuiltinDataset):
 
     @classmethod
     def source_summary(cls) -> str:
-        return ", ".join(cls.SOURCES.values())
+        return _images_brief(tuple(cls.SOURCES.values()))
 
 
 BUILTIN_DATASETS = ("RotatedMNIST", "ColoredMNIST", "TextureMNIST", "FashionPretrain", "RotatedFashion",
