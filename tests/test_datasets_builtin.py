@@ -134,13 +134,18 @@ def test_missing_fashion_names_paths_and_apt(tmp_path: Path, monkeypatch: pytest
     assert str(tmp_path / "FashionMNIST" / "raw") in message
 
 
-def test_skimage_sources_need_no_download():
-    for name in sources.SKIMAGE_OFFLINE:
-        image = sources.skimage_rgb(name)
+def test_bundled_images_need_no_download():
+    """scikit-image, scikit-learn and matplotlib images, each large enough for Textures' scale8 crops."""
+    ids = sources.image_ids()
+    assert {i.partition(":")[0] for i in ids} == {"skimage", "sklearn", "matplotlib"}
+    for source_id in ids:
+        image = sources.image_rgb(source_id)
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-        assert min(image.shape[:2]) >= 290
+        assert min(image.shape[:2]) >= 290 and image.std() > 10, source_id
     with pytest.raises(ValueError, match="offline"):
         sources.skimage_rgb("brain")  # needs pooch + a download
+    with pytest.raises(ValueError, match="not an offline image"):
+        sources.image_rgb("skimage:brain")
 
 
 # --- contract -------------------------------------------------------------------------------------
@@ -234,6 +239,17 @@ def test_corrupt_or_stale_cache_is_rebuilt(cache_root: Path, tmp_path: Path):
     dataset = builtin.RotatedFashion(str(tmp_path), [], {})
     assert [len(d) for d in dataset.datasets] == [2500] * 4
     assert _sha256(path) == _sha256(builtin.RotatedFashion.cache_path(cache_root))
+
+
+def test_a_changed_source_table_makes_the_cache_stale(cache_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """Each cache stores its dataset's source-table fingerprint; a changed table is rebuilt, not read."""
+    keys = {name: DATASETS.get(name).source_key() for name in BUILTIN_DATASETS}
+    assert builtin.Textures.is_prepared(cache_root)
+    monkeypatch.setattr(builtin.Textures, "SOURCES", {**builtin.Textures.SOURCES, "moon": "skimage:camera"})
+    assert builtin.Textures.source_key() != keys["Textures"]
+    assert not builtin.Textures.is_prepared(cache_root)
+    monkeypatch.setattr(builtin.TextureMNIST, "EXTRA_SOURCES", {"brick": ("skimage:grass",)})
+    assert not builtin.TextureMNIST.is_prepared(cache_root)
 
 
 # --- recipes --------------------------------------------------------------------------------------

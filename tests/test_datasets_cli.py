@@ -30,6 +30,8 @@ def test_list_shows_every_dataset_and_what_is_missing(tmp_path: Path, capsys: py
     assert "not prepared" in out and "drecycle data prepare" in out
     assert "domainbed.scripts.download" in out
     assert "auxiliary" in out and "pretrain" in out and "3x224x224" in out and "3x28x28" in out
+    assert "sources" in out and "Fashion-MNIST train" in out and "20 matplotlib fonts" in out
+    assert "MNIST + 9 skimage images, disjoint per domain" in out and "files in --data_dir" in out
 
 
 def test_prepare_then_list_shows_sizes(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `drecycle data list` and `drecycle data prepare`."""
     sub = parser.add_subparsers(dest="data_command", metavar="{list,prepare}")
     sub.required = True
-    listing = sub.add_parser("list", help="print every dataset: role, domains with sizes, classes, shape")
+    listing = sub.add_parser("list", help="print every dataset: role, domains with sizes, classes, shape, sources")
     listing.add_argument("--data_dir", default=None, help="folder holding DomainBed's datasets (and caches)")
     listing.add_argument("--datasets", nargs="+", default=None, help="only these (names, or folder:/path/to/root)")
     prepare = sub.add_parser("prepare", help="build the built-in datasets' caches")
@@ -60,7 +60,8 @@ def _row(cls: type, data_dir: str | None, notes: list[str]) -> list[str]:
         domains = f"{', '.join(cls.ENVIRONMENTS)} (error, see below)"
         notes.append(f"{cls.__name__}: {error}")
     shape = "x".join(str(d) for d in getattr(cls, "input_shape", ())) or "?"
-    return [cls.__name__, getattr(cls, "ROLE", "target"), domains, _classes_cell(classes), shape]
+    made_from = cls.source_summary() if hasattr(cls, "source_summary") else "files in --data_dir"
+    return [cls.__name__, getattr(cls, "ROLE", "target"), domains, _classes_cell(classes), shape, made_from]
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -75,7 +76,8 @@ def run_list(args: argparse.Namespace) -> int:
     classes.sort(key=lambda c: (order.get(getattr(c, "ROLE", "target"), 3), c.HPARAMS_PROFILE != "small"))
     notes: list[str] = []
     rows = [_row(cls, args.data_dir, notes) for cls in classes]
-    print(tabulate(rows, headers=["dataset", "role", "domains (images)", "classes", "input"], tablefmt="simple"))
+    headers = ["dataset", "role", "domains (images)", "classes", "input", "sources"]
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
     if any("not prepared" in row[2] for row in rows):
         notes.append("'not prepared' built-ins are built on first use, or now with `drecycle data prepare`.")
     if notes:

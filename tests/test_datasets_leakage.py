@@ -1,0 +1,145 @@
+"""No leakage: no auxiliary or pre-training dataset shares a source image with a target domain.
+
+DEVELOPERS.md: no data seen in training, pre-training or auxiliary tasks may come from a test domain.
+Every built-in declares, per domain, the ids of the source images it is made from
+(`BuiltinDataset.domain_sources`); these tests check the declarations against each other (by id and
+by content, so one image under two names is caught), against the recycling specs in `sweeps/`, and
+against what each generator really reads (`sources.recording`). Datasets come from the registry by
+role, not from a hand-kept list.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+
+from domainbed_recycle.datasets import DATASETS, load_all_datasets, sources
+from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, TextureMNIST, Textures
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+Declared = dict[str, dict[str, frozenset[str]]]  # dataset -> domain -> source ids
+
+
+def _builtins() -> dict[str, type[BuiltinDataset]]:
+    load_all_datasets()
+    classes = {name: DATASETS.get(name) for name in DATASETS.names()}
+    return {name: cls for name, cls in classes.items() if isinstance(cls, type) and issubclass(cls, BuiltinDataset)}
+
+
+def _by_role(role: str) -> list[str]:
+    return [name for name, cls in _builtins().items() if cls.ROLE == role]
+
+
+def _leaks(declared: Declared, seen: list[str], targets: list[str]) -> list[str]:
+    """'A/domain ~ B/domain: ids' for every source a `seen` dataset shares with a target domain."""
+    found = []
+    for name, target in itertools.product(seen, targets):
+        for (env_a, ids_a), (env_b, ids_b) in itertools.product(declared[name].items(), declared[target].items()):
+            if ids_a & ids_b:
+                found.append(f"{name}/{env_a} ~ {target}/{env_b}: {sorted(ids_a & ids_b)[:3]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def declared() -> Declared:
+    return {name: cls.domain_sources(None) for name, cls in _builtins().items()}
+
+
+@pytest.fixture(scope="module")
+def digests(declared: Declared) -> dict[str, str]:
+    return sources.source_digests(i for domains in declared.values() for ids in domains.values() for i in ids)
+
+
+def test_registry_roles_cover_every_builtin(declared: Declared):
+    assert set(declared) == set(BUILTIN_DATASETS)
+    assert _by_role("target") and _by_role("pretrain") and _by_role("auxiliary")
+    for name, domains in declared.items():
+        assert list(domains) == list(DATASETS.get(name).ENVIRONMENTS), name
+        assert all(domains.values()), f"{name}: a domain declares no source"
+
+
+def test_no_auxiliary_or_pretrain_source_in_any_target(declared: Declared):
+    seen = _by_role("auxiliary") + _by_role("pretrain")
+    assert _leaks(declared, seen, _by_role("target")) == []
+
+
+def test_no_shared_content_under_other_names(declared: Declared, digests: dict[str, str]):
+    """The same check on content (pixels, font bytes): an image under two ids is one source."""
+
+    def content(names: list[str]) -> set[str]:
+        return {digests[i] for name in names for ids in declared[name].values() for i in ids}
+
+    assert not content(_by_role("auxiliary") + _by_role("pretrain")) & content(_by_role("target"))
+
+
+def test_target_domains_are_disjoint(declared: Declared, digests: dict[str, str]):
+    """Within a target dataset, each domain has its own digits and its own backgrounds."""
+    for name in _by_role("target"):
+        for (env_a, ids_a), (env_b, ids_b) in itertools.combinations(declared[name].items(), 2):
+            assert not ids_a & ids_b, (name, env_a, env_b)
+    backgrounds = TextureMNIST.EXTRA_SOURCES
+    for (env_a, ids_a), (env_b, ids_b) in itertools.combinations(backgrounds.items(), 2):
+        assert not {digests[i] for i in ids_a} & {digests[i] for i in ids_b}, (env_a, env_b)
+
+
+def test_the_old_textures_recipe_is_caught(declared: Declared):
+    """Textures v2 cut its patches from TextureMNIST's backgrounds; the check must reject that."""
+
+    class OldTextures(Textures):
+        SOURCES = {"brick": "skimage:brick", "moon": "skimage:moon", "cat": "skimage:chelsea"}
+
+    leaky = {**declared, "OldTextures": OldTextures.domain_sources(None)}
+    found = _leaks(leaky, ["OldTextures"], ["TextureMNIST"])
+    assert any("skimage:brick" in line for line in found) and any("skimage:chelsea" in line for line in found)
+    assert not any("skimage:moon" in line for line in found)
+
+
+def test_one_image_under_two_names_has_one_digest():
+    """skimage's `cat` is `chelsea`: the content check sees through such aliases."""
+    import skimage.data
+
+    chelsea = sources.source_digests(["skimage:chelsea"])["skimage:chelsea"]
+    assert np.array_equal(skimage.data.cat(), skimage.data.chelsea()) and len(chelsea) == 64
+    assert "cat" not in sources.SKIMAGE_OFFLINE  # not offered twice
+
+
+@pytest.mark.parametrize("spec", sorted(SWEEPS.glob("recycle_*.toml")), ids=lambda p: p.stem)
+def test_recycling_specs_use_no_target_source_before_the_target(spec: Path, declared: Declared):
+    """The datasets a spec pre-trains and fine-tunes on before a target share nothing with it."""
+    data = tomllib.loads(spec.read_text())
+    before = [data.get("foundation", {}).get("dataset")] + list(data.get("auxiliary", {}).get("datasets", []))
+    before = [name for name in before if name in declared]
+    targets = [name for name in data["target"]["datasets"] if name in declared]
+    assert _leaks(declared, before, targets) == []
+
+
+@pytest.mark.parametrize("name", BUILTIN_DATASETS)
+def test_declared_sources_are_what_the_generator_reads(name: str, declared: Declared):
+    cls = DATASETS.get(name)
+    with sources.recording() as read:
+        domains = cls.generate(None)
+    assert read == set().union(*declared[name].values())
+    assert sum(len(labels) for _, labels in domains) >= len(read - set(sources.image_ids()))
+
+
+def test_texture_mnist_domain_reads_only_its_declared_backgrounds():
+    rng = np.random.default_rng(0)
+    for domain, ids in TextureMNIST.EXTRA_SOURCES.items():
+        with sources.recording() as read:
+            TextureMNIST._backgrounds(domain, 60, rng)
+        assert read == set(ids), domain
+
+
+def test_a_source_left_out_of_the_table_is_not_read(monkeypatch: pytest.MonkeyPatch):
+    """The generator reads its sources from the table the declaration returns: change one, both change."""
+    table = dict(Textures.SOURCES)
+    table["moon"] = "skimage:coins"  # 'moon' now drawn from coins: moon is neither read nor declared
+    monkeypatch.setattr(Textures, "SOURCES", table)
+    monkeypatch.setattr(Textures, "PER_CLASS", 2)  # the sources read do not depend on the count
+    with sources.recording() as read:
+        Textures.generate(None)
+    assert "skimage:moon" not in read and read == set().union(*Textures.domain_sources(None).values())
