@@ -1,8 +1,10 @@
 """Hyper-parameters: each has a default, a seeded random distribution (DomainBed's recipe), a kind
 and a range.
 
-`hparams_seed == 0` gives the defaults. Each random value is drawn from its own generator seeded by
-(hparams_seed, name), so adding a hyper-parameter never changes the values drawn for the others.
+`hparams_seed == 0` gives the defaults. Otherwise, as in DomainBed's and the Ratatouille reference's
+`train.py`, the draw is seeded by `seed_hash(hparams_seed, trial_seed)`, so each trial draws its own
+hyper-parameters; each value comes from its own generator seeded by (that seed, name), so adding a
+hyper-parameter never changes the values drawn for the others.
 
 This module holds the hyper-parameters every run has (`_common`), the profiles, the seeded drawing
 and the override rule; each algorithm declares its own in `Algorithm.define_hparams` (see
@@ -97,13 +99,15 @@ def random_hparams(algorithm: str, profile: str, seed: int) -> dict[str, Any]:
 
 
 def get_hparams(
-    algorithm: str, profile: str, hparams_seed: int, overrides: Mapping[str, Any] | None = None
+    algorithm: str, profile: str, hparams_seed: int, overrides: Mapping[str, Any] | None = None,
+    trial_seed: int = 0,
 ) -> dict[str, Any]:
-    """DomainBed's rule: seed 0 -> defaults, else random; then apply user `overrides` (e.g. --hparams).
+    """DomainBed's rule: seed 0 -> defaults, else random with seed `seed_hash(hparams_seed, trial_seed)`;
+    then apply user `overrides` (e.g. --hparams).
 
     Every value is checked against its declared kind and range (UserError naming the first bad one).
     """
-    hparams = _values(algorithm, profile, hparams_seed or None)
+    hparams = _values(algorithm, profile, seed_hash(hparams_seed, trial_seed) if hparams_seed else None)
     hparams.update(validate_overrides([algorithm], profile, overrides or {})[algorithm])
     declared = declarations(algorithm, profile)
     for name, value in hparams.items():

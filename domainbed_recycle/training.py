@@ -158,7 +158,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     dataset_class = type(dataset) if dataset is not None else get_dataset_class(config.dataset)
     hparams = hparams_registry.get_hparams(
         config.algorithm, config.hparams_profile or dataset_class.HPARAMS_PROFILE, config.hparams_seed,
-        config.hparams,
+        config.hparams, trial_seed=config.trial_seed,
     )
     n_envs = len(dataset_class.ENVIRONMENTS)
     bad = [e for e in config.test_envs if not 0 <= e < n_envs]

@@ -61,7 +61,8 @@ class Pipeline:
             self._launch("1/5 foundation", [plan.foundation_job])
         if not plan.foundation.is_file():
             raise UserError(f"foundation checkpoint not found: {plan.foundation}")
-        self._launch("2/5 auxiliary fine-tunings", list(plan.auxiliary_jobs.values()))
+        self._launch("2/5 auxiliary linear probes", list(plan.auxiliary_probe_jobs.values()))
+        self._launch("2/5 auxiliary fine-tunings", [job for runs in plan.auxiliary_jobs.values() for job in runs])
         self._launch("3/5 linear probes", list(plan.probe_jobs.values()))
         for init in plan.derived:
             init.build()

@@ -31,9 +31,15 @@ class FoundationSpec:
 
 @dataclass
 class AuxiliarySpec:
-    """Stage 2. Fine-tunings of the foundation on auxiliary tasks (all domains, no test domain)."""
+    """Stage 2. Fine-tunings of the foundation on auxiliary tasks (all domains, no test domain).
+
+    As in the reference, each auxiliary task is LP-FT: a linear probe of the foundation (with the
+    [probe] table's recipe), then `n_runs` fine-tunings from it with hparams seeds 0..n_runs-1.
+    """
 
     datasets: list[str] = field(default_factory=list)
+    n_runs: int = 4  # fine-tunings per auxiliary task (the reference: 4)
+    checkpoint: str = "last"  # which featurizer target runs start from: "last" (the reference) or "best"
     steps: int = 300
     checkpoint_freq: int = 100
     hparams_profile: str | None = None  # e.g. "small_finetune" (default: the dataset's)
@@ -66,7 +72,8 @@ class TargetSpec:
     algorithm: str = "ERM"
     hparams_profile: str | None = None  # e.g. "small_finetune" (default: the dataset's)
     hparams: dict[str, Any] = field(default_factory=dict)
-    fusing_range: float = 0.0
+    fusing_range: float = 4.0  # kappa_i ~ exp(r U(0,1)); the reference README's value
+    lp_steps: int = 200  # head-only warm-up of runs from a foreign featurizer (the reference's lp_steps)
 
 
 @dataclass
@@ -176,3 +183,10 @@ def validate(spec: RecycleSpec) -> None:
     for key in ("n_trials", "n_runs", "n_runs_small"):
         if getattr(spec.target, key) < 1:
             raise UserError(f"{where} [target]: '{key}' must be >= 1")
+    if spec.auxiliary.n_runs < 1:
+        raise UserError(f"{where} [auxiliary]: 'n_runs' must be >= 1")
+    if spec.auxiliary.checkpoint not in ("last", "best"):
+        raise UserError(f"{where} [auxiliary]: 'checkpoint' must be \"last\" or \"best\", "
+                        f"got {spec.auxiliary.checkpoint!r}")
+    if spec.target.lp_steps < 0 or spec.target.fusing_range < 0:
+        raise UserError(f"{where} [target]: 'lp_steps' and 'fusing_range' must be >= 0")

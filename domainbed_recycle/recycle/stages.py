@@ -3,8 +3,9 @@
 `plan(spec, strategies, out)` names every job of every stage and every run each strategy reads,
 without running or writing anything, so the dry run and the real run cannot disagree.
 1. foundation: pre-train on the built-in corpus (or read a local checkpoint);
-2. auxiliary fine-tunings of the foundation (plus imported ones in `<out>/imported/`);
-3. a linear probe per target cell (dataset, test domain, trial seed), featurizer frozen;
+2. auxiliary LP-FT of the foundation: a probe per auxiliary task, then `n_runs` fine-tunings from it
+   (plus imported fine-tunings in `<out>/imported/`);
+3. a linear probe per (target dataset, test domain), featurizer frozen, shared by every trial;
 4. derived inits (e.g. fused featurizers), then the target runs every strategy plans (a run planned
    by several strategies is one job);
 5. combine: each strategy turns its runs into reported models.
@@ -20,7 +21,16 @@ from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.rundir import RunDir
-from domainbed_recycle.strategies.base import PHI0, Cell, DerivedInit, Inits, RunRef, Strategy, TargetSettings
+from domainbed_recycle.strategies.base import (
+    PHI0,
+    AuxSource,
+    Cell,
+    DerivedInit,
+    Inits,
+    RunRef,
+    Strategy,
+    TargetSettings,
+)
 from domainbed_recycle.sweep import Job, job_id_of, jobs_from_configs
 
 # Sub-folders of a pipeline's output folder, one per stage.
@@ -36,9 +46,10 @@ class Plan:
 
     foundation_job: Job | None
     foundation: Path
-    auxiliary_jobs: dict[str, Job]
+    auxiliary_probe_jobs: dict[str, Job]
+    auxiliary_jobs: dict[str, list[Job]]
     imported: list[tuple[str, str]]
-    probe_jobs: dict[Cell, Job]
+    probe_jobs: dict[tuple[str, int], Job]
     derived: list[DerivedInit]
     cells: dict[Cell, CellPools]
     target_jobs: list[Job]
@@ -52,6 +63,7 @@ def target_settings(spec: RecycleSpec) -> TargetSettings:
         algorithm=t.algorithm, n_runs=t.n_runs, n_runs_small=t.n_runs_small, steps=t.steps,
         checkpoint_freq=t.checkpoint_freq, holdout_fraction=t.holdout_fraction, data_dir=spec.data_dir,
         hparams=dict(t.hparams), hparams_profile=t.hparams_profile, fusing_range=t.fusing_range,
+        lp_steps=t.lp_steps,
     )
 
 
@@ -85,17 +97,41 @@ def foundation_checkpoint(spec: RecycleSpec, out: Path) -> Path:
     return job.run.best_checkpoint
 
 
-def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[str, Job]:
-    """One fine-tuning of the foundation per auxiliary dataset (every domain trained on)."""
+def auxiliary_probe_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[str, Job]:
+    """A linear probe of the foundation per auxiliary task (the LP of the auxiliary LP-FT)."""
+    p = spec.probe
+    return {dataset: jobs_from_configs([{
+        "dataset": dataset, "test_envs": [], "steps": p.steps, "checkpoint_freq": p.checkpoint_freq,
+        "hparams": dict(p.hparams), "hparams_profile": p.hparams_profile, "seed": seed_hash("probe", dataset),
+        "data_dir": spec.data_dir, "init_featurizer": str(foundation), "linear_probe": True,
+        "init_label": f"{PHI0}/probe"}], out / AUXILIARY)[0] for dataset in spec.auxiliary.datasets}
+
+
+def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[str, list[Job]]:
+    """`n_runs` fine-tunings per auxiliary task (every domain trained on), each from the foundation's
+    featurizer and that task's probe, with hparams seeds 0..n_runs-1 (the reference's auxiliary sweep)."""
     a = spec.auxiliary
+    probes = auxiliary_probe_jobs(spec, out, foundation)
     jobs = {}
     for dataset in a.datasets:
-        config = {"dataset": dataset, "test_envs": [], "steps": a.steps, "checkpoint_freq": a.checkpoint_freq,
-                  "hparams": dict(a.hparams), "hparams_profile": a.hparams_profile,
-                  "seed": seed_hash("auxiliary", dataset),
-                  "data_dir": spec.data_dir, "init_featurizer": str(foundation), "init_label": PHI0}
-        jobs[dataset] = jobs_from_configs([config], out / AUXILIARY)[0]
+        configs = [{"dataset": dataset, "test_envs": [], "steps": a.steps, "checkpoint_freq": a.checkpoint_freq,
+                    "hparams": dict(a.hparams), "hparams_profile": a.hparams_profile, "hparams_seed": h,
+                    "seed": seed_hash("auxiliary", dataset, h), "data_dir": spec.data_dir,
+                    "init_featurizer": str(foundation), "init_classifier": str(probes[dataset].run.best_checkpoint),
+                    "init_label": f"{PHI0}/probe"} for h in range(a.n_runs)]
+        jobs[dataset] = jobs_from_configs(configs, out / AUXILIARY)
     return jobs
+
+
+def auxiliary_sources(spec: RecycleSpec, jobs: dict[str, list[Job]], target: str,
+                      imported: list[tuple[str, str]]) -> tuple[AuxSource, ...]:
+    """The auxiliary pool of target dataset `target`: its featurizer checkpoints per auxiliary task
+    (never `target` itself), then the imported fine-tunings."""
+    last = spec.auxiliary.checkpoint == "last"
+    sources = [AuxSource(f"aux:{dataset}", tuple(str(j.run.last_checkpoint if last else j.run.best_checkpoint)
+                                                 for j in runs))
+               for dataset, runs in jobs.items() if not (spec.auxiliary.exclude_target and dataset == target)]
+    return tuple(sources + [AuxSource(label, (path,)) for label, path in imported])
 
 
 def imported_finetunings(out: Path) -> list[tuple[str, str]]:
@@ -103,18 +139,22 @@ def imported_finetunings(out: Path) -> list[tuple[str, str]]:
     return [(f"import:{p.stem}", str(p)) for p in sorted((out / IMPORTED).glob("*.safetensors"))]
 
 
-def probe_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[Cell, Job]:
-    """A linear probe of the foundation per target cell (featurizer frozen)."""
+def probe_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[tuple[str, int], Job]:
+    """A linear probe of the foundation per (target dataset, test domain), shared by every trial seed as
+    in the reference (fitted on trial 0's `in` splits of the training domains; featurizer frozen)."""
     p = spec.probe
     jobs = {}
     for cell in cells(spec):
-        config = {"dataset": cell.dataset, "test_envs": [cell.test_env], "trial_seed": cell.trial_seed,
+        key = (cell.dataset, cell.test_env)
+        if key in jobs:
+            continue
+        config = {"dataset": cell.dataset, "test_envs": [cell.test_env], "trial_seed": 0,
                   "steps": p.steps, "checkpoint_freq": p.checkpoint_freq, "hparams": dict(p.hparams),
                   "hparams_profile": p.hparams_profile,
-                  "seed": seed_hash("probe", cell.dataset, cell.test_env, cell.trial_seed),
+                  "seed": seed_hash("probe", cell.dataset, cell.test_env),
                   "holdout_fraction": spec.target.holdout_fraction, "data_dir": spec.data_dir,
                   "init_featurizer": str(foundation), "linear_probe": True, "init_label": f"{PHI0}/probe"}
-        jobs[cell] = jobs_from_configs([config], out / PROBES)[0]
+        jobs[key] = jobs_from_configs([config], out / PROBES)[0]
     return jobs
 
 
@@ -122,6 +162,7 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
     """Every stage's jobs and every strategy's runs; reads nothing but `<out>/imported/`'s listing."""
     settings = target_settings(spec)
     foundation = foundation_checkpoint(spec, out)
+    aux_probes = auxiliary_probe_jobs(spec, out, foundation)
     aux_jobs = auxiliary_jobs(spec, out, foundation)
     imported = imported_finetunings(out)
     probes = probe_jobs(spec, out, foundation)
@@ -129,11 +170,10 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
     per_cell: dict[Cell, CellPools] = {}
     configs: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    for cell, probe in probes.items():
-        aux = [(f"aux:{d}", str(job.run.best_checkpoint)) for d, job in aux_jobs.items()
-               if not (spec.auxiliary.exclude_target and d == cell.dataset)]
+    for cell in cells(spec):
+        probe = probes[(cell.dataset, cell.test_env)]
         inits = Inits(foundation=str(foundation), probe=str(probe.run.best_checkpoint),
-                      auxiliary=tuple(aux + imported), work_dir=out / INITS)
+                      auxiliary=auxiliary_sources(spec, aux_jobs, cell.dataset, imported), work_dir=out / INITS)
         per_cell[cell] = {}
         for strategy in strategies:
             for init in strategy.derived_inits(cell, inits, settings):
@@ -144,8 +184,8 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
             for pool in pools.values():
                 configs.extend(pool)
                 counts[strategy.name] = counts.get(strategy.name, 0) + len(pool)
-    return Plan(foundation_job(spec, out), foundation, aux_jobs, imported, probes, list(derived.values()),
-                per_cell, jobs_from_configs(configs, out / TARGET), counts)
+    return Plan(foundation_job(spec, out), foundation, aux_probes, aux_jobs, imported, probes,
+                list(derived.values()), per_cell, jobs_from_configs(configs, out / TARGET), counts)
 
 
 def _run_ref(config: dict[str, Any], out: Path) -> RunRef:
@@ -158,10 +198,13 @@ def describe(plan: Plan, variants: list[str]) -> str:
     lines = [f"stage 1 foundation: {'train ' + job.describe() if job else plan.foundation}"]
     if job is None and not plan.foundation.is_file():
         lines.append(f"  WARNING: {plan.foundation} does not exist here (needed before stage 2 runs)")
-    lines.append(f"stage 2 auxiliary fine-tunings: {len(plan.auxiliary_jobs)} job(s)")
-    lines += [f"  {job.describe()}" for job in plan.auxiliary_jobs.values()]
+    aux_runs = [job for runs in plan.auxiliary_jobs.values() for job in runs]
+    lines.append(f"stage 2 auxiliary LP-FT: {len(plan.auxiliary_probe_jobs)} probe(s), then "
+                 f"{len(aux_runs)} fine-tuning(s)")
+    lines += [f"  probe {job.describe()}" for job in plan.auxiliary_probe_jobs.values()]
+    lines += [f"  {job.describe()}" for job in aux_runs]
     lines += [f"  imported {label}: {path}" for label, path in plan.imported]
-    lines.append(f"stage 3 linear probes: {len(plan.probe_jobs)} job(s)")
+    lines.append(f"stage 3 target linear probes: {len(plan.probe_jobs)} job(s), one per (dataset, test domain)")
     shared = ", ".join(f"{k}: {v}" for k, v in plan.planned_per_strategy.items())
     lines.append(f"stage 4 target runs: {len(plan.target_jobs)} unique job(s) ({shared} planned; "
                  f"shared runs train once)")

@@ -42,19 +42,48 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class AuxSource:
+    """The fine-tunings of the foundation on one auxiliary task (or one imported fine-tuning).
+
+    label: e.g. 'aux:Glyphs' or 'import:name'; checkpoints: its runs' featurizer checkpoints, in run
+    order (the reference fine-tunes each auxiliary task with several hyper-parameter draws).
+    """
+
+    label: str
+    checkpoints: tuple[str, ...]
+
+    def pick(self, hparams_seed: int) -> str:
+        """The run a target run with `hparams_seed` starts from: run (h mod n), as the reference does."""
+        return self.checkpoints[hparams_seed % len(self.checkpoints)]
+
+
+@dataclass(frozen=True)
 class Inits:
     """Checkpoints a cell's runs can start from.
 
     foundation: checkpoint of the pre-trained model (its featurizer is phi_0).
-    probe: checkpoint whose classifier is the linear probe fitted on the cell's training domains.
-    auxiliary: (label, checkpoint) of each auxiliary fine-tuning (featurizers of the same architecture).
+    probe: checkpoint whose classifier is the linear probe fitted on the target's training domains.
+    auxiliary: the auxiliary fine-tunings (featurizers of the foundation's architecture); a target
+        dataset is never among its own auxiliary tasks.
     work_dir: where derived inits (e.g. fused featurizers) are written by the pipeline.
     """
 
     foundation: str
     probe: str
-    auxiliary: tuple[tuple[str, str], ...] = ()
+    auxiliary: tuple[AuxSource, ...] = ()
     work_dir: Path = Path("inits")
+
+    def featurizer_for(self, hparams_seed: int) -> tuple[str, str]:
+        """(label, checkpoint) of the init of target run `hparams_seed` in the auxiliary pool.
+
+        As in the reference (`misc.get_featurizer_aux`): source h mod (K+1) of [phi_0, aux_1..aux_K],
+        then that source's run h mod n.
+        """
+        index = hparams_seed % (len(self.auxiliary) + 1)
+        if index == 0:
+            return PHI0, self.foundation
+        source = self.auxiliary[index - 1]
+        return source.label, source.pick(hparams_seed)
 
 
 class DerivedInit(Protocol):
@@ -78,7 +107,8 @@ class TargetSettings:
     data_dir: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     hparams_profile: str | None = None
-    fusing_range: float = 0.0  # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing
+    fusing_range: float = 4.0  # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing (reference README: 4)
+    lp_steps: int = 200  # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
 
 
 @dataclass(frozen=True)
@@ -176,6 +206,11 @@ class Strategy:
         raise NotImplementedError
 
 
+def run_seed(cell: Cell, algorithm: str, hparams_seed: int, init_label: str) -> int:
+    """The training seed of a target run, derived from what identifies it."""
+    return seed_hash(cell.dataset, algorithm, [cell.test_env], hparams_seed, cell.trial_seed, init_label)
+
+
 def target_run(
     cell: Cell,
     settings: TargetSettings,
@@ -188,10 +223,15 @@ def target_run(
     """Config of one target run (TrainConfig kwargs without output_dir).
 
     The hparams seed picks the hyper-parameters (0 = defaults); the training seed is derived from
-    every argument, the init included, as DomainBed derives it from a run's arguments.
+    every argument, the init included, as DomainBed derives it from a run's arguments. A run whose
+    featurizer is not phi_0 first trains its head alone for `settings.lp_steps` steps (the reference's
+    LP warm-up, which avoids distorting a foreign featurizer with a head fitted to phi_0).
     """
     algorithm = algorithm or settings.algorithm
     profile = settings.hparams_profile or get_dataset_class(cell.dataset).HPARAMS_PROFILE
+    overrides = dict(settings.hparams)
+    if init_label != PHI0 and not init_label.startswith(f"{PHI0}/") and settings.lp_steps:
+        overrides["lp_steps"] = settings.lp_steps
     return {
         "dataset": cell.dataset,
         "algorithm": algorithm,
@@ -199,11 +239,11 @@ def target_run(
         "data_dir": settings.data_dir,
         # The spec refused overrides that none of its algorithms declares (`recycle_spec.validate`);
         # a run takes those its own algorithm declares.
-        "hparams": hparams_registry.validate_overrides([algorithm, *ALGORITHMS], profile, settings.hparams)[algorithm],
+        "hparams": hparams_registry.validate_overrides([algorithm, *ALGORITHMS], profile, overrides)[algorithm],
         "hparams_seed": hparams_seed,
         "hparams_profile": settings.hparams_profile,
         "trial_seed": cell.trial_seed,
-        "seed": seed_hash(cell.dataset, algorithm, [cell.test_env], hparams_seed, cell.trial_seed, init_label),
+        "seed": run_seed(cell, algorithm, hparams_seed, init_label),
         "steps": settings.steps,
         "checkpoint_freq": settings.checkpoint_freq,
         "holdout_fraction": settings.holdout_fraction,

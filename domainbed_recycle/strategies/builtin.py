@@ -10,6 +10,7 @@ from domainbed_recycle.averaging import fusing_weights, greedy_soup, uniform_ave
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata, save_checkpoint, split_state
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator, ensemble_record
+from domainbed_recycle.misc import args_hash
 from domainbed_recycle.strategies.base import (
     PHI0,
     RUNS,
@@ -22,6 +23,7 @@ from domainbed_recycle.strategies.base import (
     RunsOutcome,
     Strategy,
     TargetSettings,
+    run_seed,
     target_run,
 )
 
@@ -34,15 +36,10 @@ def lpft_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[dict[s
 def auxiliary_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[dict[str, Any]]:
     """M runs spread over [phi_0, aux_1, ..., aux_K] by hparams seed, all from the same probe.
 
-    As in the reference code, the hparams seed also picks the init (h mod (K+1)); the phi_0 runs are
-    the LP-FT pool's runs with the same seed, so they are trained once.
+    As in the reference code, the hparams seed also picks the init (`Inits.featurizer_for`); the phi_0
+    runs are the LP-FT pool's runs with the same seed, so they are trained once.
     """
-    featurizers = [(PHI0, inits.foundation), *inits.auxiliary]
-    runs = []
-    for h in range(settings.n_runs):
-        label, path = featurizers[h % len(featurizers)]
-        runs.append(target_run(cell, settings, h, label, path, inits.probe))
-    return runs
+    return [target_run(cell, settings, h, *inits.featurizer_for(h), inits.probe) for h in range(settings.n_runs)]
 
 
 def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
@@ -131,6 +128,7 @@ class Soup(Strategy):
     name = "Soup"
     variants = ("Soup-uniform", "Soup-greedy")
     analysis_pool = ("LP-FT pool", "lp")
+    pooled = {"Soup-uniform†": "Soup-uniform"}  # DiWA's pooled row
 
     def pools(self, cell, inits, settings):
         return {RUNS: lpft_pool(cell, inits, settings)}
@@ -167,12 +165,14 @@ class InterTraining(Strategy):
         return {RUNS: auxiliary_pool(cell, inits, settings)}
 
     def combine(self, cell, pools, evaluator):
-        return [RunsOutcome("InterTraining", [run for run in pools[RUNS] if run.init_label != PHI0])]
+        # Model selection over the whole auxiliary pool, phi_0 runs included, as the reference collects
+        # its with-aux sweep.
+        return [RunsOutcome("InterTraining", pools[RUNS])]
 
 
 @dataclass(frozen=True)
 class FusedInit:
-    """A featurizer that is the kappa-weighted average of auxiliary featurizers (Fusing's init).
+    """A featurizer that is the kappa-weighted average of featurizers (Fusing's init).
 
     sources: (label, checkpoint) of the averaged featurizers; weights: their kappas (sum to 1).
     """
@@ -194,30 +194,33 @@ class FusedInit:
 
 @STRATEGIES.register("Fusing")
 class Fusing(Strategy):
-    """Fusing: start from the (kappa-weighted) average of the auxiliary featurizers + probe.
+    """Fusing: each run starts from its own kappa-weighted average of phi_0 and the auxiliary featurizers
+    (run h mod n of each auxiliary task), plus the target probe, as the reference does.
 
     Reported as one run picked by model selection ("Fusing") and as the uniform average of its runs
-    ("Fusing-uniform"). kappa_i ~ exp(r U(0,1)) with r = `fusing_range`, drawn per trial seed.
+    ("Fusing-uniform"). kappa_i ~ exp(r U(0,1)) with r = `fusing_range`, drawn per run from its seed.
     """
 
     name = "Fusing"
     variants = ("Fusing", "Fusing-uniform")
     needs_auxiliary = True
+    init_label = "fused"
 
-    def fused_init(self, cell: Cell, inits: Inits, settings: TargetSettings) -> FusedInit:
+    def fused_init(self, cell: Cell, inits: Inits, settings: TargetSettings, hparams_seed: int) -> FusedInit:
         if not inits.auxiliary:
             raise UserError("Fusing needs at least one auxiliary fine-tuning")
-        weights = fusing_weights(len(inits.auxiliary), settings.fusing_range, cell.trial_seed)
-        return FusedInit(inits.work_dir / f"fused_trial{cell.trial_seed}.safetensors", tuple(inits.auxiliary),
-                         tuple(weights))
+        sources = ((PHI0, inits.foundation), *((a.label, a.pick(hparams_seed)) for a in inits.auxiliary))
+        seed = run_seed(cell, settings.algorithm, hparams_seed, self.init_label)
+        weights = tuple(fusing_weights(len(sources), settings.fusing_range, seed))
+        name = args_hash({"sources": [path for _, path in sources], "weights": weights})
+        return FusedInit(inits.work_dir / f"fused_{name}.safetensors", sources, weights)
 
     def derived_inits(self, cell: Cell, inits: Inits, settings: TargetSettings) -> list[DerivedInit]:
-        return [self.fused_init(cell, inits, settings)]
+        return [self.fused_init(cell, inits, settings, h) for h in range(settings.n_runs_small)]
 
     def pools(self, cell, inits, settings):
-        fused = str(self.fused_init(cell, inits, settings).path)
-        return {RUNS: [target_run(cell, settings, h, "fused", fused, inits.probe)
-                       for h in range(settings.n_runs_small)]}
+        fused = [str(self.fused_init(cell, inits, settings, h).path) for h in range(settings.n_runs_small)]
+        return {RUNS: [target_run(cell, settings, h, self.init_label, path, inits.probe) for h, path in enumerate(fused)]}
 
     def combine(self, cell, pools, evaluator):
         runs = pools[RUNS]
