@@ -106,7 +106,7 @@ def test_env_combinations(n_envs: int, single_test_envs: bool = False,
 
 def dataset_environments(name: str) -> list[str]:
     """Domain names of dataset `name`, read from its class (no data is loaded)."""
-    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.datasets import get_dataset_class
 
     return list(get_dataset_class(name).ENVIRONMENTS)
 
@@ -379,7 +379,7 @@ def _check_types(spec: SweepSpec, source: str) -> None:
 
 def _check_names(spec: SweepSpec, source: str) -> None:
     from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
-    from domainbed_recycle.datasets.base import FOLDER_PREFIX, load_all_datasets
+    from domainbed_recycle.datasets import FOLDER_PREFIX, load_all_datasets
     from domainbed_recycle.launchers import LAUNCHERS
 
     try:  # imports the modules named in $DRECYCLE_PLUGINS, which register user algorithms

@@ -93,7 +93,7 @@ def _infinite_batches(split: Dataset, batch_size: int, seed: int, num_workers: i
     generator = torch.Generator().manual_seed(seed)
     if isinstance(split, InMemoryDomain):
         while True:
-            yield split.batch(torch.randint(len(split), (batch_size,), generator=generator))
+            yield split.batch(torch.randint(len(split), (batch_size,), generator=generator), augment=True)
     sampler = RandomSampler(split, replacement=True, num_samples=10**9, generator=generator)
     loader = DataLoader(split, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
     yield from loader
@@ -170,8 +170,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     """Run one training job and write its folder; returns the folder. Skips a run already `done`."""
     from domainbed_recycle import hparams_registry
     from domainbed_recycle.algorithms import get_algorithm_class
-    from domainbed_recycle.datasets import get_dataset
-    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.datasets import get_dataset, get_dataset_class
     from domainbed_recycle.networks import architecture
 
     out_dir = Path(config.output_dir)

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from domainbed_recycle.datasets import DATASETS, get_dataset
-from domainbed_recycle.datasets.base import get_dataset_class
+from domainbed_recycle.datasets import DATASETS, get_dataset, get_dataset_class
 from domainbed_recycle.datasets.folder import ImageFolderDomains, MultipleEnvironmentImageFolder
 from domainbed_recycle.datasets.sources import DataNotFound
 from domainbed_recycle.errors import UserError
