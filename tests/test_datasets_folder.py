@@ -15,8 +15,8 @@ from domainbed_recycle.datasets import DATASETS, get_dataset, get_dataset_class
 from domainbed_recycle.datasets.folder import ImageFolderDomains, MultipleEnvironmentImageFolder
 from domainbed_recycle.datasets.image_cache import CachedImageDomain
 from domainbed_recycle.datasets.image_files import CorruptImage
-from domainbed_recycle.datasets.splits import split_domain
 from domainbed_recycle.datasets.sources import DataNotFound
+from domainbed_recycle.datasets.splits import split_domain
 from domainbed_recycle.errors import UserError
 
 # DomainBed's folder names, written out independently of folder.py
