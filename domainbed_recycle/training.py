@@ -22,13 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm import tqdm
 
-from domainbed_recycle import checkpoints, provenance
+from domainbed_recycle import checkpoints, hparams_registry, provenance
+from domainbed_recycle.algorithms import get_algorithm_class
+from domainbed_recycle.datasets import get_dataset, get_dataset_class
 from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDataset
 from domainbed_recycle.datasets.splits import make_splits
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import accuracy, evaluate_splits
 from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.networks import architecture, same_featurizer
 from domainbed_recycle.rundir import RunDir
 
 
@@ -92,7 +96,7 @@ def _infinite_batches(split: Dataset, batch_size: int, seed: int, num_workers: i
     generator = torch.Generator().manual_seed(seed)
     if isinstance(split, InMemoryDomain):
         while True:
-            yield split.batch(torch.randint(len(split), (batch_size,), generator=generator))
+            yield split.batch(torch.randint(len(split), (batch_size,), generator=generator), augment=True)
     sampler = RandomSampler(split, replacement=True, num_samples=10**9, generator=generator)
     loader = DataLoader(split, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
     yield from loader
@@ -109,8 +113,6 @@ def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
 
     Returns a JSON-able description of what was loaded (kept in every record under `init`).
     """
-    from domainbed_recycle.networks import same_featurizer
-
     sources = {
         "featurizer": config.init_featurizer or config.init,
         "classifier": config.init_classifier or config.init,
@@ -141,12 +143,6 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
 
     The folder must be fresh (`RunDir.is_fresh`): UserError otherwise, before anything is written.
     """
-    from domainbed_recycle import hparams_registry
-    from domainbed_recycle.algorithms import get_algorithm_class
-    from domainbed_recycle.datasets import get_dataset
-    from domainbed_recycle.datasets.base import get_dataset_class
-    from domainbed_recycle.networks import architecture
-
     config.check()
     run = RunDir(config.output_dir)
     if not run.is_fresh:
@@ -215,7 +211,6 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     best_val = -1.0
     step_times: list[float] = []
     losses: dict[str, list[float]] = {}
-    from tqdm import tqdm
 
     bar = tqdm(range(steps), desc=f"{config.algorithm} {config.dataset} test={config.test_envs}",
                disable=not config.progress, file=sys.stderr, leave=False)

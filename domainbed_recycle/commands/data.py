@@ -68,7 +68,7 @@ def run_list(args: argparse.Namespace) -> int:
     """Print the table of datasets (and, below it, how to get the missing ones)."""
     from tabulate import tabulate
 
-    from domainbed_recycle.datasets.base import get_dataset_class, load_all_datasets
+    from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 
     names = args.datasets or list(load_all_datasets())
     classes = [get_dataset_class(name) for name in names]
@@ -93,7 +93,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.datasets import get_dataset_class
     from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset
     from domainbed_recycle.errors import UserError
 

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_same_run(run: RunDir, config: TrainConfig) -> None:
     """UserError (one line) unless the finished run in `run` was trained with `config`'s arguments."""
-    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.datasets import get_dataset_class
 
     run.check_is_run()
     wanted = config.stored_args(get_dataset_class(config.dataset))

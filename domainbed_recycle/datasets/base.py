@@ -1,8 +1,11 @@
-"""The dataset contract shared by every dataset: DomainBed's `MultipleDomainDataset`."""
+"""The dataset contract: DomainBed's `MultipleDomainDataset`, the in-memory domain, the `DATASETS` registry.
+
+Finding and building a dataset by name is `domainbed_recycle.datasets.get_dataset` (the package), which
+imports every dataset module; this module imports none of them.
+"""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
@@ -11,20 +14,6 @@ from torch.utils.data import Dataset
 from domainbed_recycle.registry import Registry
 
 DATASETS: Registry[type[MultipleDomainDataset]] = Registry("dataset")
-
-# Modules whose import registers datasets (kept here so `get_dataset` sees them all).
-_DATASET_MODULES = ("domainbed_recycle.datasets.builtin", "domainbed_recycle.datasets.folder")
-
-
-def load_all_datasets() -> Registry[type[MultipleDomainDataset]]:
-    """Import every dataset module so that `DATASETS` is complete; returns the registry."""
-    for module in _DATASET_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
-    return DATASETS
 
 
 class InMemoryDomain(Dataset):
@@ -48,8 +37,12 @@ class InMemoryDomain(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.batch(torch.as_tensor([index]))[0][0], int(self.labels[index])
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images [B, C, H, W] float32 and labels [B] for a 1-D tensor of indices."""
+    def batch(self, indices: torch.Tensor, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, C, H, W] float32 and labels [B] for a 1-D tensor of indices.
+
+        `augment=True` marks a training draw: a domain with a training augmentation (a subclass)
+        applies it then; this one has none. Evaluation never passes it.
+        """
         x = self.images[indices]
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
@@ -100,26 +93,3 @@ class MultipleDomainDataset:
             "input_shape": list(self.input_shape),
         }
 
-
-FOLDER_PREFIX = "folder:"
-
-
-def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
-    """The class registered as `name`; "folder:/path/to/root" gives a class bound to that image tree
-    (root/<domain>/<class>/<image>, domains discovered), so `ENVIRONMENTS` is known before building."""
-    if name.startswith(FOLDER_PREFIX):
-        from domainbed_recycle.datasets.folder import folder_dataset_class
-
-        return folder_dataset_class(name[len(FOLDER_PREFIX) :])
-    return load_all_datasets().get(name)
-
-
-def get_dataset(
-    name: str, data_dir: str | None, test_envs: list[int] | None = None, hparams: dict | None = None
-) -> MultipleDomainDataset:
-    """Build the dataset registered as `name` (DomainBed's signature: data_dir, test_envs, hparams).
-
-    `name` may also be "folder:/path/to/root" for any root/<domain>/<class>/<image> tree.
-    """
-    cls = get_dataset_class(name)
-    return cls(data_dir, list(test_envs or []), dict(hparams or {}))

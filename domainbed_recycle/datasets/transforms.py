@@ -1,4 +1,5 @@
-"""Image operations used to synthesise the built-in datasets, and DomainBed's real-image transforms.
+"""Image operations used to synthesise the built-in datasets, and DomainBed's real-image transforms
+(on PIL images, and on uint8 tensors for images cached in memory).
 
 Synthesis works on whole batches of uint8 tensors [N, C, H, W] so generating a dataset takes seconds.
 """
@@ -134,6 +135,33 @@ def domainbed_augment_transform(size: int = 224):
             transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ]
     )
+
+
+def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32 [B, 3, H, W]: ToTensor's /255 then Normalize with ImageNet's statistics."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return images.float().div_(255.0).sub_(mean).div_(std)
+
+
+def domainbed_augment_uint8(size: int):
+    """DomainBed's training augmentation for one uint8 image tensor [3, H, W] -> uint8 [3, size, size]
+    (crop, flip, colour jitter, grayscale; no ToTensor/Normalize). Draws from torch's global RNG."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.3, 0.3, 0.3, 0.3),
+            v2.RandomGrayscale(),
+        ]
+    )
+
+
+def augment_batch(images: torch.Tensor, transform) -> torch.Tensor:
+    """`transform` applied to each image of uint8 [B, 3, H, W] on its own (own crop, own jitter)."""
+    return torch.stack([transform(image) for image in images])
 
 
 BLEND_MODES = ("contrast", "difference")

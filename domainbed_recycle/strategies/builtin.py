@@ -220,7 +220,8 @@ class Fusing(Strategy):
 
     def pools(self, cell, inits, settings):
         fused = [str(self.fused_init(cell, inits, settings, h).path) for h in range(settings.n_runs_small)]
-        return {RUNS: [target_run(cell, settings, h, self.init_label, path, inits.probe) for h, path in enumerate(fused)]}
+        return {RUNS: [target_run(cell, settings, h, self.init_label, path, inits.probe)
+                       for h, path in enumerate(fused)]}
 
     def combine(self, cell, pools, evaluator):
         runs = pools[RUNS]

@@ -14,6 +14,8 @@ from typing import Any
 
 import tomllib
 
+from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
+from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.sweep.jobs import Job, make_jobs, test_env_combinations
 from domainbed_recycle.sweep.launchers import LAUNCHERS
@@ -153,18 +155,23 @@ def _check_types(spec: SweepSpec, source: str) -> None:
         raise UserError(f"{source}: " + "; ".join(problems))
 
 
-def _check_names(spec: SweepSpec, source: str) -> None:
-    # The algorithm and dataset registries import torch: loaded only when a spec is validated.
-    from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
-    from domainbed_recycle.datasets.base import FOLDER_PREFIX, load_all_datasets
+def _is_dataset(name: str) -> bool:
+    """A registered dataset, a `folder:PATH` one, or either with options (`PACS?resolution=64`)."""
+    try:
+        get_dataset_class(name)
+    except UserError:
+        return False
+    return True
 
+
+def _check_names(spec: SweepSpec, source: str) -> None:
     try:  # imports the modules named in $DRECYCLE_PLUGINS, which register user algorithms
         get_algorithm_class(spec.algorithms[0])
     except UserError as error:
         if "DRECYCLE_PLUGINS" in str(error):
             raise
     datasets = load_all_datasets()
-    bad_datasets = [d for d in spec.datasets if d not in datasets and not d.startswith(FOLDER_PREFIX)]
+    bad_datasets = [d for d in spec.datasets if not _is_dataset(d)]
     bad_algorithms = [a for a in spec.algorithms if a not in ALGORITHMS]
     problems = []
     if bad_datasets:

@@ -1,0 +1,147 @@
+"""The image files of a root/<class>/<image> tree, listed safely, and decoded with errors that name them.
+
+Listing rules (a user's folder is not always clean):
+  - hidden entries (".ipynb_checkpoints", ".DS_Store", "._x.png") are skipped at every level;
+  - symbolic links to folders are never followed (out of the tree they read another dataset, inside
+    it they read a folder twice, under the wrong class, or loop); a link to a file counts only if the
+    file lies inside the dataset's root; what is skipped is reported (`ImageTree.skipped`);
+  - files with an image extension only (torchvision's ImageFolder list), matched case-insensitively.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from domainbed_recycle.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class CorruptImage(UserError):
+    """An image file that cannot be decoded: one line, "corrupt image PATH: reason".
+
+    A DataLoader worker's exception comes back as `type(error)(worker traceback)`; the constructor keeps
+    only the line naming the file, so the CLI still prints one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        lines = [line for line in message.splitlines() if "corrupt image " in line]
+        if lines:
+            message = lines[-1][lines[-1].index("corrupt image "):]
+        super().__init__(message)
+
+
+@dataclass
+class ImageTree:
+    """The images of one root/<class>/<image> folder.
+
+    Attributes:
+        root: the folder, resolved.
+        classes: sorted class folder names.
+        samples: (path, class index) pairs, sorted by class then path (ImageFolder's order).
+        skipped: symbolic links not followed.
+    """
+
+    root: Path
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    skipped: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> list[tuple[str, int, int]]:
+        """(path relative to root, size in bytes, mtime in ns) of every sample: changes when a file does."""
+        rows = []
+        for path, _ in self.samples:
+            stat = os.stat(path)
+            rows.append((os.path.relpath(path, self.root), stat.st_size, stat.st_mtime_ns))
+        return rows
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _inside(target: Path, root: Path) -> bool:
+    return target == root or root in target.parents
+
+
+def visible_subfolders(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(sorted names of the subfolders of `root` to use, paths of the symlinked folders skipped).
+
+    Hidden folders are left out; symlinked folders are never followed (out of the tree they break the
+    "one folder, one dataset" rule, inside it they read a folder twice or loop).
+    """
+    names, skipped = [], []
+    for entry in os.scandir(root):
+        if _hidden(entry.name) or not entry.is_dir():
+            continue
+        if entry.is_symlink():
+            skipped.append(entry.path)
+        else:
+            names.append(entry.name)
+    return sorted(names), sorted(skipped)
+
+
+def scan_tree(root: str | os.PathLike, bound: str | os.PathLike | None = None) -> ImageTree:
+    """List root/<class>/**/<image> under the rules above; `bound` (default: `root`) is the folder a
+    file's symbolic link may not lead out of (a dataset's root when `root` is one of its domains).
+
+    Raises UserError when `root` holds no class folder or no image.
+    """
+    root = Path(root).resolve()
+    limit = Path(bound).resolve() if bound is not None else root
+    classes, skipped = visible_subfolders(root)
+    samples: list[tuple[str, int]] = []
+    for index, name in enumerate(classes):
+        samples += [(path, index) for path in sorted(_image_paths(root / name, limit, skipped))]
+    if not samples:
+        links = f"; skipped symbolic links: {', '.join(skipped[:3])}" if skipped else ""
+        raise UserError(
+            f"empty domain {root}: expected <class>/<image> files inside ({', '.join(IMAGE_EXTENSIONS)}){links}"
+        )
+    return ImageTree(root, classes, samples, skipped)
+
+
+def _image_paths(folder: Path, limit: Path, skipped: list[str]) -> list[str]:
+    """Image files under `folder`, recursively, without entering symlinked folders; a symlinked file
+    counts only if it resolves inside `limit`. Appends what it does not follow to `skipped`."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False: linked folders not entered
+        for name in list(dirnames):
+            if _hidden(name) or os.path.islink(os.path.join(dirpath, name)):
+                dirnames.remove(name)
+                if not _hidden(name):
+                    skipped.append(os.path.join(dirpath, name))
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if _hidden(name) or not name.lower().endswith(IMAGE_EXTENSIONS) or not os.path.isfile(path):
+                continue
+            if os.path.islink(path) and not _inside(Path(path).resolve(), limit):
+                skipped.append(path)
+                continue
+            found.append(path)
+    return found
+
+
+def load_rgb(path: str | os.PathLike, size: int | None = None):
+    """The image at `path` as an RGB PIL image, resized to `size` x `size` (bilinear, as DomainBed's
+    Resize) when given. Raises CorruptImage naming the file when it cannot be decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        if size is not None:
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        return rgb
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise CorruptImage(f"corrupt image {path}: {reason}") from None
+
+
+def load_array(path: str | os.PathLike, size: int) -> np.ndarray:
+    """uint8 [3, size, size] of the image at `path` (CorruptImage naming it if it cannot be decoded)."""
+    return np.asarray(load_rgb(path, size), dtype=np.uint8).transpose(2, 0, 1)
