@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from domainbed_recycle import diversity
-from domainbed_recycle.averaging import uniform_average
+from domainbed_recycle.averaging import StateDict, uniform_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
 from domainbed_recycle.datasets import get_dataset
 from domainbed_recycle.errors import UserError
@@ -42,11 +42,13 @@ __all__ = [
     "RunLike",
     "common_test_env",
     "diversity_report",
+    "init_paths",
     "evaluator_for",
     "jsonable",
     "lmc_between",
     "load_run",
     "pairwise_wa_gains",
+    "relative_distance",
     "test_predictions",
 ]
 
@@ -417,3 +419,56 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float | np.floating):
         return float(obj) if math.isfinite(obj) else None
     return obj
+
+
+def relative_distance(state: StateDict, reference: StateDict) -> float:
+    """||state - reference|| / ||reference|| over the floating-point entries both hold (a fraction)."""
+    diff = ref = 0.0
+    for key, value in reference.items():
+        if key in state and value.is_floating_point():
+            diff += float((state[key].double() - value.double()).pow(2).sum())
+            ref += float(value.double().pow(2).sum())
+    return math.sqrt(diff / ref) if ref else math.nan
+
+
+def init_paths(
+    foundation: str | Path,
+    featurizers: Sequence[tuple[str, str | Path]],
+    probe: str | Path,
+    evaluator: Evaluator,
+    test_env: int,
+    lambdas: Iterable[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+) -> list[dict[str, Any]]:
+    """The inits themselves, before any target run: for each featurizer φ_k (an auxiliary fine-tuning),
+    the target linear probe's accuracy along the path (1 − λ)φ_0 + λφ_k, head fixed to the probe.
+
+    Shows whether the fine-tunings of one foundation stay in one basin as seen by the target task (a
+    low barrier) and how far each moved (relative weight distance of the featurizer).
+
+    Returns:
+        One dict per featurizer: ``{"label", "relative_distance", "test_curve": [(λ, acc)],
+        "test_barrier", "val_curve", "val_barrier"}`` (accuracies in [0, 1] on the test domain's ``in``
+        split and on the training domains' ``out`` splits).
+    """
+    foundation_state = load_checkpoint(foundation)[0]
+    probe_state = load_checkpoint(probe)[0]
+    head = {k: v for k, v in probe_state.items() if k.startswith("classifier.")}
+    start = {k: v for k, v in foundation_state.items() if k.startswith("featurizer.")} | head
+    lams = [float(lam) for lam in lambdas]
+    rows = []
+    for label, path in featurizers:
+        state = load_checkpoint(path)[0]
+        end = {k: v for k, v in state.items() if k.startswith("featurizer.")} | head
+        test_curve = lmc_curve(start, end, lambda s: evaluator.test_acc(s, test_env), lams)
+        val_curve = lmc_curve(start, end, lambda s: evaluator.val_acc(s, [test_env]), lams)
+        rows.append({
+            "label": label,
+            "relative_distance": relative_distance(
+                {k: v for k, v in end.items() if k.startswith("featurizer.")},
+                {k: v for k, v in start.items() if k.startswith("featurizer.")}),
+            "test_curve": test_curve,
+            "test_barrier": barrier_height(test_curve),
+            "val_curve": val_curve,
+            "val_barrier": barrier_height(val_curve),
+        })
+    return rows

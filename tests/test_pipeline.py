@@ -21,12 +21,12 @@ TINY = {
     "launcher": "inprocess",
     "strategies": ["ERM", "LP-FT", "MovingAverage", "Soup", "Ensemble", "InterTraining", "Fusing", "Ratatouille"],
     "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": {"cnn_width": 8}},
-    "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "steps": 10, "checkpoint_freq": 10,
+    "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10,
                   "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
     "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
     "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
                "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
-               "hparams_profile": "small_finetune"},
+               "hparams_profile": "small_finetune", "lp_steps": 3},
 }
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from domainbed_recycle.strategies import STRATEGIES, Cell, Inits, TargetSettings
+from domainbed_recycle.strategies.base import AuxSource
 from domainbed_recycle.sweep import jobs_from_configs
 
 CELL = Cell("RotatedMNIST", 5, 0)
 SETTINGS = TargetSettings(n_runs=3, n_runs_small=2, steps=5, checkpoint_freq=5)
 INITS = Inits(foundation="f.safetensors", probe="p.safetensors",
-              auxiliary=(("aux:A", "a.safetensors"), ("aux:B", "b.safetensors")), work_dir=Path("inits"))
+              auxiliary=(AuxSource("aux:A", ("a0.safetensors", "a1.safetensors")), AuxSource("aux:B", ("b.safetensors",))),
+              work_dir=Path("inits"))
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n_workers", type=int, default=None)
     parser.add_argument("--selection", nargs="+", default=None, help="iid | loo | oracle (default: the spec's)")
     parser.add_argument("--dry_run", action="store_true", help="validate the spec and list every stage's jobs")
+    parser.add_argument("--inits", action="store_true",
+                        help="run stages 1-3 only and print the inits diagnostic (probe accuracy along "
+                             "phi_0 -> each auxiliary featurizer, relative distances)")
     parser.add_argument("--table_only", action="store_true", help="print the table of what is already combined")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     parser.add_argument("--latex", type=Path, default=None, help="also write the table as LaTeX here")
@@ -32,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(pipeline.dry_run())
         print(f"spec {args.spec}: valid")
+        return 0
+    if args.inits:
+        print(pipeline.run_inits())
         return 0
     text = pipeline.table() if args.table_only else pipeline.run()
     print(text)

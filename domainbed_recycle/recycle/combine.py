@@ -22,6 +22,7 @@ from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
 from domainbed_recycle.misc import args_hash
 from domainbed_recycle.recycle.spec import RecycleSpec
+from domainbed_recycle.recycle.stages import target_settings
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.strategies.base import Cell, ModelOutcome, RunRef, RunsOutcome, Strategy
 
@@ -119,7 +120,8 @@ def _write_outcomes(spec: RecycleSpec, out: Path, cell: Cell, outcomes: list[Run
                 "hparams_seed": 0, "trial_seed": cell.trial_seed,
                 "environments": list(get_dataset_class(cell.dataset).ENVIRONMENTS),
                 "holdout_fraction": spec.target.holdout_fraction}
-        record = {"step": spec.target.steps or 0, "args": args, "hparams": {}, **outcome.accs,
+        step = target_settings(spec).steps_for(cell.dataset) or 0
+        record = {"step": step, "args": args, "hparams": {}, **outcome.accs,
                   "strategy": outcome.variant, "combined": outcome.info,
                   "versions": provenance.versions(), "git_commit": provenance.git_commit()}
         _write_run(out / TABLE, {"variant": outcome.variant, "cell": cell.__dict__}, [record])

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from domainbed_recycle import analysis, plots
+from domainbed_recycle.checkpoints import read_metadata
 from domainbed_recycle.evaluation import EvaluatorCache
 from domainbed_recycle.recycle.combine import combined_outcomes, evaluator
+from domainbed_recycle.recycle.stages import Plan
 from domainbed_recycle.strategies.base import Cell, RunRef, Strategy
 
 PLOTS, ANALYSIS = "plots", "analysis.json"
@@ -100,3 +102,34 @@ def _diversity_figure(dataset: str, pairs: list[dict[str, Any]], out: Path) -> d
         ylabel="WA acc − mean individual acc (pp)", signed=True,
         title=f"{dataset}: diversity vs weight-averaging gain (pairs of runs)")
     return {"slope_pp_per_unit": slope, "r": r, "p": pvalue, "n_pairs": len(finite)}
+
+
+def init_report(plan: Plan, cache: EvaluatorCache) -> dict[str, list[dict[str, Any]]]:
+    """`analysis.init_paths` of every auxiliary featurizer, per (target dataset, test domain), trial 0:
+    the diagnostic for choosing a regime before spending a full benchmark."""
+    report = {}
+    for cell in plan.cells:
+        if cell.trial_seed != 0:
+            continue
+        probe = plan.probe_jobs[(cell.dataset, cell.test_env)].run.best_checkpoint
+        aux = [(f"{source.label}#{i}", path) for source in plan.inits[cell].auxiliary
+               for i, path in enumerate(source.checkpoints)]
+        ev = cache.get(cell.dataset, cell.trial_seed, read_metadata(probe)["arch"])
+        report[f"{cell.dataset} test_env={cell.test_env}"] = analysis.init_paths(
+            plan.foundation, aux, probe, ev, cell.test_env)
+    return report
+
+
+def format_init_report(report: dict[str, list[dict[str, Any]]]) -> str:
+    """One line per featurizer: distance, probe accuracy at λ = 0, ½, 1 and the barrier (percent)."""
+    lines = []
+    for where, rows in report.items():
+        lines.append(f"{where}: target probe on (1-λ)φ0 + λφ_aux")
+        lines.append(f"  {'featurizer':<24} {'rel.dist':>8} {'test λ=0':>9} {'λ=.5':>6} {'λ=1':>6} "
+                     f"{'barrier':>8} {'val λ=1':>8} {'barrier':>8}")
+        for row in rows:
+            test = dict(row["test_curve"])
+            lines.append(f"  {row['label']:<24} {row['relative_distance']:8.3f} {100 * test[0.0]:9.1f} "
+                         f"{100 * test[0.5]:6.1f} {100 * test[1.0]:6.1f} {100 * row['test_barrier']:8.1f} "
+                         f"{100 * dict(row['val_curve'])[1.0]:8.1f} {100 * row['val_barrier']:8.1f}")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from domainbed_recycle import analysis
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import EvaluatorCache
 from domainbed_recycle.recycle import combine, figures, stages
@@ -51,9 +52,17 @@ class Pipeline:
         """The strategy table of what is combined so far."""
         return combine.table(self.out, self.variants(), list(self.spec.target.datasets), self.spec.selection, fmt)
 
-    def run(self) -> str:
-        """Run (or resume) every stage and return the strategy table as text."""
-        start = time.time()
+    def run_inits(self) -> str:
+        """Stages 1-3 only, then the inits diagnostic (`figures.init_report`), also saved as
+        `<out>/inits.json`: how far each auxiliary featurizer moved and the target probe along its path."""
+        plan = self._prepare()
+        cache = EvaluatorCache(self.spec.data_dir, self.spec.target.holdout_fraction)
+        report = figures.init_report(plan, cache)
+        (self.out / "inits.json").write_text(json.dumps(analysis.jsonable(report), indent=1))
+        return figures.format_init_report(report)
+
+    def _prepare(self) -> stages.Plan:
+        """Stages 1-3 (foundation, auxiliary LP-FT, target probes); returns the plan."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "spec.json").write_text(json.dumps(dataclasses.asdict(self.spec), indent=2))
         plan = self.plan()
@@ -64,6 +73,12 @@ class Pipeline:
         self._launch("2/5 auxiliary linear probes", list(plan.auxiliary_probe_jobs.values()))
         self._launch("2/5 auxiliary fine-tunings", [job for runs in plan.auxiliary_jobs.values() for job in runs])
         self._launch("3/5 linear probes", list(plan.probe_jobs.values()))
+        return plan
+
+    def run(self) -> str:
+        """Run (or resume) every stage and return the strategy table as text."""
+        start = time.time()
+        plan = self._prepare()
         for init in plan.derived:
             init.build()
         self._launch("4/5 target runs", plan.target_jobs)

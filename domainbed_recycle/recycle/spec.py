@@ -66,8 +66,8 @@ class TargetSpec:
     n_trials: int = 3
     n_runs: int = 4
     n_runs_small: int = 2
-    steps: int | None = None
-    checkpoint_freq: int | None = None
+    steps: int | dict[str, int] | None = None  # a number, or a table {dataset: steps}; None: the dataset's
+    checkpoint_freq: int | dict[str, int] | None = None  # likewise
     holdout_fraction: float = 0.2
     algorithm: str = "ERM"
     hparams_profile: str | None = None  # e.g. "small_finetune" (default: the dataset's)
@@ -183,6 +183,14 @@ def validate(spec: RecycleSpec) -> None:
     for key in ("n_trials", "n_runs", "n_runs_small"):
         if getattr(spec.target, key) < 1:
             raise UserError(f"{where} [target]: '{key}' must be >= 1")
+    for key in ("steps", "checkpoint_freq"):
+        value = getattr(spec.target, key)
+        table = value if isinstance(value, dict) else {"": value}
+        unknown = sorted(set(table) - set(spec.target.datasets) - {""})
+        if unknown or not all(v is None or (isinstance(v, int) and v >= (0 if key == "steps" else 1))
+                              for v in table.values()):
+            raise UserError(f"{where} [target]: '{key}' must be a positive integer or a table of them per "
+                            f"target dataset{f' (unknown: {unknown})' if unknown else ''}")
     if spec.auxiliary.n_runs < 1:
         raise UserError(f"{where} [auxiliary]: 'n_runs' must be >= 1")
     if spec.auxiliary.checkpoint not in ("last", "best"):

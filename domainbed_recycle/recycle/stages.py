@@ -52,6 +52,7 @@ class Plan:
     probe_jobs: dict[tuple[str, int], Job]
     derived: list[DerivedInit]
     cells: dict[Cell, CellPools]
+    inits: dict[Cell, Inits]
     target_jobs: list[Job]
     planned_per_strategy: dict[str, int] = field(default_factory=dict)
 
@@ -168,12 +169,14 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
     probes = probe_jobs(spec, out, foundation)
     derived: dict[Path, DerivedInit] = {}
     per_cell: dict[Cell, CellPools] = {}
+    cell_inits: dict[Cell, Inits] = {}
     configs: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     for cell in cells(spec):
         probe = probes[(cell.dataset, cell.test_env)]
         inits = Inits(foundation=str(foundation), probe=str(probe.run.best_checkpoint),
                       auxiliary=auxiliary_sources(spec, aux_jobs, cell.dataset, imported), work_dir=out / INITS)
+        cell_inits[cell] = inits
         per_cell[cell] = {}
         for strategy in strategies:
             for init in strategy.derived_inits(cell, inits, settings):
@@ -185,7 +188,7 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
                 configs.extend(pool)
                 counts[strategy.name] = counts.get(strategy.name, 0) + len(pool)
     return Plan(foundation_job(spec, out), foundation, aux_probes, aux_jobs, imported, probes,
-                list(derived.values()), per_cell, jobs_from_configs(configs, out / TARGET), counts)
+                list(derived.values()), per_cell, cell_inits, jobs_from_configs(configs, out / TARGET), counts)
 
 
 def _run_ref(config: dict[str, Any], out: Path) -> RunRef:

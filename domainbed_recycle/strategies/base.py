@@ -101,14 +101,21 @@ class TargetSettings:
     algorithm: str = "ERM"  # training objective of target runs (any registered Algorithm)
     n_runs: int = 4  # M: runs per pool (LP-FT pool, auxiliary pool)
     n_runs_small: int = 2  # runs of the strategies that need runs of their own (MovingAverage, Fusing)
-    steps: int | None = None
-    checkpoint_freq: int | None = None
+    steps: int | dict[str, int] | None = None  # None: the dataset's N_STEPS; a table: per dataset
+    checkpoint_freq: int | dict[str, int] | None = None  # None: the dataset's CHECKPOINT_FREQ
     holdout_fraction: float = 0.2
     data_dir: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     hparams_profile: str | None = None
     fusing_range: float = 4.0  # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing (reference README: 4)
     lp_steps: int = 200  # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
+
+    def steps_for(self, dataset: str) -> int | None:
+        return self.steps.get(dataset) if isinstance(self.steps, dict) else self.steps
+
+    def checkpoint_freq_for(self, dataset: str) -> int | None:
+        freq = self.checkpoint_freq
+        return freq.get(dataset) if isinstance(freq, dict) else freq
 
 
 @dataclass(frozen=True)
@@ -244,8 +251,8 @@ def target_run(
         "hparams_profile": settings.hparams_profile,
         "trial_seed": cell.trial_seed,
         "seed": run_seed(cell, algorithm, hparams_seed, init_label),
-        "steps": settings.steps,
-        "checkpoint_freq": settings.checkpoint_freq,
+        "steps": settings.steps_for(cell.dataset),
+        "checkpoint_freq": settings.checkpoint_freq_for(cell.dataset),
         "holdout_fraction": settings.holdout_fraction,
         "init_featurizer": featurizer,
         "init_classifier": classifier,
