@@ -26,14 +26,7 @@ COMMANDS = {
 
 
 def _load_commands() -> dict:
-    modules = {}
-    for name, module in COMMANDS.items():
-        try:
-            modules[name] = importlib.import_module(f"domainbed_recycle.commands.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"domainbed_recycle.commands.{module}":
-                raise
-    return modules
+    return {name: importlib.import_module(f"domainbed_recycle.commands.{module}") for name, module in COMMANDS.items()}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

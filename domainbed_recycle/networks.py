@@ -82,9 +82,6 @@ class Model(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(featurizer.n_outputs, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.featurizer(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.featurizer(x)))
 

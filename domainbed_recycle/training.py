@@ -38,7 +38,7 @@ from domainbed_recycle.rundir import RunDir
 
 @dataclass
 class TrainConfig:
-    """Arguments of one run (DomainBed's `train.py` flags plus initialisation and strategy labels)."""
+    """Arguments of one run (DomainBed's `train.py` flags plus initialisation)."""
 
     dataset: str
     output_dir: str
@@ -57,9 +57,7 @@ class TrainConfig:
     init_featurizer: str | None = None  # checkpoint giving the featurizer (overrides `init`'s)
     init_classifier: str | None = None  # checkpoint giving the classifier (overrides `init`'s)
     linear_probe: bool = False  # train the classifier only (featurizer frozen)
-    strategy: str | None = None  # label written into records (which strategy planned this run)
     init_label: str | None = None  # short name of the initialisation (e.g. 'phi0', 'aux:Glyphs')
-    save_best: bool = True
     skip_model_save: bool = False
     progress: bool = True
     threads: int | None = None
@@ -194,7 +192,6 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         "args": args,
         "hparams": hparams,
         "init": init_description,
-        "strategy": config.strategy,
         "versions": provenance.versions(),
         "git_commit": provenance.git_commit(),
         "device": device,
@@ -204,7 +201,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         "arch": arch, "dataset": config.dataset, "environments": list(dataset.ENVIRONMENTS),
         "classes": list(dataset.classes), "test_envs": config.test_envs, "algorithm": config.algorithm,
         "hparams": hparams, "trial_seed": config.trial_seed, "hparams_seed": config.hparams_seed,
-        "seed": config.seed, "strategy": config.strategy, "init": init_description,
+        "seed": config.seed, "init": init_description,
     }
     run.write_args(static)
 
@@ -237,7 +234,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         # Checkpoints are written before `end_of_evaluation`, which may change the evaluated model
         # (SWAD's window), so each file holds exactly the weights its record scored.
         if not config.skip_model_save:
-            if config.save_best and val > best_val:
+            if val > best_val:
                 best_val = val
                 checkpoints.save_checkpoint(
                     run.best_checkpoint, algorithm.eval_state_dict(),

@@ -90,7 +90,7 @@ def test_make_jobs_rejects_a_test_domain_the_dataset_lacks(tmp_path):
 
 def test_jobs_from_configs_keeps_extra_keys_dedups_and_rejects_unknown_keys(tmp_path):
     config = {"dataset": "ColoredMNIST", "init_featurizer": "/a.safetensors", "linear_probe": True,
-              "strategy": "Ratatouille", "init_label": "aux:Glyphs", "output_dir": "ignored"}
+              "init_label": "aux:Glyphs", "output_dir": "ignored"}
     jobs = jobs_from_configs([config, dict(config), config | {"init_label": "aux:Textures"}], tmp_path)
     assert len(jobs) == 2 and jobs[0].args["init_featurizer"] == "/a.safetensors"
     assert jobs[0].output_dir.parent == tmp_path

@@ -108,7 +108,6 @@ class BuiltinDataset(MultipleDomainDataset):
     RECIPE_VERSION = 1
     SEED = 0
     CLASSES: list[str] = []
-    DESCRIPTION = ""
     input_shape = (3, 28, 28)
 
     def __init__(self, data_dir: str | None, test_envs: list[int], hparams: dict) -> None:
@@ -375,7 +374,6 @@ class RotatedMNIST(_MnistBased):
     ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
     CLASSES = sources.DIGIT_CLASSES
     SEED = 1001
-    DESCRIPTION = "MNIST digits rotated by 0..75 degrees, one angle per domain (DomainBed recipe)"
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
@@ -397,7 +395,6 @@ class ColoredMNIST(_MnistBased):
     SEED = 1002
     FLIP_COLOR = [0.1, 0.2, 0.9]
     LABEL_NOISE = 0.25
-    DESCRIPTION = "binary digit<5 task, colour spuriously correlated with the label (90%/80%/10%)"
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
@@ -437,7 +434,6 @@ class TextureMNIST(_MnistBased):
     BLEND = {"brick": "difference", "grass": "contrast", "gravel": "contrast", "photo": "difference"}
     TEXTURE_CONTRAST = 0.6  # textures' contrast is damped so that digits stay legible
     CROP_SIDE = (40.0, 120.0)
-    DESCRIPTION = "digits over plain / brick / grass / gravel / photo backgrounds (MNIST-M style)"
 
     @classmethod
     def _backgrounds(cls, domain: str, n: int, rng: np.random.Generator) -> torch.Tensor:
@@ -488,7 +484,6 @@ class FashionPretrain(_FashionBased):
     SPLIT = "train"
     N_STEPS = 2000
     CHECKPOINT_FREQ = 250
-    DESCRIPTION = "Fashion-MNIST train (60k, 10 clothing classes), one domain: pre-training corpus"
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
@@ -511,7 +506,6 @@ class RotatedFashion(_FashionBased):
     CLASSES = sources.FASHION_CLASSES
     ROLE = "auxiliary"
     SEED = 2001
-    DESCRIPTION = "Fashion-MNIST t10k in 4 rotation domains (0/30/60/90 degrees), 10 clothing classes"
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
@@ -554,7 +548,6 @@ class Glyphs(BuiltinDataset):
     SEED = 2002
     RECIPE_VERSION = 2
     PER_FONT = 12
-    DESCRIPTION = "letters A-Z rendered with matplotlib's fonts, one domain per font family"
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
@@ -614,7 +607,6 @@ class Textures(BuiltinDataset):
     SEED = 2003
     RECIPE_VERSION = 3
     PER_CLASS = 120
-    DESCRIPTION = "classify the source of texture/photo patches (10 classes), domains = zoom x1/x2/x4/x8"
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
