@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -42,6 +42,7 @@ __all__ = [
     "check_compatible",
     "fusing_weights",
     "greedy_soup",
+    "prefix_averages",
     "interpolate",
     "uniform_average",
     "weighted_average",
@@ -158,6 +159,32 @@ def uniform_average(state_dicts: Iterable[StateDict]) -> dict[str, Tensor]:
     return _weighted_sum(state_dicts, None)
 
 
+def prefix_averages(state_dicts: Iterable[StateDict]) -> Iterator[dict[str, Tensor]]:
+    """Yield the uniform average of the first k state dicts, for k = 1, 2, ..., M, in one pass.
+
+    Each yielded dict equals ``uniform_average(state_dicts[:k])`` exactly (same float64 running sum,
+    same final scaling), but the M averages cost M checkpoint reads and one accumulator instead of
+    M(M+1)/2 reads: the accuracy-vs-number-of-models curves fold forward.
+    """
+    acc: dict[str, Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    first: StateDict | None = None
+    with torch.no_grad():
+        for k, sd in enumerate(state_dicts, start=1):
+            if first is None:
+                for key, t in sd.items():
+                    t = t.detach()
+                    dtypes[key] = t.dtype
+                    acc[key] = t.to(_acc_dtype(t), copy=True) if _is_averaged(t) else t.clone()
+                first = {key: acc[key] for key in sd}
+            else:
+                check_compatible(first, sd, k - 1)
+                for key, a in acc.items():
+                    if _is_averaged(a):
+                        a.add_(sd[key].detach().to(device=a.device, dtype=a.dtype))
+            yield {key: (a * (1.0 / k)).to(dtypes[key]) if _is_averaged(a) else a for key, a in acc.items()}
+
+
 def weighted_average(state_dicts: Iterable[StateDict], weights: Sequence[float]) -> dict[str, Tensor]:
     """Weighted weight average ``sum_i (w_i / sum_j w_j) θ_i`` (Fusing's featurizer init).
 
@@ -264,6 +291,7 @@ def greedy_soup(
     evaluate: Callable[[StateDict], float],
     *,
     strict: bool = False,
+    on_trial: Callable[[int, StateDict], None] | None = None,
 ) -> GreedySoupResult:
     """Greedy weight selection of model soups / DiWA ("restricted") / ratatouille ("greedy").
 
@@ -286,6 +314,8 @@ def greedy_soup(
         val_accs: individual validation accuracy of each candidate (any unit, used only to sort).
         evaluate: state dict -> validation accuracy of that model (must be finite).
         strict: require a strict increase (model-soups) instead of ``>=`` (DiWA / ratatouille).
+        on_trial: called after each candidate with (number of candidates tried, the soup kept so far),
+            e.g. to draw the accuracy-vs-number-of-models curve without rebuilding any soup.
 
     Returns:
         ``GreedySoupResult(selected, state_dict, val_acc, trials)``.
@@ -334,6 +364,9 @@ def greedy_soup(
             soup, best = trial, acc_val
             selected.append(idx)
         del trial
+        if on_trial is not None:
+            assert soup is not None
+            on_trial(len(trials), soup)
     assert soup is not None  # the first candidate is always accepted (best starts at -inf)
     return GreedySoupResult(selected, soup, best, trials)
 

@@ -132,14 +132,35 @@ class Evaluator:
         return out
 
 
-def ensemble_record(members: Sequence[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, float]:
-    """Accuracies of the ensemble that averages the members' predicted probabilities, per split."""
-    record = {}
-    for split in members[0]:
-        probs = torch.stack([member[split][0] for member in members]).mean(0)
-        labels = members[0][split][1]
-        record[f"{split}_acc"] = float((probs.argmax(1) == labels).float().mean()) if len(labels) else 0.0
-    return record
+class ProbabilityEnsemble:
+    """Prediction ensemble accumulated one member at a time: a running sum of probabilities per split,
+    so memory is that of one member whatever the ensemble size.
+
+    >>> ensemble = ProbabilityEnsemble()
+    >>> for state in states: ensemble.add(evaluator.split_probs(state))
+    >>> ensemble.record()  # {'env0_in_acc': ..., ...}
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._labels: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, member: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fold in one member's {split: (probabilities [N, C], labels [N])}."""
+        for split, (probs, labels) in member.items():
+            if split in self._sums:
+                self._sums[split] += probs
+            else:
+                self._sums[split], self._labels[split] = probs.clone(), labels
+        self.count += 1
+
+    def record(self) -> dict[str, float]:
+        """`{split}_acc` of the ensemble (argmax of the summed probabilities, the mean's argmax)."""
+        if not self.count:
+            raise ValueError("an ensemble needs at least one member")
+        return {f"{split}_acc": float((total.argmax(1) == self._labels[split]).float().mean())
+                if len(self._labels[split]) else 0.0 for split, total in self._sums.items()}
 
 
 class EvaluatorCache:

@@ -13,6 +13,7 @@ from domainbed_recycle.averaging import (
     fusing_weights,
     greedy_soup,
     interpolate,
+    prefix_averages,
     uniform_average,
     weighted_average,
 )
@@ -265,3 +266,20 @@ def test_running_average_does_not_alias_the_module():
     with torch.no_grad():
         net.weight.add_(1.0)
     assert torch.equal(avg.average()["weight"], first["weight"])
+
+
+def test_prefix_averages_equal_each_prefix_average_exactly():
+    gen = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(4, 3, generator=gen), "n": torch.tensor(i)} for i in range(5)]
+    for k, avg in enumerate(prefix_averages(iter(states)), start=1):
+        expected = uniform_average(states[:k])
+        assert torch.equal(avg["w"], expected["w"]) and avg["n"].item() == 0
+
+
+def test_greedy_soup_reports_the_kept_soup_after_each_trial():
+    states = [{"w": torch.tensor([float(v)])} for v in (0.0, 2.0, 10.0)]
+    seen = []
+    result = greedy_soup(lambda i: states[i], [3, 2, 1], lambda s: -abs(float(s["w"]) - 1.0),
+                         on_trial=lambda k, soup: seen.append((k, float(soup["w"]))))
+    assert result.selected == [0, 1]  # 0 -> 1 (|1-1| = 0) kept, then 10 rejected
+    assert seen == [(1, 0.0), (2, 1.0), (3, 1.0)]

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainbed_recycle.averaging import fusing_weights, greedy_soup, uniform_average, weighted_average
+from domainbed_recycle.averaging import fusing_weights, greedy_soup, prefix_averages, weighted_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata, save_checkpoint, split_state
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.evaluation import Evaluator, ensemble_record
+from domainbed_recycle.evaluation import Evaluator, ProbabilityEnsemble
 from domainbed_recycle.misc import args_hash
 from domainbed_recycle.strategies.base import (
     PHI0,
@@ -42,28 +42,33 @@ def auxiliary_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[d
     return [target_run(cell, settings, h, *inits.featurizer_for(h), inits.probe) for h in range(settings.n_runs)]
 
 
+def _load(run: RunRef) -> dict:
+    return load_checkpoint(run.checkpoint)[0]
+
+
 def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
-    """Uniform weight average of the runs' best checkpoints, plus the accuracy-vs-#models curve."""
-    load = lambda run: load_checkpoint(run.checkpoint)[0]  # noqa: E731
+    """Uniform weight average of the runs' best checkpoints, plus the accuracy-vs-#models curve (its
+    prefix averages folded forward: one checkpoint read per run)."""
     curve = []
-    for k in range(1, len(runs)):  # prefixes; the full average is evaluated below
-        curve.append((k, evaluator.test_acc(uniform_average(load(r) for r in runs[:k]), cell.test_env)))
-    state = uniform_average(load(run) for run in runs)
+    for k, state in enumerate(prefix_averages(_load(run) for run in runs), start=1):
+        if k < len(runs):
+            curve.append((k, evaluator.test_acc(state, cell.test_env)))
     accs = evaluator.record(state)
     curve.append((len(runs), accs[f"env{cell.test_env}_in_acc"]))
     return ModelOutcome(variant, accs, {"members": [r.run_id for r in runs], "curve": curve})
 
 
 def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
-    """Greedy soup: add runs by decreasing validation accuracy while the soup's validation does not drop."""
-    load = lambda index: load_checkpoint(runs[index].checkpoint)[0]  # noqa: E731
-    result = greedy_soup(load, [run.val_acc for run in runs], lambda s: evaluator.val_acc(s, [cell.test_env]))
-    curve, accepted = [], []
-    for k, (index, _, was_accepted) in enumerate(result.trials, start=1):
-        if was_accepted:
-            accepted.append(index)
-        if k < len(result.trials):
-            curve.append((k, evaluator.test_acc(uniform_average(load(i) for i in accepted), cell.test_env)))
+    """Greedy soup: add runs by decreasing validation accuracy while the soup's validation does not drop;
+    the curve is the test accuracy of the soup kept after each candidate (no soup rebuilt)."""
+    curve: list[tuple[int, float]] = []
+
+    def on_trial(k: int, soup: dict) -> None:
+        if k < len(runs):
+            curve.append((k, evaluator.test_acc(soup, cell.test_env)))
+
+    result = greedy_soup(lambda index: _load(runs[index]), [run.val_acc for run in runs],
+                         lambda s: evaluator.val_acc(s, [cell.test_env]), on_trial=on_trial)
     accs = evaluator.record(result.state_dict)
     curve.append((len(result.trials), accs[f"env{cell.test_env}_in_acc"]))
     info = {"members": [r.run_id for r in runs], "selected": [runs[i].run_id for i in result.selected],
@@ -72,8 +77,11 @@ def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) 
 
 
 def _ensemble(variant: str, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
-    members = [evaluator.split_probs(load_checkpoint(run.checkpoint)[0]) for run in runs]
-    return ModelOutcome(variant, ensemble_record(members), {"members": [r.run_id for r in runs]})
+    """Average of the members' predicted probabilities, accumulated one member at a time."""
+    ensemble = ProbabilityEnsemble()
+    for run in runs:
+        ensemble.add(evaluator.split_probs(_load(run)))
+    return ModelOutcome(variant, ensemble.record(), {"members": [r.run_id for r in runs]})
 
 
 @STRATEGIES.register("ERM")
