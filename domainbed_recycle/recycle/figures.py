@@ -21,7 +21,7 @@ from domainbed_recycle.checkpoints import read_metadata
 from domainbed_recycle.evaluation import EvaluatorCache
 from domainbed_recycle.recycle.combine import combined_outcomes, evaluator
 from domainbed_recycle.recycle.stages import Plan
-from domainbed_recycle.strategies.base import Cell, RunRef, Strategy
+from domainbed_recycle.strategies.base import PHI0, Cell, RunRef, Strategy
 
 PLOTS, ANALYSIS = "plots", "analysis.json"
 
@@ -41,22 +41,74 @@ def analyze(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: l
                 if strategy.analysis_pool and len(runs) >= 2:
                     pool, label = strategy.analysis_pool
                     for pair in analysis.pairwise_wa_gains(runs, evaluator(cache, cell, runs[0]), cell.test_env):
-                        pairs.append(pair | {"pool": pool, "label": label, "test_env": cell.test_env})
+                        pairs.append(_pair_entry(pair, runs, out) | {"pool": pool, "label": label,
+                                                                     "test_env": cell.test_env})
                 if strategy.lmc_across_inits:
                     for a, b, lmc in _lmc_across_inits(runs, cell, cache):
                         barriers.append({"test_env": cell.test_env, "a": a, "b": b, "barrier": lmc["test_barrier"]})
                         if cell.test_env == dataset_cells[0].test_env:
                             lmc_curves[f"{a} ↔ {b}"] = lmc["test_curve"]
-        entry |= {"pairs": pairs, "lmc_barriers": barriers}
+        entry |= {"pairs": pairs, "lmc_barriers": barriers, "premise": premise(pairs, barriers)}
         fit = _diversity_figure(dataset, pairs, out)
         if fit:
             entry["diversity_fit"] = fit
+        entry["diversity_fit_per_pool"] = {
+            pool: _fit([p for p in pairs if p["pool"] == pool]) for pool in dict.fromkeys(p["pool"] for p in pairs)}
         if lmc_curves:
             plots.plot_lmc_curves(lmc_curves, out / PLOTS / f"{dataset}_lmc.png",
                                   title=f"{dataset}: LMC across inits (test domain {dataset_cells[0].test_env})")
         result[dataset] = entry
     (out / ANALYSIS).write_text(json.dumps(analysis.jsonable(result), indent=1))
     return result
+
+
+def _pair_entry(pair: dict[str, Any], runs: list[RunRef], out: Path) -> dict[str, Any]:
+    """A pair of runs as analysis.json keeps it: both inits and hparams seeds, paths relative to `out`,
+    the ensemble gain, and the barrier of the 3-point path (0, ½, 1): max(0, mean acc − WA acc)."""
+    a, b = runs[pair["i"]], runs[pair["j"]]
+    return pair | {
+        "run_a": str(a.output_dir.relative_to(out)), "run_b": str(b.output_dir.relative_to(out)),
+        "init_a": a.init_label, "init_b": b.init_label,
+        "hparams_seed_a": a.config.get("hparams_seed", 0), "hparams_seed_b": b.config.get("hparams_seed", 0),
+        "ensemble_gain": pair["ensemble_acc"] - pair["mean_acc"],
+        "barrier": max(0.0, pair["mean_acc"] - pair["wa_acc"]),
+    }
+
+
+def premise(pairs: list[dict[str, Any]], barriers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The paper's premise on the held-out domains, from the analysed pairs (accuracies in [0, 1]):
+    (a) target runs from different inits are linearly connected (mean barrier), (b) they are more
+    diverse than runs from one init (mean ratio-error), (c) auxiliary-init runs are about as good as
+    phi_0 runs (mean individual test accuracy)."""
+    cross = [p for p in pairs if p["init_a"] != p["init_b"]]
+    same = [p for p in pairs if p["init_a"] == p["init_b"]]
+    acc: dict[str, list[float]] = {"phi0": [], "aux": []}
+    for p in pairs:
+        for init, value in ((p["init_a"], p["acc_a"]), (p["init_b"], p["acc_b"])):
+            acc["phi0" if init == PHI0 else "aux"].append(value)
+
+    def mean(values: list[float]) -> float | None:
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "mean_lmc_barrier_cross_init": mean([b["barrier"] for b in barriers]),
+        "mean_midpoint_barrier_cross_init": mean([p["barrier"] for p in cross]),
+        "mean_ratio_error_cross_init": mean([p["ratio_error"] for p in cross]),
+        "mean_ratio_error_same_init": mean([p["ratio_error"] for p in same]),
+        "mean_acc_phi0_runs": mean(acc["phi0"]), "mean_acc_aux_init_runs": mean(acc["aux"]),
+        "n_pairs_cross_init": len(cross), "n_pairs_same_init": len(same),
+    }
+
+
+def _fit(pairs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Hypothesis 1 on one pool: least-squares fit of WA gain (pp) on ratio-error."""
+    finite = [p for p in pairs if np.isfinite(p["ratio_error"])]
+    if len(finite) < 3:
+        return None
+    slope, _, r, pvalue = plots.linear_fit(np.array([p["ratio_error"] for p in finite]),
+                                           100 * np.array([p["gain"] for p in finite]))
+    return {"slope_pp_per_unit": slope, "r": r, "p": pvalue, "n_pairs": len(finite)}
 
 
 def _runs(pools: dict[str, list[RunRef]]) -> list[RunRef]:
