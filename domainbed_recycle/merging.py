@@ -191,7 +191,8 @@ def fisher_weighted_average(
                 theta = _acc(model[key])
                 f = fisher[key].detach().to(theta.dtype) if key in fisher else torch.ones_like(theta)
                 if f.shape != theta.shape:
-                    raise ValueError(f"Fisher #{index}: '{key}' has shape {tuple(f.shape)}, expected {tuple(theta.shape)}")
+                    raise ValueError(f"Fisher #{index}: '{key}' has shape {tuple(f.shape)}, "
+                                     f"expected {tuple(theta.shape)}")
                 f = f + floor
                 num[key] = num[key].add_(f * theta) if key in num else f * theta
                 den[key] = den[key].add_(f) if key in den else f.clone()
