@@ -34,7 +34,7 @@ def diagonal_fisher(model: nn.Module, x: Tensor, generator: torch.Generator, bat
 
     def log_likelihood(theta: dict[str, Tensor], x1: Tensor, y1: Tensor) -> Tensor:
         logits = functional_call(model, (theta, buffers), (x1.unsqueeze(0),))
-        return torch.log_softmax(logits, dim=1)[0, y1]
+        return torch.log_softmax(logits, dim=1)[0].gather(0, y1.unsqueeze(0)).sum()  # vmap-safe indexing
 
     per_example = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
