@@ -5,8 +5,9 @@ the auxiliary pool (the recycling variants: task arithmetic, TIES, DARE, Fisher,
 ratatouille) or the MovingAverage runs (EoA). The base θ0 of every operator is φ0 + the linear probe
 (the LP-FT init), rebuilt from the checkpoints the runs started from. Every merge hyper-parameter is
 chosen on training-domain validation only (`Evaluator.val_acc` with the cell's test domain held out)
-from a small grid; the grid curve is kept in the outcome's info. README's "Merging strategies" table
-lists them.
+from a small grid; the grid curve is kept in the outcome's info under "grid" (the key "curve" is
+taken: the figures read it as accuracy vs number of averaged models). README's "Merging strategies"
+table lists them.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class WiSEFT(Strategy):
         assert best is not None
         state = interpolate(theta0, theta_ft, best[1])
         return [_outcome("WiSE-FT", cell, runs, state, evaluator, fine_tuned=best_run.run_id, alpha=best[1],
-                         curve=curve)]
+                         grid=curve)]
 
 
 @STRATEGIES.register("TaskArithmetic")
@@ -147,7 +148,7 @@ class TaskArithmetic(_AuxiliaryMerge):
         unit = task_arithmetic(theta0, (_load(r) for r in runs), 1.0 / len(runs))  # s = 1: the uniform soup
         state, point, curve = _select([{"s": s, "lambda": s / len(runs)} for s in TA_SCALES],
                                       lambda p: interpolate(theta0, unit, p["s"]), _validation(cell, evaluator))
-        return [_outcome("TaskArithmetic", cell, runs, state, evaluator, chosen=point, curve=curve)]
+        return [_outcome("TaskArithmetic", cell, runs, state, evaluator, chosen=point, grid=curve)]
 
 
 @STRATEGIES.register("TIES")
@@ -166,7 +167,7 @@ class TIES(_AuxiliaryMerge):
         grid = [{"keep": keep, "lambda": lam} for keep in TIES_KEEPS for lam in TIES_LAMBDAS]
         state, point, curve = _select(grid, lambda p: interpolate(theta0, units[p["keep"]], p["lambda"]),
                                       _validation(cell, evaluator))
-        return [_outcome("TIES", cell, runs, state, evaluator, chosen=point, curve=curve)]
+        return [_outcome("TIES", cell, runs, state, evaluator, chosen=point, grid=curve)]
 
 
 @STRATEGIES.register("DARE")
@@ -186,7 +187,7 @@ class DARE(_AuxiliaryMerge):
         grid = [{"p": p, "s": s, "lambda": s / len(runs)} for p in DARE_DROPS for s in DARE_SCALES]
         state, point, curve = _select(grid, lambda q: interpolate(theta0, units[q["p"]], q["s"]),
                                       _validation(cell, evaluator))
-        return [_outcome("DARE", cell, runs, state, evaluator, chosen=point, curve=curve, seed=seed)]
+        return [_outcome("DARE", cell, runs, state, evaluator, chosen=point, grid=curve, seed=seed)]
 
 
 def training_examples(evaluator: Evaluator, test_env: int, n: int) -> Tensor:
