@@ -50,6 +50,24 @@ def featurizer_distance(state: StateDict, phi0: Mapping[str, torch.Tensor]) -> f
     return math.sqrt(diff) / math.sqrt(norm) if norm > 0 else math.inf
 
 
+def foundation_gate(featurizer: StateDict, phi0: Mapping[str, torch.Tensor],
+                    max_distance: float = DEFAULT_MAX_DISTANCE) -> GateVerdict:
+    """Does `featurizer` share the foundation? φ0's keys and shapes, relative distance ≤ `max_distance`.
+
+    The first half of `merge_gate`, and all of `drecycle import --gate` (an imported fine-tuning has
+    no head for the target task, so no validation path to a soup yet). Keys as in φ0 (with or without
+    the ``featurizer.`` prefix, as long as both agree); extra keys of `featurizer` are ignored here.
+    """
+    try:
+        distance = featurizer_distance(featurizer, phi0)
+    except ValueError as error:
+        return GateVerdict(False, f"not the foundation's featurizer: {str(error).split(': ', 1)[-1]}")
+    if not distance <= max_distance:
+        return GateVerdict(False, f"featurizer is {distance:.3g} (relative) from the foundation's, above "
+                                  f"{max_distance:g}: not a fine-tuning of it", distance=distance)
+    return GateVerdict(True, "", distance=distance)
+
+
 def merge_gate(
     candidate: StateDict,
     soup: StateDict,
@@ -75,13 +93,10 @@ def merge_gate(
         check_compatible(soup, candidate, 1)
     except ValueError as error:
         return GateVerdict(False, f"not the soup's architecture: {str(error).split(': ', 1)[-1]}")
-    try:
-        distance = featurizer_distance(candidate, phi0)
-    except ValueError as error:
-        return GateVerdict(False, f"not the foundation's featurizer: {str(error).split(': ', 1)[-1]}")
-    if not distance <= max_distance:
-        return GateVerdict(False, f"featurizer is {distance:.3g} (relative) from the foundation's, above "
-                                  f"{max_distance:g}: not a fine-tuning of it", distance=distance)
+    verdict = foundation_gate(candidate, phi0, max_distance)
+    if not verdict.accepted:
+        return verdict
+    distance = verdict.distance
     acc0 = float(evaluate(soup)) if soup_acc is None else float(soup_acc)
     acc1 = float(evaluate(candidate)) if candidate_acc is None else float(candidate_acc)
     curve = [(0.0, acc0), (1.0, acc1)] + [(float(lam), float(evaluate(interpolate(soup, candidate, lam))))

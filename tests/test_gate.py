@@ -80,3 +80,18 @@ def test_diagonal_fisher_is_reproducible_and_matches_a_loop():
         for k, p in net.named_parameters():
             expected[k] += p.grad ** 2 / len(x)
     assert all(torch.allclose(fisher[k], expected[k], atol=1e-6) for k in expected)
+
+
+def test_import_gate_refuses_a_far_featurizer_and_imports_a_near_one(tmp_path, capsys):
+    from domainbed_recycle.checkpoints import save_checkpoint
+    from domainbed_recycle.cli import main
+
+    save_checkpoint(tmp_path / "phi0.safetensors", {"featurizer.w": torch.tensor([1.0, 0.05])}, {})
+    save_checkpoint(tmp_path / "near.safetensors", {"featurizer.w": torch.tensor([1.0, 0.1])}, {})
+    save_checkpoint(tmp_path / "far.safetensors", {"featurizer.w": torch.tensor([0.0, 1.0])}, {})
+    argv = ["import", str(tmp_path / "near.safetensors"), str(tmp_path / "far.safetensors"), "--gate",
+            "--reference", str(tmp_path / "phi0.safetensors"), "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("imported") and lines[1].startswith("refused") and "foundation" in lines[1]
+    assert [p.name for p in (tmp_path / "out" / "imported").iterdir()] == ["near.safetensors"]
