@@ -23,7 +23,7 @@ from domainbed_recycle.checkpoints import load_checkpoint, split_state
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator, iterate_batches
 from domainbed_recycle.fisher import diagonal_fisher
-from domainbed_recycle.gate import DEFAULT_MAX_BARRIER, DEFAULT_MAX_DISTANCE, merge_gate
+from domainbed_recycle.gate import DEFAULT_MAX_BARRIER, DEFAULT_MAX_DISTANCE, foundation_gate, merge_gate
 from domainbed_recycle.merging import dare, fisher_weighted_average, model_stock, task_arithmetic, ties_merge
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.strategies.base import PHI0, RUNS, STRATEGIES, Cell, ModelOutcome, RunRef, Strategy
@@ -270,9 +270,8 @@ def gated_soup(
     soup_acc = 0.0
     for run in ordered:
         candidate = _load(run)
-        if soup is None:  # the first run is checked against the foundation only
-            verdict = merge_gate(candidate, candidate, phi0, val, soup_acc=0.0, candidate_acc=0.0,
-                                 max_distance=max_distance, lambdas=())
+        if soup is None:  # the first run has no soup to join yet: the foundation check only
+            verdict = foundation_gate(candidate, phi0, max_distance)
         else:
             verdict = merge_gate(candidate, soup, phi0, val, soup_acc=soup_acc, max_distance=max_distance,
                                  max_barrier=max_barrier)
