@@ -14,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", default=None,
                         help="foundation checkpoint to check architectures against (default: the spec's)")
     parser.add_argument("--name", default=None, help="name in the pool (one file only; default: file stem)")
+    parser.add_argument("--gate", action="store_true",
+                        help="refuse fine-tunings whose featurizer is far from the foundation's (merge gate)")
+    parser.add_argument("--max_distance", type=float, default=1.0,
+                        help="--gate: largest relative distance |phi - phi0| / |phi0| accepted (default 1.0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +40,18 @@ def run(args: argparse.Namespace) -> int:
     if not Path(reference).is_file():
         raise UserError(f"foundation checkpoint not found: {reference} (run `drecycle recycle SPEC` first, "
                         "or pass --reference)")
+    refused = 0
     for path in args.files:
+        if args.gate:
+            from domainbed_recycle.checkpoints import load_checkpoint, split_state
+            from domainbed_recycle.gate import foundation_gate
+
+            verdict = foundation_gate(split_state(load_checkpoint(path)[0])[0],
+                                      split_state(load_checkpoint(reference)[0])[0], args.max_distance)
+            if not verdict.accepted:
+                print(f"refused {path}: {verdict.reason}")
+                refused += 1
+                continue
         target = import_finetuning(path, reference, output_dir, args.name)
         print(f"imported {path} -> {target}")
-    return 0
+    return 1 if refused else 0

@@ -15,6 +15,7 @@ from domainbed_recycle.strategies.base import (
 )
 
 from domainbed_recycle.strategies import builtin  # noqa: E402,F401  isort: skip  (registers them)
+from domainbed_recycle.strategies import merging  # noqa: E402,F401  isort: skip  (registers them)
 
 __all__ = [
     "STRATEGIES", "Cell", "Inits", "ModelOutcome", "RunRef", "RunsOutcome", "Strategy", "TargetSettings",
