@@ -76,7 +76,7 @@ def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) 
     return ModelOutcome(variant, accs, info)
 
 
-def _ensemble(variant: str, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
+def prediction_ensemble(variant: str, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
     """Average of the members' predicted probabilities, accumulated one member at a time."""
     ensemble = ProbabilityEnsemble()
     for run in runs:
@@ -157,8 +157,8 @@ class Ensemble(Strategy):
         return {"LP-FT": lpft_pool(cell, inits, settings), "auxiliary": auxiliary_pool(cell, inits, settings)}
 
     def combine(self, cell, pools, evaluator):
-        return [_ensemble("Ensemble", pools["LP-FT"], evaluator),
-                _ensemble("Ensemble-aux", pools["auxiliary"], evaluator)]
+        return [prediction_ensemble("Ensemble", pools["LP-FT"], evaluator),
+                prediction_ensemble("Ensemble-aux", pools["auxiliary"], evaluator)]
 
 
 @STRATEGIES.register("InterTraining")

@@ -27,7 +27,7 @@ from domainbed_recycle.gate import DEFAULT_MAX_BARRIER, DEFAULT_MAX_DISTANCE, fo
 from domainbed_recycle.merging import dare, fisher_weighted_average, model_stock, task_arithmetic, ties_merge
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.strategies.base import PHI0, RUNS, STRATEGIES, Cell, ModelOutcome, RunRef, Strategy
-from domainbed_recycle.strategies.builtin import MovingAverage, _ensemble, auxiliary_pool, lpft_pool
+from domainbed_recycle.strategies.builtin import MovingAverage, auxiliary_pool, lpft_pool, prediction_ensemble
 
 State = dict[str, Tensor]
 
@@ -249,7 +249,7 @@ class EoA(Strategy):
         return MovingAverage().pools(cell, inits, settings)  # the same runs, trained once
 
     def combine(self, cell, pools, evaluator):
-        return [_ensemble("EoA", pools[RUNS], evaluator)]
+        return [prediction_ensemble("EoA", pools[RUNS], evaluator)]
 
 
 def gated_soup(
