@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from domainbed_recycle.errors import UserError
+
 StateDict = Mapping[str, Tensor]
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "StateDict",
     "check_compatible",
     "fusing_weights",
+    "check_finite",
+    "first_nonfinite",
     "greedy_soup",
     "interpolate",
     "uniform_average",
@@ -51,6 +55,21 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------
+
+
+def first_nonfinite(state: StateDict) -> str | None:
+    """Name of the first floating entry of `state` holding a NaN or an infinity; None if all are finite."""
+    return next((key for key, t in state.items() if _is_averaged(t) and not bool(torch.isfinite(t).all())), None)
+
+
+def check_finite(state: StateDict, name: str) -> StateDict:
+    """`state`, unchanged; UserError naming `name` (the run or file) if an entry is not finite, so a
+    diverged model never joins an average or an interpolation."""
+    key = first_nonfinite(state)
+    if key is not None:
+        raise UserError(f"{name}: its weights are not finite ('{key}' holds NaN or inf; the run diverged): "
+                        f"leave it out")
+    return state
 
 
 def _is_averaged(t: Tensor) -> bool:

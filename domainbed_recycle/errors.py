@@ -6,3 +6,7 @@ class UserError(Exception):
 
     The message must say what is wrong and, where possible, how to fix it.
     """
+
+
+class RunDiverged(UserError):
+    """A run whose loss or weights stopped being finite: its folder is marked `diverged` (final)."""

@@ -30,6 +30,7 @@ from domainbed_recycle import rundir
 
 RESULTS_FILE = rundir.RESULTS
 DONE_FILE = rundir.DONE
+DIVERGED_FILE = rundir.DIVERGED
 
 #: Domain names of DomainBed's datasets (its `ENVIRONMENTS`), so that DomainBed sweeps can be
 #: tabulated without importing torch. Our own records carry `args["environments"]` instead.
@@ -52,6 +53,7 @@ PROBLEMS: dict[str, str] = {
     "bad_json": "line that is not a JSON object",
     "missing_keys": "record missing required keys or with invalid values",
     "unreadable": "file that could not be read",
+    "diverged": "record(s) of diverged runs (loss or weights not finite; never selected)",
 }
 
 _ACC_KEY = re.compile(r"^env(\d+)_(in|out)_acc$")
@@ -346,6 +348,9 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
             report.add_problem("unreadable", path)
             continue
         report.n_files += 1
+        if os.path.exists(os.path.join(folder, DIVERGED_FILE)):
+            report.add_problem("diverged", path, max(1, len(data.splitlines())))
+            continue
         done = os.path.exists(os.path.join(folder, DONE_FILE))
         report.n_runs_not_done += not done
         if only_done and not done:

@@ -10,6 +10,7 @@ train`), so a relaunched job never appends to a half-written log.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import resource
 import sys
@@ -24,9 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from domainbed_recycle import checkpoints, provenance
+from domainbed_recycle.averaging import first_nonfinite
 from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDataset
 from domainbed_recycle.datasets.splits import make_splits
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import RunDiverged, UserError
 from domainbed_recycle.evaluation import accuracy, evaluate_splits
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.rundir import RunDir
@@ -221,11 +223,21 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
                disable=not config.progress, file=sys.stderr, leave=False)
     log = run.open_records()
 
+    def diverge(step: int, reason: str) -> None:
+        """End the run as `diverged` (marker written atomically; no `done`, never resumed)."""
+        log.close()
+        run.mark_diverged(step, reason)
+        raise RunDiverged(f"{run.path}: the run {run.describe_divergence()}; it is marked diverged and "
+                          f"left out of results (lower the learning rate, or check the data)")
+
     def log_evaluation(step: int, last: bool) -> float:
         """Evaluate every split, append one flushed record, keep the best (and, if `last`, the final)
         checkpoint; returns the training-domain validation accuracy."""
         nonlocal best_val
         algorithm.eval()
+        bad_weight = first_nonfinite(algorithm.eval_state_dict())
+        if bad_weight is not None:
+            diverge(step, f"weight '{bad_weight}' is not finite")
         record: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
         record.update({key: float(np.mean(values)) for key, values in losses.items()})
         record["step_time"] = float(np.mean(step_times)) if step_times else 0.0
@@ -263,6 +275,8 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
             start = time.time()
             minibatches = [(x.to(device), y.to(device)) for x, y in (next(it) for it in batch_iterators)]
             for key, value in algorithm.train_step(minibatches).items():
+                if not math.isfinite(value):
+                    diverge(step + 1, f"{key} = {value}")
                 losses.setdefault(key, []).append(value)
             step_times.append(time.time() - start)
             if (step + 1) % checkpoint_freq != 0 and step != steps - 1:

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default=None,
                         help="inprocess | pool (default) | submitit_local | slurm")
     parser.add_argument("--n_workers", type=int, default=None, help="parallel jobs (default: one per core)")
-    parser.add_argument("--rerun_done", action="store_true", help="wipe and train again jobs already done")
+    parser.add_argument("--rerun_done", "--force", action="store_true",
+                        help="wipe and train again jobs already done or diverged")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     slurm = parser.add_argument_group("Slurm (--launcher slurm)")
     slurm.add_argument("--slurm_partition", default=None)
@@ -126,7 +127,9 @@ def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
     states = [sweep.job_state(job) for job in jobs]
     n_done = states.count(sweep.DONE)
     n_todo = len(jobs) - (0 if args.rerun_done else n_done)
-    print(f"{len(jobs)} jobs in {spec.output_dir}: {n_done} done, "
+    n_diverged = states.count(sweep.DIVERGED)
+    n_done += n_diverged  # final too: trained again only with --rerun_done
+    print(f"{len(jobs)} jobs in {spec.output_dir}: {n_done - n_diverged} done, {n_diverged} diverged, "
           f"{states.count(sweep.INCOMPLETE)} incomplete (restarted from scratch), "
           f"{states.count(sweep.NOT_LAUNCHED)} not launched")
     if n_todo == 0:

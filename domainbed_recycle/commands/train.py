@@ -3,7 +3,8 @@
 `--output_dir` rules (the run folder's, see `rundir`): a missing or empty folder is trained into; a
 killed attempt of this harness is reset (only the harness's files are deleted) and trained again; a
 finished run with the same arguments is shown, not retrained; a finished run with other arguments,
-or a folder holding anything the harness did not write, is refused with one line.
+or a folder holding anything the harness did not write, is refused with one line. A run whose loss or
+weights stop being finite ends as `diverged` (one line, non-zero exit, no `done`), and stays so.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if run.is_done:
         _check_same_run(run, config)
         print(f"already done: {run.path} holds a finished run with these arguments (its result below)")
+    elif run.is_diverged:
+        _check_same_run(run, config)
+        raise UserError(f"{run.path}: this run already {run.describe_divergence()}; training it again would "
+                        f"diverge again: change its hyper-parameters (new --output_dir) or delete {run.path}")
     else:
         run.reset()  # a killed attempt of this harness; refuses a folder holding anything else
         train(config)

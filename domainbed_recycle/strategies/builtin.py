@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainbed_recycle.averaging import fusing_weights, greedy_soup, uniform_average, weighted_average
+from domainbed_recycle.averaging import check_finite, fusing_weights, greedy_soup, uniform_average, weighted_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata, save_checkpoint, split_state
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator, ensemble_record
@@ -47,7 +47,7 @@ def auxiliary_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[d
 
 def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
     """Uniform weight average of the runs' best checkpoints, plus the accuracy-vs-#models curve."""
-    load = lambda run: load_checkpoint(run.checkpoint)[0]  # noqa: E731
+    load = lambda run: check_finite(load_checkpoint(run.checkpoint)[0], str(run.checkpoint))  # noqa: E731
     curve = []
     for k in range(1, len(runs)):  # prefixes; the full average is evaluated below
         curve.append((k, evaluator.test_acc(uniform_average(load(r) for r in runs[:k]), cell.test_env)))
@@ -59,7 +59,7 @@ def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator)
 
 def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
     """Greedy soup: add runs by decreasing validation accuracy while the soup's validation does not drop."""
-    load = lambda index: load_checkpoint(runs[index].checkpoint)[0]  # noqa: E731
+    load = lambda index: check_finite(load_checkpoint(runs[index].checkpoint)[0], str(runs[index].checkpoint))  # noqa: E731
     result = greedy_soup(load, [run.val_acc for run in runs], lambda s: evaluator.val_acc(s, [cell.test_env]))
     curve, accepted = [], []
     for k, (index, _, was_accepted) in enumerate(result.trials, start=1):
@@ -75,7 +75,8 @@ def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) 
 
 
 def _ensemble(variant: str, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
-    members = [evaluator.split_probs(load_checkpoint(run.checkpoint)[0]) for run in runs]
+    members = [evaluator.split_probs(check_finite(load_checkpoint(run.checkpoint)[0], str(run.checkpoint)))
+               for run in runs]
     return ModelOutcome(variant, ensemble_record(members), {"members": [r.run_id for r in runs]})
 
 
@@ -184,7 +185,8 @@ class FusedInit:
     def build(self) -> None:
         if self.path.exists():
             return
-        featurizers = ({f"featurizer.{k}": v for k, v in split_state(load_checkpoint(p)[0])[0].items()}
+        featurizers = ({f"featurizer.{k}": v
+                        for k, v in split_state(check_finite(load_checkpoint(p)[0], str(p)))[0].items()}
                        for _, p in self.sources)
         meta = read_metadata(self.sources[0][1])
         fused = weighted_average(featurizers, list(self.weights))

@@ -34,6 +34,7 @@ from domainbed_recycle.training import TrainConfig
 UNHASHED_ARGS = rundir.PLACEMENT_ARGS
 
 DONE = rundir.STATE_DONE
+DIVERGED = rundir.STATE_DIVERGED
 INCOMPLETE = rundir.INCOMPLETE
 NOT_LAUNCHED = rundir.NOT_LAUNCHED
 STATES = rundir.STATES
@@ -207,8 +208,8 @@ def jobs_from_configs(configs: Iterable[Mapping[str, Any]], output_dir: str | Pa
 
 
 def job_state(job: Job) -> str:
-    """'done' (the run folder holds `done`), 'incomplete' (folder without `done`: killed, failed or
-    running) or 'not_launched' (no folder); see `RunDir.state`."""
+    """'done' (the run folder holds `done`), 'diverged' (it holds `diverged`), 'incomplete' (folder
+    without either: killed, failed or running) or 'not_launched' (no folder); see `RunDir.state`."""
     return job.run.state
 
 
@@ -227,7 +228,7 @@ def format_status(counts: Mapping[tuple[str, str], Counter[str]]) -> str:
             for (dataset, algorithm), c in counts.items()]
     total = sum(counts.values(), Counter())
     rows.append(["total", "", *(total[s] for s in STATES), sum(total.values())])
-    return tabulate(rows, headers=["dataset", "algorithm", "done", "incomplete", "not launched", "jobs"])
+    return tabulate(rows, headers=["dataset", "algorithm", *(s.replace("_", " ") for s in STATES), "jobs"])
 
 
 def delete_incomplete(jobs: Iterable[Job]) -> list[Job]:

@@ -36,15 +36,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import RunDiverged, UserError
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
-from domainbed_recycle.sweep.jobs import DONE, Job, job_state
+from domainbed_recycle.sweep.jobs import DIVERGED, DONE, Job, job_state
 
 # Outcome statuses.
 RAN = "done"  # trained to the end in this launch
 SKIPPED = "skipped"  # already done before this launch
 FAILED = "failed"
+DIVERGED_OUTCOME = "diverged"  # its loss or weights stopped being finite (now or in an earlier launch)
 
 
 @dataclasses.dataclass
@@ -79,7 +80,7 @@ class JobOutcome:
 
     job_id: str
     output_dir: str
-    status: str  # "done", "skipped" or "failed"
+    status: str  # "done", "skipped", "diverged" or "failed"
     seconds: float = 0.0
     error: str | None = None  # one line: exception type and message (details in err.txt)
 
@@ -105,13 +106,20 @@ class LaunchReport:
         return sum(o.status == SKIPPED for o in self.outcomes)
 
     @property
+    def diverged(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == DIVERGED_OUTCOME]
+
+    @property
     def ok(self) -> bool:
         return not self.failed
 
     def summary(self) -> str:
-        """One line of counts, then one line per failed job pointing at its err.txt."""
+        """One line of counts, then one line per diverged or failed job (failures point at err.txt)."""
         lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {self.n_ran} ran, "
-                 f"{self.n_skipped} already done, {len(self.failed)} failed"]
+                 f"{self.n_skipped} already done, {len(self.diverged)} diverged, {len(self.failed)} failed"]
+        for outcome in self.diverged:
+            lines.append(f"  DIVERGED {outcome.job_id}: {outcome.error} (left out of results; "
+                         f"--rerun_done trains it again)")
         for outcome in self.failed:
             lines.append(f"  FAILED {outcome.job_id}: {outcome.error} (see {RunDir(outcome.output_dir).err_file})")
         return "\n".join(lines)
@@ -194,7 +202,9 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     """Train one job (the `TrainConfig` arguments `args`, `output_dir` included); never raises
     unless `reraise`.
 
-    Skips a job already done (unless `force`: it runs again). Otherwise resets the run folder
+    Skips a job already done, and reports a job that diverged before as "diverged" (unless
+    `force`: either runs again). A run that diverges now is "diverged" too (its folder holds the
+    `diverged` marker). Otherwise resets the run folder
     (deleting only the harness's files of a killed attempt; a folder holding anything else fails
     the job), tees stdout/stderr to `out.txt` and `err.txt` there, and trains with
     `progress=False` and `threads` torch threads. A failure's traceback goes to `err.txt`; the
@@ -206,6 +216,8 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     run_dir, job_id = run.path, run.name
     if run.is_done and not force:
         return JobOutcome(job_id, str(run_dir), SKIPPED)
+    if run.is_diverged and not force:
+        return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
 
     from domainbed_recycle.training import TrainConfig, train
 
@@ -221,6 +233,12 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
         print(f"job {job_id}: {config_args}", flush=True)
         try:
             train(TrainConfig(**config_args, progress=False, threads=threads))
+        except RunDiverged:
+            print(run.describe_divergence(), file=sys.stderr)
+            if reraise:
+                raise
+            return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, time.time() - start,
+                              run.describe_divergence())
         except Exception as error:
             traceback.print_exc()
             if reraise:
@@ -520,8 +538,9 @@ def launch(
         n_workers: parallel processes for "pool" and "submitit_local" (default: one per core);
             each gets cores // n_workers torch threads.
         slurm: resources for "slurm" (its `time_min` is also submitit_local's timeout).
-        skip_done: jobs already done are reported "skipped" without being sent to a worker; with
-            False they are wiped and trained again. Incomplete jobs always start afresh.
+        skip_done: jobs already done are reported "skipped", and jobs that diverged before
+            "diverged", without being sent to a worker; with False both are wiped and trained again.
+            Incomplete jobs always start afresh.
         log_dir: submitit's folder (default `<sweep folder>/.submitit`).
         progress: show a tqdm bar over jobs (stderr).
     Failed jobs do not stop the others (except with "inprocess"): check `report.ok` / `report.failed`.
@@ -536,8 +555,12 @@ def launch(
     outcomes: dict[str, JobOutcome] = {}
     to_run: dict[str, Job] = {}  # a job listed twice runs once
     for job in jobs:
-        if skip_done and job_state(job) == DONE:
+        state = job_state(job) if skip_done else None
+        if state == DONE:
             outcomes[job.job_id] = JobOutcome(job.job_id, str(job.output_dir), SKIPPED)
+        elif state == DIVERGED:
+            outcomes[job.job_id] = JobOutcome(job.job_id, str(job.output_dir), DIVERGED_OUTCOME, 0.0,
+                                              job.run.describe_divergence())
         else:
             to_run.setdefault(job.job_id, job)
     if to_run:
