@@ -140,8 +140,16 @@ def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
     if not args.skip_confirmation and not _confirm(f"Launch {n_todo} jobs ({where})?"):
         print("Nevermind!")
         return 0
-    report = launch(jobs, launcher=spec.launcher, n_workers=spec.n_workers, slurm=slurm,
-                    skip_done=not args.rerun_done, progress=not args.no_progress)
+    from domainbed_recycle.locks import describe, folder_lock, try_hold
+
+    # Sweeps may share a folder, so a launch running there is no reason to refuse: each job's own
+    # lock makes this launch skip ("running elsewhere") the jobs the other one is training.
+    with try_hold(folder_lock(spec.output_dir, f"sweep folder {spec.output_dir}")) as other:
+        if other is not None:
+            print(f"note: another launch ({describe(other)}) is working in {spec.output_dir}: "
+                  f"the jobs it is training are skipped here")
+        report = launch(jobs, launcher=spec.launcher, n_workers=spec.n_workers, slurm=slurm,
+                        skip_done=not args.rerun_done, progress=not args.no_progress)
     print(report.summary())
     sys.stdout.flush()
     return 1 if report.failed else 0

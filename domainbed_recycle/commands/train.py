@@ -10,6 +10,7 @@ weights stop being finite ends as `diverged` (one line, non-zero exit, no `done`
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING
 
 from domainbed_recycle.errors import UserError
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.holdout_fraction < 1.0:
         raise UserError(f"--holdout_fraction must be in (0, 1), got {args.holdout_fraction}")
 
-    from domainbed_recycle.training import TrainConfig, train
+    from domainbed_recycle.training import TrainConfig
 
     config = TrainConfig(
         dataset=args.dataset, output_dir=args.output_dir, algorithm=args.algorithm, test_envs=args.test_envs,
@@ -76,10 +77,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{run.path}: this run already {run.describe_divergence()}; training it again would "
                         f"diverge again: change its hyper-parameters (new --output_dir) or delete {run.path}")
     else:
-        run.reset()  # a killed attempt of this harness; refuses a folder holding anything else
-        train(config)
+        _train_locked(run, config)
     _print_summary(run)
     return 0
+
+
+def _train_locked(run: RunDir, config: TrainConfig) -> None:
+    """Train into `run` holding its lock (a second `drecycle train` of the folder is refused)."""
+    from domainbed_recycle.locks import Lock
+    from domainbed_recycle.training import train
+
+    run.check_is_run()  # a folder holding anything else is refused before anything is written
+    created = not run.path.exists()
+    run.create()
+    try:
+        with Lock(run.lock_file, f"run folder {run.path}"):
+            run.reset()  # a killed attempt of this harness
+            train(config)
+    finally:
+        if created:  # refused before writing anything: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                run.path.rmdir()
 
 
 def _check_same_run(run: RunDir, config: TrainConfig) -> None:

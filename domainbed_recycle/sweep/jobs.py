@@ -14,6 +14,7 @@ recycling pipeline's jobs, with init checkpoints and strategy labels). Launching
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from domainbed_recycle import rundir
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import validate_overrides
+from domainbed_recycle.locks import Lock, describe, is_alive
 from domainbed_recycle.misc import args_hash, seed_hash
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig
@@ -240,6 +242,13 @@ def delete_incomplete(jobs: Iterable[Job]) -> list[Job]:
     incomplete = [job for job in jobs if job_state(job) == INCOMPLETE]
     for job in incomplete:
         job.run.check_is_run()
+        holder = Lock(job.run.lock_file, "").read()
+        if holder is not None and is_alive(holder):
+            raise UserError(f"run folder {job.run.path} is in use by {describe(holder)}: "
+                            f"nothing deleted (wait for it, or stop it first)")
     for job in incomplete:
-        job.run.remove()
+        with Lock(job.run.lock_file, f"run folder {job.run.path}"):
+            job.run.reset()
+        with contextlib.suppress(OSError):  # emptied: remove it (a lock taken meanwhile keeps it)
+            job.run.path.rmdir()
     return incomplete

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from domainbed_recycle.errors import RunDiverged, UserError
+from domainbed_recycle.locks import Lock, LockHeld
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep.jobs import DIVERGED, DONE, Job, job_state
@@ -46,6 +47,7 @@ RAN = "done"  # trained to the end in this launch
 SKIPPED = "skipped"  # already done before this launch
 FAILED = "failed"
 DIVERGED_OUTCOME = "diverged"  # its loss or weights stopped being finite (now or in an earlier launch)
+ELSEWHERE = "running_elsewhere"  # another process holds the run folder's lock: not touched here
 
 
 @dataclasses.dataclass
@@ -80,7 +82,7 @@ class JobOutcome:
 
     job_id: str
     output_dir: str
-    status: str  # "done", "skipped", "diverged" or "failed"
+    status: str  # "done", "skipped", "diverged", "running_elsewhere" or "failed"
     seconds: float = 0.0
     error: str | None = None  # one line: exception type and message (details in err.txt)
 
@@ -110,13 +112,20 @@ class LaunchReport:
         return [o for o in self.outcomes if o.status == DIVERGED_OUTCOME]
 
     @property
+    def elsewhere(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == ELSEWHERE]
+
+    @property
     def ok(self) -> bool:
         return not self.failed
 
     def summary(self) -> str:
         """One line of counts, then one line per diverged or failed job (failures point at err.txt)."""
         lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {self.n_ran} ran, "
-                 f"{self.n_skipped} already done, {len(self.diverged)} diverged, {len(self.failed)} failed"]
+                 f"{self.n_skipped} already done, {len(self.elsewhere)} running elsewhere, "
+                 f"{len(self.diverged)} diverged, {len(self.failed)} failed"]
+        for outcome in self.elsewhere:
+            lines.append(f"  RUNNING ELSEWHERE {outcome.job_id}: {outcome.error}")
         for outcome in self.diverged:
             lines.append(f"  DIVERGED {outcome.job_id}: {outcome.error} (left out of results; "
                          f"--rerun_done trains it again)")
@@ -202,9 +211,10 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     """Train one job (the `TrainConfig` arguments `args`, `output_dir` included); never raises
     unless `reraise`.
 
-    Skips a job already done, and reports a job that diverged before as "diverged" (unless
-    `force`: either runs again). A run that diverges now is "diverged" too (its folder holds the
-    `diverged` marker). Otherwise resets the run folder
+    Takes the run folder's lock first (`locks.Lock` on `RunDir.lock_file`): a job another process
+    holds is left alone, outcome "running_elsewhere". Skips a job already done, and reports a job
+    that diverged before as "diverged" (unless `force`: either runs again). A run that diverges now
+    is "diverged" too (its folder holds the `diverged` marker). Otherwise resets the run folder
     (deleting only the harness's files of a killed attempt; a folder holding anything else fails
     the job), tees stdout/stderr to `out.txt` and `err.txt` there, and trains with
     `progress=False` and `threads` torch threads. A failure's traceback goes to `err.txt`; the
@@ -218,12 +228,37 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
         return JobOutcome(job_id, str(run_dir), SKIPPED)
     if run.is_diverged and not force:
         return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
+    lock = Lock(run.lock_file, f"run folder {run_dir}")
+    try:
+        run.check_is_run()  # never put a lock into a folder that is not a run
+        run.create()
+        lock.acquire()
+    except LockHeld as held:
+        return JobOutcome(job_id, str(run_dir), ELSEWHERE, 0.0, str(held))
+    except (OSError, UserError) as error:
+        if reraise:
+            raise
+        return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {error}")
+    try:
+        return _run_locked(run, args, threads, echo, force, reraise, start)
+    finally:
+        lock.release()
+
+
+def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bool, force: bool,
+                reraise: bool, start: float) -> JobOutcome:
+    """`run_job`'s work once the run folder's lock is held (the state is read again: another
+    process may have finished or diverged the run before the lock was taken)."""
+    run_dir, job_id = run.path, run.name
+    if run.is_done and not force:
+        return JobOutcome(job_id, str(run_dir), SKIPPED)
+    if run.is_diverged and not force:
+        return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
 
     from domainbed_recycle.training import TrainConfig, train
 
     try:
         run.reset()
-        run.create()
     except (OSError, UserError) as error:
         if reraise:
             raise
@@ -233,10 +268,8 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
         print(f"job {job_id}: {config_args}", flush=True)
         try:
             train(TrainConfig(**config_args, progress=False, threads=threads))
-        except RunDiverged:
+        except RunDiverged:  # an outcome, not a bug: never re-raised
             print(run.describe_divergence(), file=sys.stderr)
-            if reraise:
-                raise
             return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, time.time() - start,
                               run.describe_divergence())
         except Exception as error:
