@@ -121,9 +121,11 @@ class LaunchReport:
 
     def summary(self) -> str:
         """One line of counts, then one line per diverged or failed job (failures point at err.txt)."""
-        lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {self.n_ran} ran, "
-                 f"{self.n_skipped} already done, {len(self.elsewhere)} running elsewhere, "
-                 f"{len(self.diverged)} diverged, {len(self.failed)} failed"]
+        counts = [f"{self.n_ran} ran", f"{self.n_skipped} already done"]
+        counts += [f"{len(group)} {name}" for group, name in ((self.elsewhere, "running elsewhere"),
+                                                              (self.diverged, "diverged")) if group]
+        counts.append(f"{len(self.failed)} failed")
+        lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {', '.join(counts)}"]
         for outcome in self.elsewhere:
             lines.append(f"  RUNNING ELSEWHERE {outcome.job_id}: {outcome.error}")
         for outcome in self.diverged:
