@@ -419,6 +419,17 @@ class RunningAverage:
                 else:
                     m.copy_(t)
 
+    def state(self) -> dict[str, object]:
+        """The accumulators (tensors, dtype names and count), for a resume state."""
+        return {"mean": self._mean, "dtypes": {k: str(d).removeprefix("torch.") for k, d in self._dtypes.items()},
+                "count": self._count}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state()`'s output."""
+        self._mean = state["mean"]
+        self._dtypes = {k: getattr(torch, name) for k, name in state["dtypes"].items()}
+        self._count = int(state["count"])
+
     def average(self) -> dict[str, Tensor]:
         """The current average as a new state dict (original dtypes; integer buffers: latest).
 

@@ -1,7 +1,8 @@
 """`drecycle train`: one leave-one-domain-out run (DomainBed's train.py flags, plus --init).
 
 `--output_dir` rules (the run folder's, see `rundir`): a missing or empty folder is trained into; a
-killed attempt of this harness is reset (only the harness's files are deleted) and trained again; a
+killed attempt of the same arguments with a resume state is continued; another killed attempt is
+reset (only the harness's files are deleted) and trained again; a
 finished run with the same arguments is shown, not retrained; a finished run with other arguments,
 or a folder holding anything the harness did not write, is refused with one line. A run whose loss or
 weights stop being finite ends as `diverged` (one line, non-zero exit, no `done`), and stays so.
@@ -84,15 +85,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _train_locked(run: RunDir, config: TrainConfig) -> None:
     """Train into `run` holding its lock (a second `drecycle train` of the folder is refused)."""
+    from domainbed_recycle.datasets.base import get_dataset_class
     from domainbed_recycle.locks import Lock
-    from domainbed_recycle.training import train
+    from domainbed_recycle.training import can_resume, train
 
     run.check_is_run()  # a folder holding anything else is refused before anything is written
     created = not run.path.exists()
     run.create()
     try:
         with Lock(run.lock_file, f"run folder {run.path}"):
-            run.reset()  # a killed attempt of this harness
+            if not can_resume(config, get_dataset_class(config.dataset)):
+                run.reset()  # a killed attempt of this harness that cannot be continued
             train(config)
     finally:
         if created:  # refused before writing anything: leave no empty folder behind

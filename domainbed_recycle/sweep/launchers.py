@@ -7,8 +7,9 @@ Python API (used by `drecycle sweep` and by the recycling pipeline)::
     report.failed  # outcomes of the jobs that raised; their tracebacks are in <run folder>/err.txt
 
 Every launcher runs `run_job(job.args)` once per job. `run_job` skips a job that is already done,
-resets a half-written run folder (`RunDir.reset`: so no record is ever written twice; it is the only
-place a run folder is reset before training), tees the job's stdout/stderr
+continues a killed run from its resume state, else resets a half-written run folder
+(`RunDir.reset`: so no record is ever written twice; it is the only place a run folder is reset
+before training), tees the job's stdout/stderr
 into `out.txt`/`err.txt` of its run folder and calls `training.train`. A job that fails is recorded
 (traceback in `err.txt`, outcome "failed") and the others go on; only the `inprocess` launcher,
 meant for debugging, lets the exception propagate.
@@ -216,7 +217,8 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     Takes the run folder's lock first (`locks.Lock` on `RunDir.lock_file`): a job another process
     holds is left alone, outcome "running_elsewhere". Skips a job already done, and reports a job
     that diverged before as "diverged" (unless `force`: either runs again). A run that diverges now
-    is "diverged" too (its folder holds the `diverged` marker). Otherwise resets the run folder
+    is "diverged" too (its folder holds the `diverged` marker). A killed attempt that saved a resume
+    state (`training.can_resume`) is continued; otherwise the run folder is reset
     (deleting only the harness's files of a killed attempt; a folder holding anything else fails
     the job), tees stdout/stderr to `out.txt` and `err.txt` there, and trains with
     `progress=False` and `threads` torch threads. A failure's traceback goes to `err.txt`; the
@@ -257,15 +259,21 @@ def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bo
     if run.is_diverged and not force:
         return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
 
-    from domainbed_recycle.training import TrainConfig, train
+    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.training import TrainConfig, can_resume, train
 
+    config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
     try:
-        run.reset()
+        resumable = not force and can_resume(TrainConfig(**config_args), get_dataset_class(args["dataset"]))
+    except Exception:  # bad arguments: training them reports the problem below
+        resumable = False
+    try:
+        if not resumable:  # a killed attempt without a resume state starts afresh
+            run.reset()
     except (OSError, UserError) as error:
         if reraise:
             raise
         return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {error}")
-    config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
     with _tee_output(run, echo):
         print(f"job {job_id}: {config_args}", flush=True)
         try:
