@@ -45,6 +45,7 @@ HPARAMS = {
     "ERM": {"cnn_width": 8, "dropout": 0.3},
     "SWAD": {"cnn_width": 8, "swad_n_converge": 1, "swad_n_tolerance": 2},
     "Mixup": {"cnn_width": 8},
+    "MovingAverage": {"cnn_width": 8, "ma_start_step": 3},
 }
 
 

@@ -130,7 +130,7 @@ def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
     n_diverged = states.count(sweep.DIVERGED)
     n_done += n_diverged  # final too: trained again only with --rerun_done
     print(f"{len(jobs)} jobs in {spec.output_dir}: {n_done - n_diverged} done, {n_diverged} diverged, "
-          f"{states.count(sweep.INCOMPLETE)} incomplete (restarted from scratch), "
+          f"{states.count(sweep.INCOMPLETE)} incomplete (continued from their last save, if any), "
           f"{states.count(sweep.NOT_LAUNCHED)} not launched")
     if n_todo == 0:
         print("Nothing to launch.")

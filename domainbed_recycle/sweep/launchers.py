@@ -583,7 +583,7 @@ def launch(
         slurm: resources for "slurm" (its `time_min` is also submitit_local's timeout).
         skip_done: jobs already done are reported "skipped", and jobs that diverged before
             "diverged", without being sent to a worker; with False both are wiped and trained again.
-            Incomplete jobs always start afresh.
+            Incomplete jobs continue from their resume state if they have one, else start afresh.
         log_dir: submitit's folder (default `<sweep folder>/.submitit`).
         progress: show a tqdm bar over jobs (stderr).
     Failed jobs do not stop the others (except with "inprocess"): check `report.ok` / `report.failed`.
