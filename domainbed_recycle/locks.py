@@ -190,6 +190,16 @@ class Lock:
         self.release()
 
 
+def release_if_mine(path: str | os.PathLike[str]) -> bool:
+    """Delete the lock file `path` if this process (host and pid) holds it; True if it did. For a
+    process about to be requeued from a signal handler, whose `Lock` object is out of reach."""
+    holder = Lock(path, "").read()
+    if holder and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+        Path(path).unlink(missing_ok=True)
+        return True
+    return False
+
+
 FOLDER_LOCK = ".drecycle.lock"  # the lock of a sweep or recycle output folder
 
 

@@ -14,7 +14,7 @@ import argparse
 import contextlib
 from typing import TYPE_CHECKING
 
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import UserError, os_error_line
 from domainbed_recycle.rundir import RunDir
 
 if TYPE_CHECKING:  # training imports torch; `drecycle --help` must not
@@ -97,6 +97,8 @@ def _train_locked(run: RunDir, config: TrainConfig) -> None:
             if not can_resume(config, get_dataset_class(config.dataset)):
                 run.reset()  # a killed attempt of this harness that cannot be continued
             train(config)
+    except OSError as error:  # e.g. disk full while writing, where the error may not name the file
+        raise UserError(os_error_line(error, run.path)) from None
     finally:
         if created:  # refused before writing anything: leave no empty folder behind
             with contextlib.suppress(OSError):

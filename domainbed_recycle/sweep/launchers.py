@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from domainbed_recycle.errors import RunDiverged, UserError
-from domainbed_recycle.locks import Lock, LockHeld
+from domainbed_recycle.errors import RunDiverged, UserError, os_error_line
+from domainbed_recycle.locks import Lock, LockHeld, release_if_mine
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep.jobs import DIVERGED, DONE, Job, job_state
@@ -242,7 +242,8 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     except (OSError, UserError) as error:
         if reraise:
             raise
-        return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {error}")
+        message = os_error_line(error, run_dir) if isinstance(error, OSError) else str(error)
+        return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {message}")
     try:
         return _run_locked(run, args, threads, echo, force, reraise, start)
     finally:
@@ -286,9 +287,29 @@ def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bo
             traceback.print_exc()
             if reraise:
                 raise
-            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            message = (os_error_line(error, run_dir) if isinstance(error, OSError)
+                       else f"{type(error).__name__}: {error}".splitlines()[0])
             return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, message)
     return JobOutcome(job_id, str(run_dir), RAN, time.time() - start)
+
+
+class ResumableJob:
+    """`run_job` as submitit runs it: callable, and checkpointable (submitit calls `checkpoint` when
+    Slurm preempts the job or its time limit nears, then requeues what it returns). The requeued job
+    continues from the run's last resume state: the run folder's lock is released first (the new
+    attempt may start on another host) and `force` is dropped (a forced rerun must not reset the
+    progress of its own first attempt)."""
+
+    def __call__(self, args: dict[str, Any], threads: int | None = None, echo: bool = True,
+                 force: bool = False) -> JobOutcome:
+        return run_job(args, threads, echo, force)
+
+    def checkpoint(self, args: dict[str, Any], threads: int | None = None, echo: bool = True,
+                   force: bool = False) -> Any:
+        import submitit
+
+        release_if_mine(RunDir(args["output_dir"]).lock_file)
+        return submitit.helpers.DelayedSubmission(ResumableJob(), args, threads, echo, False)
 
 
 # ---------------------------------------------------------------------------------- launchers
@@ -506,7 +527,7 @@ def launch_submitit_local(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcom
     try:
         for job in jobs:
             _wait_submitit(pending, ctx, 0.2, outcomes, limit=n_workers - 1)
-            pending[executor.submit(run_job, job.args, threads, False, ctx.force)] = job
+            pending[executor.submit(ResumableJob(), job.args, threads, False, ctx.force)] = job
         _wait_submitit(pending, ctx, 0.2, outcomes)
     except BaseException:
         _cancel_all(list(pending))
@@ -519,8 +540,9 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     """One Slurm job array through submitit (`sbatch --array`, at most `array_parallelism` tasks at
     a time); each task runs one job with `cpus_per_task` threads, with this process's Python.
 
-    The jobs keep running on the cluster if this process dies; wait for them (squeue) before
-    relaunching the sweep, since a relaunch restarts any job that is not done.
+    A preempted or timed-out task is requeued by submitit and continues from its resume state
+    (`ResumableJob`). The jobs keep running on the cluster if this process dies; a relaunch
+    meanwhile skips the jobs they hold ("running elsewhere", through each run folder's lock).
     """
     import submitit
 
@@ -537,7 +559,7 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     executor.update_parameters(**params)
     n = len(jobs)
     try:
-        submitted = executor.map_array(run_job, [job.args for job in jobs], [opts.cpus_per_task] * n,
+        submitted = executor.map_array(ResumableJob(), [job.args for job in jobs], [opts.cpus_per_task] * n,
                                        [False] * n, [ctx.force] * n)
     except Exception as error:  # sbatch refused (bad partition, memory above the node's, no slurmctld)
         message = str(error).strip().splitlines()
