@@ -135,7 +135,8 @@ class Lock:
     def _take_over(self, stale: dict[str, Any]) -> None:
         """Move a stale lock aside (rename is atomic: of two processes, one wins), then make sure
         what was moved is the stale lock and not a live one just created by a faster process."""
-        aside = self.path.with_name(f".{self.path.name}.stale.{os.getpid()}")
+        # Named like the run folder's atomic-write temp files, so a kill here leaves a harness file.
+        aside = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             os.replace(self.path, aside)
         except FileNotFoundError:
