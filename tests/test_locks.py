@@ -85,3 +85,21 @@ def test_a_second_recycle_of_one_output_folder_is_refused_naming_the_first(tmp_p
     assert code == 2 and len(lines) == 1, lines
     assert f"pid {os.getpid()}" in lines[0] and str(out) in lines[0]
     assert not (out / FOLDER_LOCK).exists()
+
+
+def test_a_second_launch_skips_the_job_another_process_trains_and_runs_the_rest(tmp_path):
+    from domainbed_recycle.sweep import launch
+
+    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
+                     hparams={"cnn_width": 8})
+    busy, free = jobs
+    busy.run.create()
+    other = _holder_process(busy.run.lock_file)
+    try:
+        report = launch(jobs, launcher="inprocess", progress=False)
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+    assert [o.status for o in report.outcomes] == ["running_elsewhere", "done"] and report.ok
+    assert "1 running elsewhere" in report.summary() and f"pid {other.pid}" in report.summary()
+    assert sorted(os.listdir(busy.run.path)) == ["lock"] and free.run.is_done
