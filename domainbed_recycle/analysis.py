@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from domainbed_recycle import diversity
-from domainbed_recycle.averaging import StateDict, uniform_average
+from domainbed_recycle.averaging import StateDict, check_finite, uniform_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
 from domainbed_recycle.datasets import get_dataset
 from domainbed_recycle.errors import UserError
@@ -95,8 +95,8 @@ class RunInfo:
 
     @cached_property
     def state(self) -> dict[str, torch.Tensor]:
-        """The checkpoint's state dict (read on first access, then kept)."""
-        return load_checkpoint(self.checkpoint)[0]
+        """The checkpoint's state dict (read on first access, then kept); UserError if not finite."""
+        return check_finite(load_checkpoint(self.checkpoint)[0], str(self.checkpoint))
 
 
 RunLike = RunInfo | str | Path

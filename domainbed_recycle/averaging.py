@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from domainbed_recycle.errors import UserError
+
 StateDict = Mapping[str, Tensor]
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "StateDict",
     "check_compatible",
     "fusing_weights",
+    "check_finite",
+    "first_nonfinite",
     "greedy_soup",
     "prefix_averages",
     "interpolate",
@@ -52,6 +56,21 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------
+
+
+def first_nonfinite(state: StateDict) -> str | None:
+    """Name of the first floating entry of `state` holding a NaN or an infinity; None if all are finite."""
+    return next((key for key, t in state.items() if _is_averaged(t) and not bool(torch.isfinite(t).all())), None)
+
+
+def check_finite(state: StateDict, name: str) -> StateDict:
+    """`state`, unchanged; UserError naming `name` (the run or file) if an entry is not finite, so a
+    diverged model never joins an average or an interpolation."""
+    key = first_nonfinite(state)
+    if key is not None:
+        raise UserError(f"{name}: its weights are not finite ('{key}' holds NaN or inf; the run diverged): "
+                        f"leave it out")
+    return state
 
 
 def _is_averaged(t: Tensor) -> bool:
@@ -432,6 +451,17 @@ class RunningAverage:
                     m.add_((t.to(device=m.device, dtype=m.dtype) - m) / self._count)
                 else:
                     m.copy_(t)
+
+    def state(self) -> dict[str, object]:
+        """The accumulators (tensors, dtype names and count), for a resume state."""
+        return {"mean": self._mean, "dtypes": {k: str(d).removeprefix("torch.") for k, d in self._dtypes.items()},
+                "count": self._count}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state()`'s output."""
+        self._mean = state["mean"]
+        self._dtypes = {k: getattr(torch, name) for k, name in state["dtypes"].items()}
+        self._count = int(state["count"])
 
     def average(self) -> dict[str, Tensor]:
         """The current average as a new state dict (original dtypes; integer buffers: latest).

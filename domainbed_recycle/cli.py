@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import UserError, os_error_line
 
 # subcommand name -> module under domainbed_recycle.commands
 COMMANDS = {
@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(modules[args.command].run(args) or 0)
     except UserError as error:
         print(f"drecycle {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, read-only, not a directory: the path and the reason
+        print(f"drecycle {args.command}: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"drecycle {args.command}: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from domainbed_recycle.averaging import StateDict, interpolate
+from domainbed_recycle.averaging import StateDict, check_finite, interpolate
 
 __all__ = ["DEFAULT_LAMBDAS", "barrier_height", "lmc_curve"]
 
@@ -40,6 +40,8 @@ def lmc_curve(
     Returns:
         ``[(λ, accuracy), ...]`` in the order of ``lambdas``.
     """
+    check_finite(state_a, "model a")  # callers naming runs check first (analysis.RunInfo.state)
+    check_finite(state_b, "model b")
     curve: list[tuple[float, float]] = []
     for lam in lambdas:
         lam = float(lam)

@@ -4,10 +4,14 @@ A run folder holds only files the harness writes (names below): `args.json` (the
 and provenance), `results.jsonl` (one JSON record per evaluation, flushed line by line),
 `model_best.safetensors` (best training-domain validation accuracy), `model.safetensors` (last
 step), `out.txt`/`err.txt` (a launcher's copy of stdout/stderr), atomic-write temp files
-(`.<name>.<pid>.tmp`), and `done`, written last and atomically once everything else succeeded.
+(`.<name>.<pid>.tmp`), `resume.pt` (what a killed run needs to continue, see `training`),
+`lock` (held while a process works on the run, see `locks`), `diverged` (JSON: step and reason,
+written when the loss or the weights stop being finite), and `done`, written last and atomically
+once everything else succeeded.
 
-States: `done` (holds `done`), `incomplete` (exists without `done`: killed, failed or running),
-`not_launched` (no folder). `reset()` deletes only the harness's own files and refuses a folder
+States: `done` (holds `done`), `diverged` (holds `diverged`: final, never selected or averaged),
+`incomplete` (exists without either: killed, failed or running), `not_launched` (no folder).
+`reset()` deletes only the harness's own files and refuses a folder
 holding anything else, so a mistyped `--output_dir` never costs a user's files.
 
 Torch-free on purpose: the collector, `sweep status` and the launchers' parent process use it.
@@ -27,18 +31,23 @@ from domainbed_recycle.errors import UserError
 RESULTS = "results.jsonl"
 ARGS = "args.json"
 DONE = "done"
+DIVERGED = "diverged"
+RESUME = "resume.pt"
+LOCK = "lock"
 BEST = "model_best.safetensors"
 LAST = "model.safetensors"
 OUT = "out.txt"
 ERR = "err.txt"
 LOGS = (OUT, ERR)  # what a launcher opens in the folder before training starts
-FILES = (ARGS, RESULTS, BEST, LAST, OUT, ERR, DONE)  # everything the harness writes (besides temp files)
+# Everything the harness writes (besides temp files).
+FILES = (ARGS, RESULTS, BEST, LAST, OUT, ERR, DONE, DIVERGED, RESUME, LOCK)
 
 # States.
 STATE_DONE = "done"
+STATE_DIVERGED = "diverged"
 INCOMPLETE = "incomplete"
 NOT_LAUNCHED = "not_launched"
-STATES = (STATE_DONE, INCOMPLETE, NOT_LAUNCHED)
+STATES = (STATE_DONE, STATE_DIVERGED, INCOMPLETE, NOT_LAUNCHED)
 
 # Arguments that say where or how a run executes, not what it computes: they never tell two runs apart.
 PLACEMENT_ARGS = ("output_dir", "progress", "threads")
@@ -58,6 +67,20 @@ def _is_harness_file(name: str) -> bool:
     return False
 
 
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a synced temp file in the same folder, then `os.replace`: a
+    reader (or a kill) sees the old file or the whole new one, never a part."""
+    tmp = path.parent / temp_name(path.name)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One run folder (`path`); cheap to make, reads the disk only when asked.
@@ -75,6 +98,9 @@ class RunDir:
     LAST = LAST
     OUT = OUT
     ERR = ERR
+    DIVERGED = DIVERGED
+    RESUME = RESUME
+    LOCK = LOCK
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         object.__setattr__(self, "path", Path(path))
@@ -112,6 +138,19 @@ class RunDir:
         return self.path / ERR
 
     @property
+    def diverged_file(self) -> Path:
+        return self.path / DIVERGED
+
+    @property
+    def resume_file(self) -> Path:
+        """What a killed run needs to continue (`training.save_resume_state`); gone once done."""
+        return self.path / RESUME
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    @property
     def best_checkpoint(self) -> Path:
         """Weights at the best training-domain validation accuracy (what averaging uses)."""
         return self.path / BEST
@@ -129,9 +168,11 @@ class RunDir:
     # -------------------------------------------------------------------------- state
     @property
     def state(self) -> str:
-        """`done`, `incomplete` or `not_launched` (see the module docstring)."""
+        """`done`, `diverged`, `incomplete` or `not_launched` (see the module docstring)."""
         if self.done_file.is_file():
             return STATE_DONE
+        if self.diverged_file.is_file():
+            return STATE_DIVERGED
         if self.path.exists():
             return INCOMPLETE
         return NOT_LAUNCHED
@@ -139,6 +180,23 @@ class RunDir:
     @property
     def is_done(self) -> bool:
         return self.done_file.is_file()
+
+    @property
+    def is_diverged(self) -> bool:
+        return self.diverged_file.is_file() and not self.is_done
+
+    def diverged_info(self) -> dict[str, Any]:
+        """The `diverged` marker's content ({'step', 'reason'}); {} if absent or unreadable."""
+        try:
+            info = json.loads(self.diverged_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def describe_divergence(self) -> str:
+        """One phrase: 'diverged at step N (reason)'."""
+        info = self.diverged_info()
+        return f"diverged at step {info.get('step', '?')} ({info.get('reason', 'non-finite values')})"
 
     def foreign_entries(self) -> list[str]:
         """Names in the folder that the harness did not write (sorted); [] for a missing folder."""
@@ -154,7 +212,7 @@ class RunDir:
         if not self.path.exists():
             return True
         self._check_is_dir()
-        return all(name in LOGS and not (self.path / name).is_dir() for name in os.listdir(self.path))
+        return all(name in (*LOGS, LOCK) and not (self.path / name).is_dir() for name in os.listdir(self.path))
 
     def _check_is_dir(self) -> None:
         if not self.path.is_dir():
@@ -171,7 +229,8 @@ class RunDir:
             )
 
     def reset(self) -> None:
-        """Delete the harness's files, so a run starts afresh (the folder itself stays).
+        """Delete the harness's files, so a run starts afresh (the folder itself stays, and so does
+        its `lock`, which belongs to whoever holds it).
 
         Raises UserError, deleting nothing, if the folder holds anything the harness did not write.
         """
@@ -179,12 +238,14 @@ class RunDir:
         if not self.path.exists():
             return
         for name in os.listdir(self.path):
-            (self.path / name).unlink(missing_ok=True)
+            if name != LOCK:
+                (self.path / name).unlink(missing_ok=True)
 
     def remove(self) -> None:
-        """`reset()`, then remove the emptied folder (the run becomes `not_launched`)."""
+        """`reset()`, then remove the emptied folder (the run becomes `not_launched`); a folder whose
+        `lock` is still there (held, or left by a dead process) is kept, emptied."""
         self.reset()
-        if self.path.exists():
+        if self.path.exists() and not self.lock_file.exists():
             self.path.rmdir()
 
     def create(self) -> RunDir:
@@ -194,15 +255,11 @@ class RunDir:
 
     def mark_done(self) -> None:
         """Write `done` atomically (temp file, then rename): call it last, once everything succeeded."""
-        tmp = self.path / temp_name(DONE)
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write("done\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.done_file)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(self.done_file, "done\n")
+
+    def mark_diverged(self, step: int, reason: str) -> None:
+        """Write the `diverged` marker atomically: JSON {'step', 'reason'} (the run's final state)."""
+        write_atomic(self.diverged_file, json.dumps({"step": step, "reason": reason}) + "\n")
 
     # -------------------------------------------------------------------------- records
     def open_records(self) -> RecordLog:

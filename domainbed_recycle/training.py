@@ -10,6 +10,8 @@ train`), so a relaunched job never appends to a half-written log.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import random
 import resource
 import sys
@@ -24,16 +26,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from domainbed_recycle import checkpoints, hparams_registry, provenance
+from domainbed_recycle import checkpoints, hparams_registry, provenance, resume
 from domainbed_recycle.algorithms import get_algorithm_class
+from domainbed_recycle.averaging import first_nonfinite
 from domainbed_recycle.datasets import get_dataset, get_dataset_class
 from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDataset
 from domainbed_recycle.datasets.splits import make_splits
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import RunDiverged, UserError
 from domainbed_recycle.evaluation import accuracy, evaluate_splits
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.networks import architecture, same_featurizer
-from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.rundir import RunDir, write_atomic
 
 
 @dataclass
@@ -89,15 +92,71 @@ def set_seeds(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _infinite_batches(split: Dataset, batch_size: int, seed: int, num_workers: int) -> Iterator[tuple]:
-    """Minibatches sampled with replacement, forever (DomainBed's InfiniteDataLoader)."""
-    generator = torch.Generator().manual_seed(seed)
-    if isinstance(split, InMemoryDomain):
-        while True:
-            yield split.batch(torch.randint(len(split), (batch_size,), generator=generator), augment=True)
-    sampler = RandomSampler(split, replacement=True, num_samples=10**9, generator=generator)
-    loader = DataLoader(split, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
-    yield from loader
+class BatchStream:
+    """Minibatches [B, ...] of one domain sampled with replacement, forever (DomainBed's InfiniteDataLoader).
+
+    Resuming: for an in-memory domain the stream's position is its torch.Generator's state, so
+    `state()` / `load_state()` continue the exact sequence. A DataLoader (real datasets: files,
+    augmentation, worker processes) reads ahead of what was consumed, so its position cannot be
+    saved: a resumed stream restarts with a generator seeded from (seed, step) — batches of the same
+    distribution, not the ones the uninterrupted run would have drawn (and augmentation draws differ).
+    """
+
+    def __init__(self, split: Dataset, batch_size: int, seed: int, num_workers: int) -> None:
+        self.split, self.batch_size, self.seed, self.num_workers = split, batch_size, seed, num_workers
+        self.generator = torch.Generator().manual_seed(seed)
+        self._loader: Iterator[tuple] | None = None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple:
+        if isinstance(self.split, InMemoryDomain):
+            return self.split.batch(torch.randint(len(self.split), (self.batch_size,), generator=self.generator),
+                                   augment=True)
+        if self._loader is None:
+            sampler = RandomSampler(self.split, replacement=True, num_samples=10**9, generator=self.generator)
+            self._loader = iter(DataLoader(self.split, batch_size=self.batch_size, sampler=sampler,
+                                           num_workers=self.num_workers, drop_last=True))
+        return next(self._loader)
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state(self, state: torch.Tensor, step: int) -> None:
+        """Continue from `state()` (exact for in-memory domains; see the class docstring otherwise)."""
+        if isinstance(self.split, InMemoryDomain):
+            self.generator.set_state(state)
+        else:
+            self.generator.manual_seed(seed_hash(self.seed, "resume", step))
+            self._loader = None
+
+
+def can_resume(config: TrainConfig, dataset_class: Any) -> bool:
+    """True if `config.output_dir` holds an unfinished run of these same arguments with a resume state."""
+    run = RunDir(config.output_dir)
+    if not run.resume_file.is_file() or run.is_done or run.is_diverged:
+        return False
+    try:
+        return not run.differing_args(config.stored_args(dataset_class))
+    except UserError:  # args.json unreadable: not a run that can be continued
+        return False
+
+
+def _keep_records_until(run: RunDir, step: int) -> None:
+    """Rewrite `results.jsonl` (atomically) with its records up to `step`: those a killed run wrote
+    after its last resume state are written again, identically, by the resumed run."""
+    kept = []
+    text = run.results_file.read_text(encoding="utf-8") if run.results_file.is_file() else ""
+    for line in text.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut by the kill
+            break
+        if record.get("step", step + 1) > step or not line.endswith("\n"):
+            break
+        kept.append(line)
+    write_atomic(run.results_file, "".join(kept))
 
 
 def _peak_memory_gb(device: str) -> float:
@@ -143,13 +202,15 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     """
     config.check()
     run = RunDir(config.output_dir)
-    if not run.is_fresh:
-        raise UserError(f"{run.path}: train() writes only into a new or empty folder, and this one "
-                        f"holds {run.state} run files (reset it first, as the launchers do)")
+    dataset_class = type(dataset) if dataset is not None else get_dataset_class(config.dataset)
+    resuming = can_resume(config, dataset_class)
+    if not run.is_fresh and not resuming:
+        raise UserError(f"{run.path}: train() writes only into a new or empty folder, or continues a run of "
+                        f"the same arguments, and this one holds {run.state} run files (reset it first, as "
+                        f"the launchers do)")
     if config.threads:
         torch.set_num_threads(config.threads)
     algorithm_class = get_algorithm_class(config.algorithm)  # fail fast on an unknown name
-    dataset_class = type(dataset) if dataset is not None else get_dataset_class(config.dataset)
     hparams = hparams_registry.get_hparams(
         config.algorithm, config.hparams_profile or dataset_class.HPARAMS_PROFILE, config.hparams_seed,
         config.hparams, trial_seed=config.trial_seed,
@@ -184,7 +245,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
 
     batch_size = int(hparams["batch_size"])
     batch_iterators = [
-        _infinite_batches(in_splits[i], batch_size, seed_hash(config.seed, "batches", i), dataset.N_WORKERS)
+        BatchStream(in_splits[i], batch_size, seed_hash(config.seed, "batches", i), dataset.N_WORKERS)
         for i in train_envs
     ]
     steps_per_epoch = min(len(in_splits[i]) / batch_size for i in train_envs)
@@ -203,21 +264,52 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         "hparams": hparams, "trial_seed": config.trial_seed, "hparams_seed": config.hparams_seed,
         "seed": config.seed, "init": init_description,
     }
-    run.write_args(static)
-
     best_val = -1.0
+    start_step = 0
+    if resuming:  # continue the killed run: its arguments, provenance, state and records so far
+        static = run.read_static()
+        saved = resume.load(run.resume_file)
+        algorithm.load_resume_state(saved["algorithm"])
+        for stream, state in zip(batch_iterators, saved["batches"], strict=True):
+            stream.load_state(state, saved["step"])
+        resume.set_global_rng_state(saved["rng"])
+        best_val, start_step = float(saved["best_val"]), int(saved["step"])
+        _keep_records_until(run, start_step)
+        print(f"resuming {run.path} at step {start_step} of {steps}", file=sys.stderr, flush=True)
+    else:
+        run.write_args(static)
+
+    def save_resume_state(step: int) -> None:
+        """What the run needs to continue after `step` steps (written after that step's evaluation)."""
+        resume.save(run.resume_file, {
+            "step": step, "best_val": best_val, "algorithm": algorithm.resume_state(),
+            "batches": [stream.state() for stream in batch_iterators], "rng": resume.global_rng_state(),
+        })
+
     step_times: list[float] = []
     losses: dict[str, list[float]] = {}
 
-    bar = tqdm(range(steps), desc=f"{config.algorithm} {config.dataset} test={config.test_envs}",
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps,
+               desc=f"{config.algorithm} {config.dataset} test={config.test_envs}",
                disable=not config.progress, file=sys.stderr, leave=False)
     log = run.open_records()
+
+    def diverge(step: int, reason: str) -> None:
+        """End the run as `diverged` (marker written atomically; no `done`, never resumed)."""
+        log.close()
+        run.mark_diverged(step, reason)
+        run.resume_file.unlink(missing_ok=True)
+        raise RunDiverged(f"{run.path}: the run {run.describe_divergence()}; it is marked diverged and "
+                          f"left out of results (lower the learning rate, or check the data)")
 
     def log_evaluation(step: int, last: bool) -> float:
         """Evaluate every split, append one flushed record, keep the best (and, if `last`, the final)
         checkpoint; returns the training-domain validation accuracy."""
         nonlocal best_val
         algorithm.eval()
+        bad_weight = first_nonfinite(algorithm.eval_state_dict())
+        if bad_weight is not None:
+            diverge(step, f"weight '{bad_weight}' is not finite")
         record: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
         record.update({key: float(np.mean(values)) for key, values in losses.items()})
         record["step_time"] = float(np.mean(step_times)) if step_times else 0.0
@@ -255,11 +347,16 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
             start = time.time()
             minibatches = [(x.to(device), y.to(device)) for x, y in (next(it) for it in batch_iterators)]
             for key, value in algorithm.train_step(minibatches).items():
+                if not math.isfinite(value):
+                    diverge(step + 1, f"{key} = {value}")
                 losses.setdefault(key, []).append(value)
             step_times.append(time.time() - start)
             if (step + 1) % checkpoint_freq != 0 and step != steps - 1:
                 continue
             log_evaluation(step + 1, last=step == steps - 1)
             step_times, losses = [], {}
+            if step != steps - 1:
+                save_resume_state(step + 1)
     run.mark_done()
+    run.resume_file.unlink(missing_ok=True)  # done: nothing left to continue
     return run.path

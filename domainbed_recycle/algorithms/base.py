@@ -89,3 +89,26 @@ class Algorithm(nn.Module):
 
     def end_of_evaluation(self, record: dict[str, Any]) -> None:
         """Hook called after each evaluation with its record (SWAD uses it to pick its window)."""
+
+    # ------------------------------------------------------------------ resume (see `resume`)
+    def resume_state(self) -> dict[str, Any]:
+        """Everything later steps depend on, besides the constructor's arguments: weights and buffers
+        of every submodule, the optimiser's state, `update_count`, and `extra_resume_state()`.
+        Tensors, numbers, strings, None, lists and dicts only (read back with weights_only)."""
+        return {"module": self.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "update_count": self.update_count, "extra": self.extra_resume_state()}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Continue from `resume_state()`'s output (on a freshly built algorithm with the same args)."""
+        self.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.update_count = int(state["update_count"])
+        self.load_extra_resume_state(state["extra"])
+
+    def extra_resume_state(self) -> dict[str, Any]:
+        """State kept outside modules and the optimiser (running averages, own RNGs); a subclass
+        holding such state extends both this and `load_extra_resume_state`."""
+        return {}
+
+    def load_extra_resume_state(self, extra: dict[str, Any]) -> None:
+        """Inverse of `extra_resume_state`."""

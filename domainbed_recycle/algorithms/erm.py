@@ -54,6 +54,14 @@ class MovingAverage(ERM):
             self._average_stale = True
         return out
 
+    def extra_resume_state(self) -> dict[str, Any]:
+        return super().extra_resume_state() | {"running": self.running.state()}
+
+    def load_extra_resume_state(self, extra: dict[str, Any]) -> None:
+        super().load_extra_resume_state(extra)
+        self.running.load_state(extra["running"])
+        self._average_stale = True
+
     def _averaged(self) -> torch.nn.Module:
         if self.running.count == 0:
             return self.network

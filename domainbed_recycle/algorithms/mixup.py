@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches
 from domainbed_recycle.hparams_spec import Define, Real, log_uniform
+from domainbed_recycle.resume import numpy_rng_state, set_numpy_rng_state
 
 Pair = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -51,6 +52,13 @@ class Mixup(Algorithm):
     def __init__(self, arch: dict[str, Any], num_domains: int, hparams: dict[str, Any]) -> None:
         super().__init__(arch, num_domains, hparams)
         self.rng = np.random.RandomState(int(torch.randint(0, 2**31 - 1, ()).item()))
+
+    def extra_resume_state(self) -> dict[str, Any]:
+        return super().extra_resume_state() | {"rng": numpy_rng_state(self.rng)}
+
+    def load_extra_resume_state(self, extra: dict[str, Any]) -> None:
+        super().load_extra_resume_state(extra)
+        set_numpy_rng_state(extra["rng"], self.rng)
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         alpha = float(self.hparams["mixup_alpha"])

@@ -210,6 +210,30 @@ class SWAD(ERM):
             self.segment.update(self.network)
         return out
 
+    _VALLEY_FIELDS = ("losses", "valley", "threshold", "included", "decided", "dead")
+
+    def extra_resume_state(self) -> dict[str, Any]:
+        def segment(seg: _Segment | None) -> dict[str, Any] | None:
+            return None if seg is None else {"state": seg.state, "count": seg.count}
+
+        return super().extra_resume_state() | {
+            "valley": {name: getattr(self.valley, name) for name in self._VALLEY_FIELDS},
+            "segment": self.segment.state(),
+            "segments": {str(j): segment(seg) for j, seg in self._segments.items()},
+            "kept": segment(self._kept), "n_kept": self._n_kept,
+        }
+
+    def load_extra_resume_state(self, extra: dict[str, Any]) -> None:
+        super().load_extra_resume_state(extra)
+        for name in self._VALLEY_FIELDS:
+            setattr(self.valley, name, extra["valley"][name])
+        self.segment.load_state(extra["segment"])
+        self._segments = {int(j): _Segment(seg["state"], int(seg["count"])) for j, seg in extra["segments"].items()}
+        kept = extra["kept"]
+        self._kept = None if kept is None else _Segment(kept["state"], int(kept["count"]))
+        self._n_kept = int(extra["n_kept"])
+        self._average_stale = True
+
     def end_of_evaluation(self, record: dict[str, Any]) -> None:
         """Close the current segment and update the window with this evaluation's validation loss."""
         if self.segment.count == 0:  # evaluation before any step, or after the valley died

@@ -30,6 +30,7 @@ from domainbed_recycle.collect.jsonl import parse_lines
 
 RESULTS_FILE = rundir.RESULTS
 DONE_FILE = rundir.DONE
+DIVERGED_FILE = rundir.DIVERGED
 
 #: Problem kind -> how the warning describes it.
 PROBLEMS: dict[str, str] = {
@@ -38,6 +39,7 @@ PROBLEMS: dict[str, str] = {
     "bad_json": "line that is not a JSON object",
     "missing_keys": "record missing required keys or with invalid values",
     "unreadable": "file that could not be read",
+    "diverged": "record(s) of diverged runs (loss or weights not finite; never selected)",
 }
 
 _ACC_KEY = re.compile(r"^env(\d+)_(in|out)_acc$")
@@ -189,6 +191,9 @@ def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[t
             report.add_problem("unreadable", path)
             continue
         report.n_files += 1
+        if os.path.exists(folder + os.sep + DIVERGED_FILE):
+            report.add_problem("diverged", path, max(1, data.count(b"\n")))
+            continue
         done = os.path.exists(done_path)
         report.n_runs_not_done += not done
         if only_done and not done:

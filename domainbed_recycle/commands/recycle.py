@@ -39,7 +39,13 @@ def run(args: argparse.Namespace) -> int:
     if args.inits:
         print(pipeline.run_inits())
         return 0
-    text = pipeline.table() if args.table_only else pipeline.run()
+    if args.table_only:
+        text = pipeline.table()
+    else:  # one recycle per output folder at a time: a second one is refused, naming the first
+        from domainbed_recycle.locks import folder_lock
+
+        with folder_lock(pipeline.out, f"recycle output folder {pipeline.out}"):
+            text = pipeline.run()
     print(text)
     for path, fmt in ((args.markdown, "markdown"), (args.latex, "latex")):
         if path:

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default=None,
                         help="inprocess | pool (default) | submitit_local | slurm")
     parser.add_argument("--n_workers", type=int, default=None, help="parallel jobs (default: one per core)")
-    parser.add_argument("--rerun_done", action="store_true", help="wipe and train again jobs already done")
+    parser.add_argument("--rerun_done", "--force", action="store_true",
+                        help="wipe and train again jobs already done or diverged")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     slurm = parser.add_argument_group("Slurm (--launcher slurm)")
     slurm.add_argument("--slurm_partition", default=None)
@@ -126,8 +127,10 @@ def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
     states = [sweep.job_state(job) for job in jobs]
     n_done = states.count(sweep.DONE)
     n_todo = len(jobs) - (0 if args.rerun_done else n_done)
-    print(f"{len(jobs)} jobs in {spec.output_dir}: {n_done} done, "
-          f"{states.count(sweep.INCOMPLETE)} incomplete (restarted from scratch), "
+    n_diverged = states.count(sweep.DIVERGED)
+    n_done += n_diverged  # final too: trained again only with --rerun_done
+    print(f"{len(jobs)} jobs in {spec.output_dir}: {n_done - n_diverged} done, {n_diverged} diverged, "
+          f"{states.count(sweep.INCOMPLETE)} incomplete (continued from their last save, if any), "
           f"{states.count(sweep.NOT_LAUNCHED)} not launched")
     if n_todo == 0:
         print("Nothing to launch.")
@@ -137,8 +140,16 @@ def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
     if not args.skip_confirmation and not _confirm(f"Launch {n_todo} jobs ({where})?"):
         print("Nevermind!")
         return 0
-    report = launch(jobs, launcher=spec.launcher, n_workers=spec.n_workers, slurm=slurm,
-                    skip_done=not args.rerun_done, progress=not args.no_progress)
+    from domainbed_recycle.locks import describe, folder_lock, try_hold
+
+    # Sweeps may share a folder, so a launch running there is no reason to refuse: each job's own
+    # lock makes this launch skip ("running elsewhere") the jobs the other one is training.
+    with try_hold(folder_lock(spec.output_dir, f"sweep folder {spec.output_dir}")) as other:
+        if other is not None:
+            print(f"note: another launch ({describe(other)}) is working in {spec.output_dir}: "
+                  f"the jobs it is training are skipped here")
+        report = launch(jobs, launcher=spec.launcher, n_workers=spec.n_workers, slurm=slurm,
+                        skip_done=not args.rerun_done, progress=not args.no_progress)
     print(report.summary())
     sys.stdout.flush()
     return 1 if report.failed else 0

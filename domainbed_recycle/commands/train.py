@@ -1,17 +1,20 @@
 """`drecycle train`: one leave-one-domain-out run (DomainBed's train.py flags, plus --init).
 
 `--output_dir` rules (the run folder's, see `rundir`): a missing or empty folder is trained into; a
-killed attempt of this harness is reset (only the harness's files are deleted) and trained again; a
+killed attempt of the same arguments with a resume state is continued; another killed attempt is
+reset (only the harness's files are deleted) and trained again; a
 finished run with the same arguments is shown, not retrained; a finished run with other arguments,
-or a folder holding anything the harness did not write, is refused with one line.
+or a folder holding anything the harness did not write, is refused with one line. A run whose loss or
+weights stop being finite ends as `diverged` (one line, non-zero exit, no `done`), and stays so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING
 
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import UserError, os_error_line
 from domainbed_recycle.rundir import RunDir
 
 if TYPE_CHECKING:  # training imports torch; `drecycle --help` must not
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.holdout_fraction < 1.0:
         raise UserError(f"--holdout_fraction must be in (0, 1), got {args.holdout_fraction}")
 
-    from domainbed_recycle.training import TrainConfig, train
+    from domainbed_recycle.training import TrainConfig
 
     config = TrainConfig(
         dataset=args.dataset, output_dir=args.output_dir, algorithm=args.algorithm, test_envs=args.test_envs,
@@ -70,11 +73,36 @@ def run(args: argparse.Namespace) -> int:
     if run.is_done:
         _check_same_run(run, config)
         print(f"already done: {run.path} holds a finished run with these arguments (its result below)")
+    elif run.is_diverged:
+        _check_same_run(run, config)
+        raise UserError(f"{run.path}: this run already {run.describe_divergence()}; training it again would "
+                        f"diverge again: change its hyper-parameters (new --output_dir) or delete {run.path}")
     else:
-        run.reset()  # a killed attempt of this harness; refuses a folder holding anything else
-        train(config)
+        _train_locked(run, config)
     _print_summary(run)
     return 0
+
+
+def _train_locked(run: RunDir, config: TrainConfig) -> None:
+    """Train into `run` holding its lock (a second `drecycle train` of the folder is refused)."""
+    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.locks import Lock
+    from domainbed_recycle.training import can_resume, train
+
+    run.check_is_run()  # a folder holding anything else is refused before anything is written
+    created = not run.path.exists()
+    run.create()
+    try:
+        with Lock(run.lock_file, f"run folder {run.path}"):
+            if not can_resume(config, get_dataset_class(config.dataset)):
+                run.reset()  # a killed attempt of this harness that cannot be continued
+            train(config)
+    except OSError as error:  # e.g. disk full while writing, where the error may not name the file
+        raise UserError(os_error_line(error, run.path)) from None
+    finally:
+        if created:  # refused before writing anything: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                run.path.rmdir()
 
 
 def _check_same_run(run: RunDir, config: TrainConfig) -> None:

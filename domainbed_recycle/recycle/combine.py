@@ -15,7 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from domainbed_recycle import provenance
-from domainbed_recycle.averaging import uniform_average
+from domainbed_recycle.averaging import check_finite, uniform_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
 from domainbed_recycle.collect import collect, load_records, render
 from domainbed_recycle.datasets import get_dataset_class
@@ -75,7 +75,8 @@ def combine_pooled(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strate
                 if marker.exists():
                     continue
                 runs = [run for cell in group for pool in cells[cell][strategy.name].values() for run in pool]
-                state = uniform_average(load_checkpoint(run.checkpoint)[0] for run in runs)
+                state = uniform_average(check_finite(load_checkpoint(run.checkpoint)[0], str(run.checkpoint))
+                                        for run in runs)
                 for cell in group:
                     outcome = ModelOutcome(variant, evaluator(cache, cell, runs[0]).record(state),
                                            {"members": [r.run_id for r in runs]})

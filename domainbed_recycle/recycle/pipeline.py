@@ -102,3 +102,9 @@ class Pipeline:
         _log(report.summary().splitlines()[0])
         if not report.ok:
             raise UserError(f"stage {stage}: {len(report.failed)} job(s) failed:\n{report.summary()}")
+        if report.diverged:  # later stages would start from, average or tabulate a diverged run
+            raise UserError(f"stage {stage}: {len(report.diverged)} job(s) diverged (change their "
+                            f"hyper-parameters in the spec):\n{report.summary()}")
+        if report.elsewhere:  # another process is training them: their results are not there yet
+            raise UserError(f"stage {stage}: {len(report.elsewhere)} job(s) are running elsewhere; rerun "
+                            f"once they are done:\n{report.summary()}")

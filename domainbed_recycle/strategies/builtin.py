@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainbed_recycle.averaging import fusing_weights, greedy_soup, prefix_averages, weighted_average
+from domainbed_recycle.averaging import check_finite, fusing_weights, greedy_soup, prefix_averages, weighted_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata, save_checkpoint, split_state
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator, ProbabilityEnsemble
@@ -43,7 +43,8 @@ def auxiliary_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[d
 
 
 def _load(run: RunRef) -> dict:
-    return load_checkpoint(run.checkpoint)[0]
+    """A run's best checkpoint; a non-finite one (a diverged run) is refused, naming it."""
+    return check_finite(load_checkpoint(run.checkpoint)[0], str(run.checkpoint))
 
 
 def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
@@ -192,7 +193,8 @@ class FusedInit:
     def build(self) -> None:
         if self.path.exists():
             return
-        featurizers = ({f"featurizer.{k}": v for k, v in split_state(load_checkpoint(p)[0])[0].items()}
+        featurizers = ({f"featurizer.{k}": v
+                        for k, v in split_state(check_finite(load_checkpoint(p)[0], str(p)))[0].items()}
                        for _, p in self.sources)
         meta = read_metadata(self.sources[0][1])
         fused = weighted_average(featurizers, list(self.weights))

@@ -5,6 +5,7 @@ Torch-free at import, like each of its modules.
 """
 
 from domainbed_recycle.sweep.jobs import (
+    DIVERGED,
     DONE,
     INCOMPLETE,
     NOT_LAUNCHED,
@@ -23,6 +24,7 @@ from domainbed_recycle.sweep.jobs import (
     train_config_fields,
 )
 from domainbed_recycle.sweep.launchers import (
+    DIVERGED_OUTCOME,
     FAILED,
     LAUNCHERS,
     RAN,
@@ -43,7 +45,8 @@ from domainbed_recycle.sweep.spec import (
 )
 
 __all__ = [
-    "DONE", "FAILED", "INCOMPLETE", "LAUNCHERS", "NOT_LAUNCHED", "RAN", "SKIPPED", "SLURM_KEYS",
+    "DIVERGED", "DIVERGED_OUTCOME", "DONE", "FAILED", "INCOMPLETE", "LAUNCHERS", "NOT_LAUNCHED", "RAN",
+    "SKIPPED", "SLURM_KEYS",
     "SPEC_KEYS", "STATES", "UNHASHED_ARGS", "Job", "JobOutcome", "LaunchReport", "SlurmOptions",
     "SweepSpec", "dataset_environments", "delete_incomplete", "format_status", "job_id_of",
     "job_state", "jobs_from_configs", "launch", "load_spec", "make_jobs", "read_spec_file",

@@ -14,6 +14,7 @@ recycling pipeline's jobs, with init checkpoints and strategy labels). Launching
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from domainbed_recycle import rundir
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import validate_overrides
+from domainbed_recycle.locks import Lock, describe, is_alive
 from domainbed_recycle.misc import args_hash, seed_hash
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig
@@ -34,6 +36,7 @@ from domainbed_recycle.training import TrainConfig
 UNHASHED_ARGS = rundir.PLACEMENT_ARGS
 
 DONE = rundir.STATE_DONE
+DIVERGED = rundir.STATE_DIVERGED
 INCOMPLETE = rundir.INCOMPLETE
 NOT_LAUNCHED = rundir.NOT_LAUNCHED
 STATES = rundir.STATES
@@ -207,8 +210,8 @@ def jobs_from_configs(configs: Iterable[Mapping[str, Any]], output_dir: str | Pa
 
 
 def job_state(job: Job) -> str:
-    """'done' (the run folder holds `done`), 'incomplete' (folder without `done`: killed, failed or
-    running) or 'not_launched' (no folder); see `RunDir.state`."""
+    """'done' (the run folder holds `done`), 'diverged' (it holds `diverged`), 'incomplete' (folder
+    without either: killed, failed or running) or 'not_launched' (no folder); see `RunDir.state`."""
     return job.run.state
 
 
@@ -227,7 +230,7 @@ def format_status(counts: Mapping[tuple[str, str], Counter[str]]) -> str:
             for (dataset, algorithm), c in counts.items()]
     total = sum(counts.values(), Counter())
     rows.append(["total", "", *(total[s] for s in STATES), sum(total.values())])
-    return tabulate(rows, headers=["dataset", "algorithm", "done", "incomplete", "not launched", "jobs"])
+    return tabulate(rows, headers=["dataset", "algorithm", *(s.replace("_", " ") for s in STATES), "jobs"])
 
 
 def delete_incomplete(jobs: Iterable[Job]) -> list[Job]:
@@ -239,6 +242,13 @@ def delete_incomplete(jobs: Iterable[Job]) -> list[Job]:
     incomplete = [job for job in jobs if job_state(job) == INCOMPLETE]
     for job in incomplete:
         job.run.check_is_run()
+        holder = Lock(job.run.lock_file, "").read()
+        if holder is not None and is_alive(holder):
+            raise UserError(f"run folder {job.run.path} is in use by {describe(holder)}: "
+                            f"nothing deleted (wait for it, or stop it first)")
     for job in incomplete:
-        job.run.remove()
+        with Lock(job.run.lock_file, f"run folder {job.run.path}"):
+            job.run.reset()
+        with contextlib.suppress(OSError):  # emptied: remove it (a lock taken meanwhile keeps it)
+            job.run.path.rmdir()
     return incomplete

@@ -7,8 +7,9 @@ Python API (used by `drecycle sweep` and by the recycling pipeline)::
     report.failed  # outcomes of the jobs that raised; their tracebacks are in <run folder>/err.txt
 
 Every launcher runs `run_job(job.args)` once per job. `run_job` skips a job that is already done,
-resets a half-written run folder (`RunDir.reset`: so no record is ever written twice; it is the only
-place a run folder is reset before training), tees the job's stdout/stderr
+continues a killed run from its resume state, else resets a half-written run folder
+(`RunDir.reset`: so no record is ever written twice; it is the only place a run folder is reset
+before training), tees the job's stdout/stderr
 into `out.txt`/`err.txt` of its run folder and calls `training.train`. A job that fails is recorded
 (traceback in `err.txt`, outcome "failed") and the others go on; only the `inprocess` launcher,
 meant for debugging, lets the exception propagate.
@@ -36,15 +37,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import RunDiverged, UserError, os_error_line
+from domainbed_recycle.locks import Lock, LockHeld, release_if_mine
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
-from domainbed_recycle.sweep.jobs import DONE, Job, job_state
+from domainbed_recycle.sweep.jobs import DIVERGED, DONE, Job, job_state
 
 # Outcome statuses.
 RAN = "done"  # trained to the end in this launch
 SKIPPED = "skipped"  # already done before this launch
 FAILED = "failed"
+DIVERGED_OUTCOME = "diverged"  # its loss or weights stopped being finite (now or in an earlier launch)
+ELSEWHERE = "running_elsewhere"  # another process holds the run folder's lock: not touched here
 
 
 @dataclasses.dataclass
@@ -79,7 +83,7 @@ class JobOutcome:
 
     job_id: str
     output_dir: str
-    status: str  # "done", "skipped" or "failed"
+    status: str  # "done", "skipped", "diverged", "running_elsewhere" or "failed"
     seconds: float = 0.0
     error: str | None = None  # one line: exception type and message (details in err.txt)
 
@@ -105,13 +109,29 @@ class LaunchReport:
         return sum(o.status == SKIPPED for o in self.outcomes)
 
     @property
+    def diverged(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == DIVERGED_OUTCOME]
+
+    @property
+    def elsewhere(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == ELSEWHERE]
+
+    @property
     def ok(self) -> bool:
         return not self.failed
 
     def summary(self) -> str:
-        """One line of counts, then one line per failed job pointing at its err.txt."""
-        lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {self.n_ran} ran, "
-                 f"{self.n_skipped} already done, {len(self.failed)} failed"]
+        """One line of counts, then one line per diverged or failed job (failures point at err.txt)."""
+        counts = [f"{self.n_ran} ran", f"{self.n_skipped} already done"]
+        counts += [f"{len(group)} {name}" for group, name in ((self.elsewhere, "running elsewhere"),
+                                                              (self.diverged, "diverged")) if group]
+        counts.append(f"{len(self.failed)} failed")
+        lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {', '.join(counts)}"]
+        for outcome in self.elsewhere:
+            lines.append(f"  RUNNING ELSEWHERE {outcome.job_id}: {outcome.error}")
+        for outcome in self.diverged:
+            lines.append(f"  DIVERGED {outcome.job_id}: {outcome.error} (left out of results; "
+                         f"--rerun_done trains it again)")
         for outcome in self.failed:
             lines.append(f"  FAILED {outcome.job_id}: {outcome.error} (see {RunDir(outcome.output_dir).err_file})")
         return "\n".join(lines)
@@ -194,7 +214,11 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     """Train one job (the `TrainConfig` arguments `args`, `output_dir` included); never raises
     unless `reraise`.
 
-    Skips a job already done (unless `force`: it runs again). Otherwise resets the run folder
+    Takes the run folder's lock first (`locks.Lock` on `RunDir.lock_file`): a job another process
+    holds is left alone, outcome "running_elsewhere". Skips a job already done, and reports a job
+    that diverged before as "diverged" (unless `force`: either runs again). A run that diverges now
+    is "diverged" too (its folder holds the `diverged` marker). A killed attempt that saved a resume
+    state (`training.can_resume`) is continued; otherwise the run folder is reset
     (deleting only the harness's files of a killed attempt; a folder holding anything else fails
     the job), tees stdout/stderr to `out.txt` and `err.txt` there, and trains with
     `progress=False` and `threads` torch threads. A failure's traceback goes to `err.txt`; the
@@ -206,28 +230,86 @@ def run_job(args: dict[str, Any], threads: int | None = None, echo: bool = True,
     run_dir, job_id = run.path, run.name
     if run.is_done and not force:
         return JobOutcome(job_id, str(run_dir), SKIPPED)
-
-    from domainbed_recycle.training import TrainConfig, train
-
+    if run.is_diverged and not force:
+        return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
+    lock = Lock(run.lock_file, f"run folder {run_dir}")
     try:
-        run.reset()
+        run.check_is_run()  # never put a lock into a folder that is not a run
         run.create()
+        lock.acquire()
+    except LockHeld as held:
+        return JobOutcome(job_id, str(run_dir), ELSEWHERE, 0.0, str(held))
+    except (OSError, UserError) as error:
+        if reraise:
+            raise
+        message = os_error_line(error, run_dir) if isinstance(error, OSError) else str(error)
+        return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {message}")
+    try:
+        return _run_locked(run, args, threads, echo, force, reraise, start)
+    finally:
+        lock.release()
+
+
+def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bool, force: bool,
+                reraise: bool, start: float) -> JobOutcome:
+    """`run_job`'s work once the run folder's lock is held (the state is read again: another
+    process may have finished or diverged the run before the lock was taken)."""
+    run_dir, job_id = run.path, run.name
+    if run.is_done and not force:
+        return JobOutcome(job_id, str(run_dir), SKIPPED)
+    if run.is_diverged and not force:
+        return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
+
+    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.training import TrainConfig, can_resume, train
+
+    config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
+    try:
+        resumable = not force and can_resume(TrainConfig(**config_args), get_dataset_class(args["dataset"]))
+    except Exception:  # bad arguments: training them reports the problem below
+        resumable = False
+    try:
+        if not resumable:  # a killed attempt without a resume state starts afresh
+            run.reset()
     except (OSError, UserError) as error:
         if reraise:
             raise
         return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {error}")
-    config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
     with _tee_output(run, echo):
         print(f"job {job_id}: {config_args}", flush=True)
         try:
             train(TrainConfig(**config_args, progress=False, threads=threads))
+        except RunDiverged:  # an outcome, not a bug: never re-raised
+            print(run.describe_divergence(), file=sys.stderr)
+            return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, time.time() - start,
+                              run.describe_divergence())
         except Exception as error:
             traceback.print_exc()
             if reraise:
                 raise
-            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            message = (os_error_line(error, run_dir) if isinstance(error, OSError)
+                       else f"{type(error).__name__}: {error}".splitlines()[0])
             return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, message)
     return JobOutcome(job_id, str(run_dir), RAN, time.time() - start)
+
+
+class ResumableJob:
+    """`run_job` as submitit runs it: callable, and checkpointable (submitit calls `checkpoint` when
+    Slurm preempts the job or its time limit nears, then requeues what it returns). The requeued job
+    continues from the run's last resume state: the run folder's lock is released first (the new
+    attempt may start on another host) and `force` is dropped (a forced rerun must not reset the
+    progress of its own first attempt)."""
+
+    def __call__(self, args: dict[str, Any], threads: int | None = None, echo: bool = True,
+                 force: bool = False) -> JobOutcome:
+        return run_job(args, threads, echo, force)
+
+    def checkpoint(self, args: dict[str, Any], threads: int | None = None, echo: bool = True,
+                   force: bool = False) -> Any:
+        import submitit
+
+        release_if_mine(RunDir(args["output_dir"]).lock_file)
+        return submitit.helpers.DelayedSubmission(ResumableJob(), args, threads, echo, False)
 
 
 # ---------------------------------------------------------------------------------- launchers
@@ -445,7 +527,7 @@ def launch_submitit_local(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcom
     try:
         for job in jobs:
             _wait_submitit(pending, ctx, 0.2, outcomes, limit=n_workers - 1)
-            pending[executor.submit(run_job, job.args, threads, False, ctx.force)] = job
+            pending[executor.submit(ResumableJob(), job.args, threads, False, ctx.force)] = job
         _wait_submitit(pending, ctx, 0.2, outcomes)
     except BaseException:
         _cancel_all(list(pending))
@@ -458,8 +540,9 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     """One Slurm job array through submitit (`sbatch --array`, at most `array_parallelism` tasks at
     a time); each task runs one job with `cpus_per_task` threads, with this process's Python.
 
-    The jobs keep running on the cluster if this process dies; wait for them (squeue) before
-    relaunching the sweep, since a relaunch restarts any job that is not done.
+    A preempted or timed-out task is requeued by submitit and continues from its resume state
+    (`ResumableJob`). The jobs keep running on the cluster if this process dies; a relaunch
+    meanwhile skips the jobs they hold ("running elsewhere", through each run folder's lock).
     """
     import submitit
 
@@ -476,7 +559,7 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     executor.update_parameters(**params)
     n = len(jobs)
     try:
-        submitted = executor.map_array(run_job, [job.args for job in jobs], [opts.cpus_per_task] * n,
+        submitted = executor.map_array(ResumableJob(), [job.args for job in jobs], [opts.cpus_per_task] * n,
                                        [False] * n, [ctx.force] * n)
     except Exception as error:  # sbatch refused (bad partition, memory above the node's, no slurmctld)
         message = str(error).strip().splitlines()
@@ -520,8 +603,9 @@ def launch(
         n_workers: parallel processes for "pool" and "submitit_local" (default: one per core);
             each gets cores // n_workers torch threads.
         slurm: resources for "slurm" (its `time_min` is also submitit_local's timeout).
-        skip_done: jobs already done are reported "skipped" without being sent to a worker; with
-            False they are wiped and trained again. Incomplete jobs always start afresh.
+        skip_done: jobs already done are reported "skipped", and jobs that diverged before
+            "diverged", without being sent to a worker; with False both are wiped and trained again.
+            Incomplete jobs continue from their resume state if they have one, else start afresh.
         log_dir: submitit's folder (default `<sweep folder>/.submitit`).
         progress: show a tqdm bar over jobs (stderr).
     Failed jobs do not stop the others (except with "inprocess"): check `report.ok` / `report.failed`.
@@ -536,8 +620,12 @@ def launch(
     outcomes: dict[str, JobOutcome] = {}
     to_run: dict[str, Job] = {}  # a job listed twice runs once
     for job in jobs:
-        if skip_done and job_state(job) == DONE:
+        state = job_state(job) if skip_done else None
+        if state == DONE:
             outcomes[job.job_id] = JobOutcome(job.job_id, str(job.output_dir), SKIPPED)
+        elif state == DIVERGED:
+            outcomes[job.job_id] = JobOutcome(job.job_id, str(job.output_dir), DIVERGED_OUTCOME, 0.0,
+                                              job.run.describe_divergence())
         else:
             to_run.setdefault(job.job_id, job)
     if to_run:
