@@ -65,7 +65,7 @@ def test_averaging_and_lmc_refuse_non_finite_members_by_name():
 
 
 def test_the_collector_skips_diverged_runs_with_one_warning(tmp_path):
-    from domainbed_recycle.records import load_records
+    from domainbed_recycle.collect import load_records
 
     jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1,
                      hparams={"cnn_width": 8})

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train_locked(run: RunDir, config: TrainConfig) -> None:
     """Train into `run` holding its lock (a second `drecycle train` of the folder is refused)."""
-    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.datasets import get_dataset_class
     from domainbed_recycle.locks import Lock
     from domainbed_recycle.training import can_resume, train
 

@@ -260,7 +260,7 @@ def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bo
     if run.is_diverged and not force:
         return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
 
-    from domainbed_recycle.datasets.base import get_dataset_class
+    from domainbed_recycle.datasets import get_dataset_class
     from domainbed_recycle.training import TrainConfig, can_resume, train
 
     config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
