@@ -48,16 +48,18 @@ def _common(define: Define, profile: str) -> None:
         define("batch_size", 32, None, Integer(low=1))
     elif profile in ("small", "small_finetune"):
         # CPU scale: the small CNN on 3x28x28 built-ins. Fine-tuning a pre-trained featurizer
-        # ("small_finetune") mirrors the paper's ResNet-50 ranges: a narrow learning-rate set spanning
-        # 2.5x around the default (the paper: {1, 3, 5}e-5) and a fixed batch, so that the runs of a
-        # soup differ in their regularisation and seeds, not in how far they trained.
+        # ("small_finetune") mirrors the shape of the paper's ResNet-50 ranges: a narrow learning-rate
+        # set whose default is its top (the paper: {1, 3, 5}e-5, default 5e-5) and a fixed batch, so the
+        # runs of a soup differ in regularisation and seeds, not in how far they trained. Measured on
+        # TextureMNIST (300 steps): at 2e-4..5e-4 runs were still improving at their last step and the
+        # best were the 5e-4 ones (regime notes in README's built-in benchmark section).
         define("arch", "small_cnn", None, OneOf(ARCHITECTURES))
         define("cnn_width", 16, None, Integer(low=1))
         define("data_augmentation", False, None, Flag())
         if profile == "small":
             define("lr", 1e-3, log_uniform(-3.5, -2.5), POSITIVE)
         else:
-            define("lr", 3e-4, choice([2e-4, 3e-4, 5e-4]), POSITIVE)
+            define("lr", 1e-3, choice([5e-4, 7e-4, 1e-3]), POSITIVE)
         define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
         define("weight_decay", 0.0, choice([0.0, 1e-6, 1e-4]), NON_NEGATIVE)
         if profile == "small":
