@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from domainbed_recycle.collect import load_records
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.recycle.imports import import_finetuning
 from domainbed_recycle.recycle.pipeline import Pipeline
@@ -139,3 +140,28 @@ def test_target_objective_is_a_spec_key(tmp_path):
     target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedMNIST")]
     assert target_lines and all(" CORAL " in line or " MovingAverage " in line for line in target_lines)
     assert any(" CORAL " in line for line in target_lines)
+
+
+def test_a_changed_plan_is_recombined_and_the_old_answer_removed(finished):
+    """Issue: a marker keyed only by (cell, strategy) kept showing the old runs' table for a new spec."""
+    from domainbed_recycle.evaluation import EvaluatorCache
+    from domainbed_recycle.recycle import combine
+
+    pipeline, _ = finished
+    plan = pipeline.plan()
+    cache = EvaluatorCache(None, pipeline.spec.target.holdout_fraction)
+    said = []
+    combine.combine_cells(plan.cells, pipeline.strategies, pipeline.spec, pipeline.out, cache, log=said.append)
+    assert said[-1].startswith("stage 5/5 combine: 0 ")  # same plan: nothing to redo
+    cell = next(iter(plan.cells))
+    fewer = {c: dict(per) for c, per in plan.cells.items()}
+    fewer[cell]["LP-FT"] = {name: runs[:1] for name, runs in plan.cells[cell]["LP-FT"].items()}
+    before = {p.parent.name for p in (pipeline.out / "table").glob("*/done")}
+    combine.combine_cells(fewer, pipeline.strategies, pipeline.spec, pipeline.out, cache, log=said.append)
+    assert said[-1].startswith("stage 5/5 combine: 1 ")
+    after = {p.parent.name for p in (pipeline.out / "table").glob("*/done")}
+    assert len(before - after) == 2  # the two LP-FT runs no longer planned left the table
+    records, _ = load_records(pipeline.out / "table")
+    assert len(set(records[records["algorithm"] == "LP-FT"]["run_dir"])) == 1
+    combine.combine_cells(plan.cells, pipeline.strategies, pipeline.spec, pipeline.out, cache, log=said.append)
+    assert {p.parent.name for p in (pipeline.out / "table").glob("*/done")} == before  # and back

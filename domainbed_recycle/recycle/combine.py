@@ -23,7 +23,7 @@ from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
 from domainbed_recycle.misc import args_hash
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.recycle.stages import target_settings
-from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.rundir import RunDir, write_atomic
 from domainbed_recycle.strategies.base import Cell, ModelOutcome, RunRef, RunsOutcome, Strategy
 
 TABLE, COMBINED = "table", "combined"
@@ -47,18 +47,22 @@ def evaluator(cache: EvaluatorCache, cell: Cell, run: RunRef) -> Evaluator:
 
 def combine_cells(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy],
                   spec: RecycleSpec, out: Path, cache: EvaluatorCache, log: Any = print) -> None:
-    """Each strategy's outcomes per cell, written once (a marker file per cell and strategy)."""
+    """Each strategy's outcomes per cell, written once. A marker per cell and strategy records which runs
+    were combined and which table folders that wrote; when the planned runs change (e.g. a new
+    `[target] hparams`), the old table folders are removed and the cell is combined again, so the
+    table never shows the old runs' answer to the new spec."""
     by_name = {s.name: s for s in strategies}
-    todo = [(cell, name) for cell, per in cells.items() for name in per if not _marker(out, cell, name).exists()]
+    todo = [(cell, name) for cell, per in cells.items() for name in per
+            if _combined_runs(out, cell, name) != _run_ids(per[name])]
     log(f"stage 5/5 combine: {len(todo)} (cell, strategy) pair(s) to combine")
     for cell, name in tqdm(todo, desc="combine", file=sys.stderr):
         pools = cells[cell][name]
+        _forget(out, _marker(out, cell, name))
         first = next(run for runs in pools.values() for run in runs)
         outcomes = by_name[name].combine(cell, pools, evaluator(cache, cell, first))
-        _write_outcomes(spec, out, cell, outcomes)
-        marker = _marker(out, cell, name)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps([_summary(o) for o in outcomes], indent=1))
+        folders = _write_outcomes(spec, out, cell, outcomes)
+        _write_marker(_marker(out, cell, name), {"runs": _run_ids(pools), "table_folders": folders,
+                                                 "outcomes": [_summary(o) for o in outcomes]})
 
 
 def combine_pooled(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy],
@@ -72,23 +76,52 @@ def combine_pooled(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strate
         for variant in strategy.pooled:
             for (dataset, test_env), group in groups.items():
                 marker = out / COMBINED / f"{dataset}_env{test_env}_{_safe(variant)}.json"
-                if marker.exists():
-                    continue
                 runs = [run for cell in group for pool in cells[cell][strategy.name].values() for run in pool]
+                if _read_marker(marker).get("runs") == [r.run_id for r in runs]:
+                    continue
+                _forget(out, marker)
                 state = uniform_average(check_finite(load_checkpoint(run.checkpoint)[0], str(run.checkpoint))
                                         for run in runs)
+                folders = []
                 for cell in group:
                     outcome = ModelOutcome(variant, evaluator(cache, cell, runs[0]).record(state),
                                            {"members": [r.run_id for r in runs]})
-                    _write_outcomes(spec, out, cell, [outcome])
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text(json.dumps({"members": len(runs)}))
+                    folders += _write_outcomes(spec, out, cell, [outcome])
+                _write_marker(marker, {"runs": [r.run_id for r in runs], "table_folders": folders})
 
 
 def combined_outcomes(out: Path, cell: Cell, strategy: str) -> list[dict[str, Any]]:
     """What `combine_cells` recorded for a cell and strategy ([] if not combined yet)."""
-    marker = _marker(out, cell, strategy)
-    return json.loads(marker.read_text()) if marker.exists() else []
+    return _read_marker(_marker(out, cell, strategy)).get("outcomes", [])
+
+
+def _run_ids(pools: dict[str, list[RunRef]]) -> dict[str, list[str]]:
+    return {name: [run.run_id for run in runs] for name, runs in pools.items()}
+
+
+def _combined_runs(out: Path, cell: Cell, strategy: str) -> Any:
+    return _read_marker(_marker(out, cell, strategy)).get("runs")
+
+
+def _read_marker(marker: Path) -> dict[str, Any]:
+    """A marker's content ({} if absent, or written by an older version that listed no runs)."""
+    try:
+        content = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _write_marker(marker: Path, content: dict[str, Any]) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(marker, json.dumps(content, indent=1))
+
+
+def _forget(out: Path, marker: Path) -> None:
+    """Remove the table folders an earlier combination wrote (its runs are no longer the planned ones)."""
+    for folder in _read_marker(marker).get("table_folders", []):
+        RunDir(out / TABLE / folder).remove()
+    marker.unlink(missing_ok=True)
 
 
 def table(out: Path, names: list[str], datasets: list[str], selection: list[str], fmt: str = "text") -> str:
@@ -106,7 +139,10 @@ def _marker(out: Path, cell: Cell, name: str) -> Path:
     return out / COMBINED / f"{cell.dataset}_env{cell.test_env}_trial{cell.trial_seed}_{name}.json"
 
 
-def _write_outcomes(spec: RecycleSpec, out: Path, cell: Cell, outcomes: list[RunsOutcome | ModelOutcome]) -> None:
+def _write_outcomes(spec: RecycleSpec, out: Path, cell: Cell,
+                    outcomes: list[RunsOutcome | ModelOutcome]) -> list[str]:
+    """Write each outcome's records into `<out>/table/`; returns the folder names written."""
+    folders = []
     for outcome in outcomes:
         if isinstance(outcome, RunsOutcome):
             for run in outcome.runs:
@@ -115,7 +151,7 @@ def _write_outcomes(spec: RecycleSpec, out: Path, cell: Cell, outcomes: list[Run
                     record["args"] = dict(record["args"], algorithm=outcome.variant)
                     record["strategy"] = outcome.variant
                     record["run_dir"] = str(run.output_dir)
-                _write_run(out / TABLE, {"variant": outcome.variant, "run": run.run_id}, records)
+                folders.append(_write_run(out / TABLE, {"variant": outcome.variant, "run": run.run_id}, records))
             continue
         args = {"dataset": cell.dataset, "algorithm": outcome.variant, "test_envs": [cell.test_env],
                 "hparams_seed": 0, "trial_seed": cell.trial_seed,
@@ -125,15 +161,17 @@ def _write_outcomes(spec: RecycleSpec, out: Path, cell: Cell, outcomes: list[Run
         record = {"step": step, "args": args, "hparams": {}, **outcome.accs,
                   "strategy": outcome.variant, "combined": outcome.info,
                   "versions": provenance.versions(), "git_commit": provenance.git_commit()}
-        _write_run(out / TABLE, {"variant": outcome.variant, "cell": cell.__dict__}, [record])
+        folders.append(_write_run(out / TABLE, {"variant": outcome.variant, "cell": cell.__dict__}, [record]))
+    return folders
 
 
-def _write_run(table_dir: Path, key: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def _write_run(table_dir: Path, key: dict[str, Any], records: list[dict[str, Any]]) -> str:
     run = RunDir(table_dir / args_hash(key))
     run.reset()  # a combined model is rewritten whole when recombined
     with run.create().open_records() as log:
         log.extend(records)
     run.mark_done()
+    return run.name
 
 
 def _summary(outcome: RunsOutcome | ModelOutcome) -> dict[str, Any]:
