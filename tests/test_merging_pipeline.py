@@ -34,7 +34,8 @@ def finished(tmp_path_factory):
 
 def _combined(pipeline, variant):
     for path in (pipeline.out / "combined").glob("*.json"):
-        for outcome in json.loads(path.read_text()):
+        content = json.loads(path.read_text())
+        for outcome in content.get("outcomes", []) if isinstance(content, dict) else []:
             if isinstance(outcome, dict) and outcome.get("variant") == variant:
                 return outcome
     raise AssertionError(f"{variant} not combined")
