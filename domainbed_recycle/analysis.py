@@ -14,6 +14,10 @@ Conventions:
   except the LMC validation curve (mean ``out`` accuracy over the training domains).
 - Accuracies are fractions in [0, 1]; undefined measures are ``nan`` (see ``diversity``);
   ``jsonable`` turns a report into strict JSON (``nan`` -> ``null``).
+
+Why one module of ~470 lines: it is the single room where finished runs meet the measures (load a
+run, predict, diversity, pairwise averages, LMC, init paths); each function is short and they share
+`RunInfo` and the evaluator checks, which a split would only pass around.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ Conventions shared by every function here
   state dict in the input sequence. Dtypes may differ (the first one's wins).
 - **Memory**: functions taking an iterable consume it lazily (pass a generator that loads checkpoints one
   by one) and hold at most one accumulator plus the state dict being read.
+
+Why one module of ~480 lines: every way of averaging weights (uniform, weighted, prefix, greedy,
+running, interpolation) shares the same accumulator rules (float64, integer buffers, key checks);
+keeping them together keeps those rules in one place.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ States: `done` (holds `done`), `diverged` (holds `diverged`: final, never select
 holding anything else, so a mistyped `--output_dir` never costs a user's files.
 
 Torch-free on purpose: the collector, `sweep status` and the launchers' parent process use it.
+
+Why one module of ~340 lines: it is the whole run-folder contract (names, states, reset, records,
+atomic writes, divergence, resume and lock files), kept in one torch-free place on purpose.
 """
 
 from __future__ import annotations

@@ -3,8 +3,12 @@
 The folder's contents and states are `rundir.RunDir`'s contract: `args.json`, `results.jsonl` (one
 record per evaluation, flushed line by line), the best and last checkpoints, and `done`, written
 last. `train` only writes into a fresh folder (missing, empty, or holding a launcher's out/err
-logs): resetting a killed attempt is the launcher's job (`sweep.launchers.run_job`, `drecycle
+logs): resetting a killed attempt is the launcher's job (`sweep.run_job.run_job`, `drecycle
 train`), so a relaunched job never appends to a half-written log.
+
+Why one module of ~360 lines: the training loop and what it alone needs (batch streams that
+resume exactly, initialisation loading, the resume state); the run folder, evaluation and
+algorithms are elsewhere.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Two ways to read the images:
 Options follow the name after "?": "folder:/data/mine?resolution=64", "PACS?resolution=96,cache=yes".
 Folder trees are listed by `image_files.scan_tree` (hidden entries skipped, links not followed out of
 the tree); a corrupt image is one error line naming it.
+
+Why one module of ~340 lines: DomainBed's five datasets are declarations on one image-folder
+class, plus the `folder:` wrapper; the file walking and the cache live in their own modules.
 """
 
 from __future__ import annotations

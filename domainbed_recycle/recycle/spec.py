@@ -6,8 +6,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.collect.selection import METHODS
 from domainbed_recycle.datasets import load_all_datasets
@@ -15,6 +13,7 @@ from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import PROFILES, validate_overrides
 from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
+from domainbed_recycle.sweep.spec import read_spec_file
 from domainbed_recycle.training import TrainConfig
 
 
@@ -118,14 +117,8 @@ def spec_from_dict(values: dict[str, Any], source: str = "spec") -> RecycleSpec:
 
 
 def load_recycle_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> RecycleSpec:
-    """Read a TOML spec; `overrides` replace top-level keys (e.g. from CLI flags)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"spec file not found: {path}")
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: not valid TOML ({error})") from None
+    """Read a TOML (or JSON) spec with the sweeps' reader; `overrides` replace top-level keys (CLI flags)."""
+    values = read_spec_file(path, what="recycle spec")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return spec_from_dict(values, str(path))
 

@@ -1,7 +1,6 @@
-"""Sweeps: `jobs` (Job, job lists and their state), `launchers` (running jobs), `spec` (sweep spec
-files, and the TOML/JSON reader the recycle spec uses too). Layering: spec -> launchers -> jobs.
-
-Torch-free at import, like each of its modules.
+"""Sweeps: `jobs` (Job, job lists and their state), `run_job` (one job in this process), `launchers`
+(running many jobs), `spec` (sweep spec files, and the TOML/JSON reader the recycle spec uses too).
+Layering: spec -> launchers -> run_job -> jobs.
 """
 
 from domainbed_recycle.sweep.jobs import (
