@@ -33,11 +33,20 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], me
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, _default_mode())  # safetensors creates 0600 files: give them the run's usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _default_mode() -> int:
+    """The mode `open()` gives a new file here (0o666 less the umask), e.g. 0o644: readable by the group
+    on a cluster, like the rest of a run folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

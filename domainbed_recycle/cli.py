@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 from domainbed_recycle.errors import UserError, os_error_line
@@ -29,11 +30,19 @@ def _load_commands() -> dict:
     return {name: importlib.import_module(f"domainbed_recycle.commands.{module}") for name, module in COMMANDS.items()}
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("domainbed-recycle")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     modules = _load_commands()
     parser = argparse.ArgumentParser(
         prog="drecycle", description="DomainBed-style benchmark harness for model recycling."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in modules.items():

@@ -126,3 +126,18 @@ def test_intertraining_selects_over_the_whole_auxiliary_pool_and_pooled_rows(tmp
     assert variants.index("Soup-uniform†") == variants.index("Soup-uniform") + 1
     assert variants.index("Ratatouille-uniform†") == variants.index("Ratatouille-uniform") + 1
     assert stages.describe(plan, variants).count("stage ") == 5
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"output_dir": 42}, "'output_dir' must be a string, got 42"),
+    ({"strategies": "ERM"}, "'strategies' must be a list of strings"),
+    ({"target": {"datasets": ["RotatedMNIST"], "n_runs": "three"}}, "'n_runs' must be an integer"),
+    ({"target": {"datasets": ["RotatedMNIST"], "steps": "many"}}, "'steps' must be an integer or a table"),
+    ({"target": {"datasets": ["RotatedMNIST"], "test_envs": 0}}, "'test_envs' must be a list of integers"),
+])
+def test_spec_fields_of_the_wrong_type_are_one_clear_error(bad, message):
+    from domainbed_recycle.errors import UserError
+
+    base = {"output_dir": "x", "strategies": ["ERM"], "target": {"datasets": ["RotatedMNIST"]}}
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        spec_from_dict(base | bad)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.collect.selection import METHODS
@@ -101,7 +102,48 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    hints = get_type_hints(cls)
+    for key, value in values.items():
+        if not _matches(value, hints[key]):
+            raise UserError(f"{where}: '{key}' must be {_describe(hints[key])}, got {value!r}")
     return cls(**values)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a field's type (lists are lists, numbers are numbers, tables tables)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any or (isinstance(hint, type) and is_dataclass(hint)):
+        return True
+    if origin in (Union, UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and _matches(v, args[1]) for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if hint is type(None):
+        return "absent"
+    if origin is list:
+        return f"a list of {_plural(args[0])}"
+    if origin is dict:
+        return f"a table of {_plural(args[1])}" if args[1] is not Any else "a table"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _plural(hint: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings"}.get(hint, _describe(hint))
 
 
 def spec_from_dict(values: dict[str, Any], source: str = "spec") -> RecycleSpec:
