@@ -100,3 +100,13 @@ def test_torchvision_resnet_state_dict_becomes_our_featurizer(tmp_path):
     reference.eval()
     x = torch.rand(2, 3, 64, 64)
     assert torch.allclose(ours(x), reference(x))
+
+
+def test_checkpoints_get_the_mode_of_any_new_file(tmp_path):
+    import os
+
+    from domainbed_recycle.checkpoints import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "m.safetensors", {"w": torch.zeros(2)}, {})
+    (tmp_path / "plain.txt").write_text("x")
+    assert os.stat(path).st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777

@@ -59,3 +59,12 @@ def test_list_folder_dataset(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert main(["data", "list", "--datasets", f"folder:{tmp_path / 'root'}"]) == 0
     out = capsys.readouterr().out
     assert "ImageFolderDomains" in out and "a: 3, b: 3" in out and "3: x, y, z" in out
+
+
+def test_version_flag():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "domainbed_recycle.cli", "--version"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("drecycle ")
