@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         with folder_lock(pipeline.out, f"recycle output folder {pipeline.out}"):
             text = pipeline.run()
     print(text)
+    claims = pipeline.reading()
+    if claims:
+        print(claims)
     for path, fmt in ((args.markdown, "markdown"), (args.latex, "latex")):
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)

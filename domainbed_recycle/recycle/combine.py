@@ -17,7 +17,7 @@ from tqdm import tqdm
 from domainbed_recycle import provenance
 from domainbed_recycle.averaging import check_finite, uniform_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
-from domainbed_recycle.collect import collect, load_records, render
+from domainbed_recycle.collect import CollectResult, collect, load_records, render
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
 from domainbed_recycle.misc import args_hash
@@ -126,9 +126,13 @@ def _forget(out: Path, marker: Path) -> None:
 
 def table(out: Path, names: list[str], datasets: list[str], selection: list[str], fmt: str = "text") -> str:
     """The strategy table of everything combined so far, rows `names`, one model-selection method per block."""
+    return render(table_result(out, names, datasets, selection), fmt)
+
+
+def table_result(out: Path, names: list[str], datasets: list[str], selection: list[str]) -> CollectResult:
+    """The collector's result behind `table` (numbers, for the reading)."""
     records, report = load_records(out / TABLE)
-    result = collect(records, methods=selection, algorithms=names, datasets=datasets, report=report)
-    return render(result, fmt)
+    return collect(records, methods=selection, algorithms=names, datasets=datasets, report=report)
 
 
 def _safe(variant: str) -> str:

@@ -17,6 +17,7 @@ from domainbed_recycle import analysis
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import EvaluatorCache
 from domainbed_recycle.recycle import combine, figures, stages
+from domainbed_recycle.recycle.reading import reading as read_claims
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.sweep import Job
@@ -51,6 +52,15 @@ class Pipeline:
     def table(self, fmt: str = "text") -> str:
         """The strategy table of what is combined so far."""
         return combine.table(self.out, self.variants(), list(self.spec.target.datasets), self.spec.selection, fmt)
+
+    def reading(self) -> str:
+        """Which of the paper's claims the table and `analysis.json` support ("" before the analysis)."""
+        path = self.out / figures.ANALYSIS
+        if not path.is_file():
+            return ""
+        result = combine.table_result(self.out, self.variants(), list(self.spec.target.datasets),
+                                      self.spec.selection[:1])
+        return read_claims(result, json.loads(path.read_text()))
 
     def run_inits(self) -> str:
         """Stages 1-3 only, then the inits diagnostic (`figures.init_report`), also saved as
