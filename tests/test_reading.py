@@ -33,6 +33,14 @@ def test_each_claim_is_judged_from_its_numbers():
     assert "(Hyp. 1, LP-FT pool): NOT supported (r = -0.20 over 6 pairs)" in text
 
 
+def test_a_run_holding_out_some_domains_reads_those_domains():
+    mean = pd.DataFrame({"plain": {"ERM": float("nan"), "LP-FT": float("nan")},
+                         "photo": {"ERM": 30.0, "LP-FT": 35.0}, "Avg": {"ERM": float("nan"), "LP-FT": float("nan")}})
+    table = ResultTable("t", "iid", "TextureMNIST", mean, mean * 0, mean * 0 + 2)
+    text = reading(CollectResult(1, {}, [table]), {"TextureMNIST": {}})
+    assert "ERM 30.0 vs LP-FT 35.0" in text
+
+
 def test_missing_rows_skip_their_claims():
     text = reading(_result({"ERM": 50.0}), {"TextureMNIST": {}})
     assert "recycling" not in text and "TextureMNIST" in text

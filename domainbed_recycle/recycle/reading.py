@@ -17,7 +17,9 @@ def _averages(result: CollectResult, dataset: str) -> dict[str, float]:
     """Row -> mean test accuracy (%) over the dataset's held-out domains, first selection method."""
     for table in result.tables:
         if table.dataset == dataset:
-            column = table.mean["Avg"] if "Avg" in table.mean else table.mean.iloc[:, -1]
+            # the held-out domains of this run: columns with a number (a demo holds out only some)
+            domains = table.mean.drop(columns=["Avg"], errors="ignore").dropna(axis="columns", how="all")
+            column = domains.mean(axis="columns", skipna=False)
             return {row: float(value) for row, value in column.items() if not math.isnan(float(value))}
     return {}
 
