@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm, Minibatches
+from domainbed_recycle.averaging import RunningAverage
 from domainbed_recycle.hparams_spec import Define, Integer
 
 
@@ -41,8 +42,6 @@ class MovingAverage(ERM):
 
     def __init__(self, arch: dict[str, Any], num_domains: int, hparams: dict[str, Any]) -> None:
         super().__init__(arch, num_domains, hparams)
-        from domainbed_recycle.averaging import RunningAverage
-
         self.running = RunningAverage()
         self.network_average = copy.deepcopy(self.network)
         self._average_stale = True

@@ -17,6 +17,7 @@ import torch
 
 from domainbed_recycle.algorithms.base import ALGORITHMS, Minibatches
 from domainbed_recycle.algorithms.erm import ERM
+from domainbed_recycle.averaging import RunningAverage, weighted_average
 from domainbed_recycle.hparams_spec import Define, Integer, Real
 
 
@@ -191,8 +192,6 @@ class SWAD(ERM):
 
     def __init__(self, arch: dict[str, Any], num_domains: int, hparams: dict[str, Any]) -> None:
         super().__init__(arch, num_domains, hparams)
-        from domainbed_recycle.averaging import RunningAverage
-
         self.valley = LossValley(
             int(hparams["swad_n_converge"]), int(hparams["swad_n_tolerance"]),
             float(hparams["swad_tolerance_ratio"]),
@@ -253,8 +252,6 @@ class SWAD(ERM):
     @staticmethod
     def _combine(segments: list[_Segment]) -> _Segment:
         """Iterate-weighted mean of segment averages = mean of all their iterates."""
-        from domainbed_recycle.averaging import weighted_average
-
         if len(segments) == 1:
             return segments[0]
         counts = [seg.count for seg in segments]

@@ -23,9 +23,11 @@ import traceback
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import RunDiverged, UserError, os_error_line
 from domainbed_recycle.locks import Lock, LockHeld, release_if_mine
 from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.training import TrainConfig, can_resume, train
 
 # Outcome statuses.
 RAN = "done"  # trained to the end in this launch
@@ -165,9 +167,6 @@ def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bo
         return JobOutcome(job_id, str(run_dir), SKIPPED)
     if run.is_diverged and not force:
         return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
-
-    from domainbed_recycle.datasets import get_dataset_class
-    from domainbed_recycle.training import TrainConfig, can_resume, train
 
     config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
     try:
