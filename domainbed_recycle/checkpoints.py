@@ -61,7 +61,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable safetensors file ({error})") from None
     if raw is None:
         return {}
-    return json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except ValueError as error:
+        raise UserError(f"{path}: its '{_META_KEY}' metadata is not JSON ({error}); not a checkpoint of "
+                        "this harness, or a damaged one") from None
+    if not isinstance(metadata, dict):
+        raise UserError(f"{path}: its '{_META_KEY}' metadata is not a JSON object")
+    return metadata
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -73,7 +73,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        """UserError (one line) for a training length or evaluation period that cannot run."""
+        """UserError (one line) for a training length, evaluation period or thread count that cannot run."""
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 0):
             raise UserError(f"steps must be an integer >= 0, got {self.steps!r}")
@@ -81,6 +81,9 @@ class TrainConfig:
                                                  or not isinstance(self.checkpoint_freq, int)
                                                  or self.checkpoint_freq < 1):
             raise UserError(f"checkpoint_freq must be an integer >= 1, got {self.checkpoint_freq!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise UserError(f"threads must be an integer >= 1, got {self.threads!r}")
 
     def stored_args(self, dataset_class: Any) -> dict[str, Any]:
         """The arguments a run of this config stores (in `args.json` and every record), without

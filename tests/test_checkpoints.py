@@ -110,3 +110,18 @@ def test_checkpoints_get_the_mode_of_any_new_file(tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", {"w": torch.zeros(2)}, {})
     (tmp_path / "plain.txt").write_text("x")
     assert os.stat(path).st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
+
+
+def test_checkpoint_metadata_that_is_not_json_is_one_clear_error(tmp_path):
+    import json
+    import struct
+
+    from domainbed_recycle.checkpoints import read_metadata
+    from domainbed_recycle.errors import UserError
+
+    header = json.dumps({"__metadata__": {"drecycle": "{not json"},
+                         "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 4)
+    with pytest.raises(UserError, match="metadata is not JSON"):
+        read_metadata(path)

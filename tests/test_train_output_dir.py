@@ -79,6 +79,9 @@ def test_negative_steps_are_one_clear_line_and_write_nothing(tmp_path, capsys):
     assert _train(out, "--checkpoint_freq", "0") == 2
     assert "checkpoint_freq must be an integer >= 1" in _one_error_line(capsys)
     assert not out.exists()
+    assert _train(out, "--threads", "-1") == 2
+    assert "threads must be an integer >= 1, got -1" in _one_error_line(capsys)
+    assert not out.exists()
 
 
 def test_zero_steps_reports_no_speed(tmp_path, capsys):
