@@ -1,0 +1,101 @@
+"""Combine costs, measured side by side in one run (issue: "O(M) combine, streaming ensembles").
+
+1. Accuracy-vs-M curve of a uniform soup: the prefix averages folded forward
+   (`averaging.prefix_averages`: M checkpoint reads) vs rebuilding every prefix from scratch (the former
+   code: M(M+1)/2 reads), both against the cost of ONE average of the M checkpoints.
+2. Memory of a prediction ensemble: `evaluation.ProbabilityEnsemble` (a running sum) vs keeping every
+   member's probabilities, as peak RSS of a fresh process, for several M.
+
+Usage: python benchmarks/bench_combine.py [--models 16] [--arch resnet18] [--samples 20000 --classes 345]
+Checkpoints are random weights of the named torchvision architecture, saved as safetensors in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from domainbed_recycle.averaging import prefix_averages, uniform_average
+from domainbed_recycle.checkpoints import load_checkpoint, save_checkpoint
+
+
+def _write_models(folder: Path, arch: str, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        torch.manual_seed(i)
+        model = getattr(torchvision.models, arch)(weights=None)
+        paths.append(save_checkpoint(folder / f"m{i}.safetensors", model.state_dict(), {"arch": arch}))
+    return paths
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def curve_costs(paths: list[Path]) -> dict[str, float]:
+    load = lambda path: load_checkpoint(path)[0]  # noqa: E731
+    one = _timed(lambda: uniform_average(load(p) for p in paths))
+    folded = _timed(lambda: [None for _ in prefix_averages(load(p) for p in paths)])
+    rebuilt = _timed(lambda: [uniform_average(load(p) for p in paths[:k]) for k in range(1, len(paths) + 1)])
+    return {"one average": one, "curve, folded (now)": folded, "curve, rebuilt (before)": rebuilt}
+
+
+_CHILD = """
+import resource, sys, torch
+from domainbed_recycle.evaluation import ProbabilityEnsemble
+mode, m, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+labels = torch.randint(c, (n,))
+ensemble, kept = ProbabilityEnsemble(), []
+for i in range(m):
+    member = {"env0_in": (torch.softmax(torch.randn(n, c, generator=torch.Generator().manual_seed(i)), 1), labels)}
+    if mode == "streaming":
+        ensemble.add(member)
+    else:
+        kept.append(member)
+if mode != "streaming":
+    torch.stack([k["env0_in"][0] for k in kept]).mean(0).argmax(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def ensemble_memory(m: int, samples: int, classes: int, mode: str) -> float:
+    """Peak RSS (MiB) of a fresh process building an ensemble of `m` members."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, mode, str(m), str(samples), str(classes)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=16)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--samples", type=int, default=20000, help="examples per split (ensemble memory)")
+    parser.add_argument("--classes", type=int, default=345, help="classes (DomainNet has 345)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _write_models(Path(tmp), args.arch, args.models)
+        costs = curve_costs(paths)
+    one = costs["one average"]
+    print(f"1. accuracy-vs-M curve, M = {args.models} {args.arch} checkpoints (s, and x one average):")
+    for name, seconds in costs.items():
+        print(f"   {name:<26} {seconds:7.2f} s  {seconds / one:5.2f}x")
+    print(f"2. prediction ensemble, {args.samples} examples x {args.classes} classes, peak RSS (MiB):")
+    print(f"   {'M':>4} {'streaming (now)':>16} {'all members (before)':>21}")
+    for m in (2, 8, 32):
+        now = ensemble_memory(m, args.samples, args.classes, "streaming")
+        before = ensemble_memory(m, args.samples, args.classes, "kept")
+        print(f"   {m:>4} {now:16.0f} {before:21.0f}")
+
+
+if __name__ == "__main__":
+    main()
