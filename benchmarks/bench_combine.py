@@ -35,10 +35,14 @@ def _write_models(folder: Path, arch: str, n: int) -> list[Path]:
     return paths
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _timed(fn, repeats: int = 3) -> float:
+    """Best of `repeats` wall times (s): the least disturbed by the rest of the machine."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def curve_costs(paths: list[Path]) -> dict[str, float]:
