@@ -62,3 +62,17 @@ def test_auxiliary_strategies_start_runs_from_auxiliary_featurizers():
         configs = [c for pool in strategy().pools(CELL, INITS, SETTINGS).values() for c in pool]
         starts = {c["init_featurizer"] for c in configs}
         assert starts - {INITS.foundation}, name  # at least one run starts elsewhere than phi_0
+
+
+def test_a_run_with_non_finite_weights_is_refused_by_name(tmp_path):
+    import torch
+
+    from domainbed_recycle.checkpoints import save_checkpoint
+    from domainbed_recycle.errors import UserError
+    from domainbed_recycle.rundir import RunDir
+    from domainbed_recycle.strategies.base import RunRef
+
+    run = RunRef({}, RunDir(tmp_path / "run"))
+    save_checkpoint(run.checkpoint, {"w": torch.tensor([1.0, float("nan")])}, {})
+    with pytest.raises(UserError, match="run/model_best.safetensors: its weights are not finite"):
+        run.weights()

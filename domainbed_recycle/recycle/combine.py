@@ -15,8 +15,8 @@ from typing import Any
 from tqdm import tqdm
 
 from domainbed_recycle import provenance
-from domainbed_recycle.averaging import check_finite, uniform_average
-from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
+from domainbed_recycle.averaging import uniform_average
+from domainbed_recycle.checkpoints import read_metadata
 from domainbed_recycle.collect import CollectResult, collect, load_records, render
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
@@ -80,8 +80,7 @@ def combine_pooled(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strate
                 if _read_marker(marker).get("runs") == [r.run_id for r in runs]:
                     continue
                 _forget(out, marker)
-                state = uniform_average(check_finite(load_checkpoint(run.checkpoint)[0], str(run.checkpoint))
-                                        for run in runs)
+                state = uniform_average(run.weights() for run in runs)
                 folders = []
                 for cell in group:
                     outcome = ModelOutcome(variant, evaluator(cache, cell, runs[0]).record(state),

@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Protocol
 
 from domainbed_recycle import hparams_registry
 from domainbed_recycle.algorithms import ALGORITHMS
-from domainbed_recycle.checkpoints import read_metadata
+from domainbed_recycle.averaging import check_finite
+from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator
 from domainbed_recycle.misc import seed_hash
@@ -145,6 +146,11 @@ class RunRef:
     @cached_property
     def val_acc(self) -> float:
         return float(read_metadata(self.checkpoint)["val_acc"])
+
+    def weights(self) -> dict[str, Any]:
+        """The best checkpoint's state dict; a non-finite one (a diverged run) is refused, naming it, so it
+        never joins an average, an ensemble or a merge."""
+        return check_finite(load_checkpoint(self.checkpoint)[0], str(self.checkpoint))
 
     def records(self) -> list[dict[str, Any]]:
         return self.run.read_records()

@@ -42,16 +42,11 @@ def auxiliary_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[d
     return [target_run(cell, settings, h, *inits.featurizer_for(h), inits.probe) for h in range(settings.n_runs)]
 
 
-def _load(run: RunRef) -> dict:
-    """A run's best checkpoint; a non-finite one (a diverged run) is refused, naming it."""
-    return check_finite(load_checkpoint(run.checkpoint)[0], str(run.checkpoint))
-
-
 def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
     """Uniform weight average of the runs' best checkpoints, plus the accuracy-vs-#models curve (its
     prefix averages folded forward: one checkpoint read per run)."""
     curve = []
-    for k, state in enumerate(prefix_averages(_load(run) for run in runs), start=1):
+    for k, state in enumerate(prefix_averages(run.weights() for run in runs), start=1):
         if k < len(runs):
             curve.append((k, evaluator.test_acc(state, cell.test_env)))
     accs = evaluator.record(state)
@@ -68,7 +63,7 @@ def _greedy(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) 
         if k < len(runs):
             curve.append((k, evaluator.test_acc(soup, cell.test_env)))
 
-    result = greedy_soup(lambda index: _load(runs[index]), [run.val_acc for run in runs],
+    result = greedy_soup(lambda index: runs[index].weights(), [run.val_acc for run in runs],
                          lambda s: evaluator.val_acc(s, [cell.test_env]), on_trial=on_trial)
     accs = evaluator.record(result.state_dict)
     curve.append((len(result.trials), accs[f"env{cell.test_env}_in_acc"]))
@@ -81,7 +76,7 @@ def prediction_ensemble(variant: str, runs: list[RunRef], evaluator: Evaluator) 
     """Average of the members' predicted probabilities, accumulated one member at a time."""
     ensemble = ProbabilityEnsemble()
     for run in runs:
-        ensemble.add(evaluator.split_probs(_load(run)))
+        ensemble.add(evaluator.split_probs(run.weights()))
     return ModelOutcome(variant, ensemble.record(), {"members": [r.run_id for r in runs]})
 
 

@@ -40,10 +40,6 @@ DARE_SCALES = (0.5, 1.0, 2.0)  # task arithmetic after DARE, λ = s / K
 FISHER_EXAMPLES = 256  # training-domain examples per model
 
 
-def _load(run: RunRef) -> State:
-    return load_checkpoint(run.checkpoint)[0]
-
-
 def lpft_init(runs: Sequence[RunRef]) -> State:
     """θ0 = φ0 (the foundation's featurizer) + the linear probe's classifier: the LP-FT init.
 
@@ -61,7 +57,7 @@ def lpft_init(runs: Sequence[RunRef]) -> State:
     _, classifier = split_state(load_checkpoint(probes.pop())[0])
     theta0 = {**{f"featurizer.{k}": v for k, v in featurizer.items()},
               **{f"classifier.{k}": v for k, v in classifier.items()}}
-    first = _load(runs[0])
+    first = runs[0].weights()
     try:
         check_compatible(first, theta0, 1)
     except ValueError as error:
@@ -119,7 +115,7 @@ class WiSEFT(Strategy):
         runs = pools[RUNS]
         theta0 = lpft_init(runs)
         best_run = max(runs, key=lambda r: r.val_acc)  # max keeps the first on ties
-        theta_ft = _load(best_run)
+        theta_ft = best_run.weights()
         val = _validation(cell, evaluator)
         curve = []
         best: tuple[float, float] | None = None
@@ -145,7 +141,7 @@ class TaskArithmetic(_AuxiliaryMerge):
     def combine(self, cell, pools, evaluator):
         runs = pools[RUNS]
         theta0 = lpft_init(runs)
-        unit = task_arithmetic(theta0, (_load(r) for r in runs), 1.0 / len(runs))  # s = 1: the uniform soup
+        unit = task_arithmetic(theta0, (r.weights() for r in runs), 1.0 / len(runs))  # s = 1: the uniform soup
         state, point, curve = _select([{"s": s, "lambda": s / len(runs)} for s in TA_SCALES],
                                       lambda p: interpolate(theta0, unit, p["s"]), _validation(cell, evaluator))
         return [_outcome("TaskArithmetic", cell, runs, state, evaluator, chosen=point, grid=curve)]
@@ -162,7 +158,7 @@ class TIES(_AuxiliaryMerge):
     def combine(self, cell, pools, evaluator):
         runs = pools[RUNS]
         theta0 = lpft_init(runs)
-        models = [_load(r) for r in runs]
+        models = [r.weights() for r in runs]
         units = {keep: ties_merge(theta0, models, 1.0, keep) for keep in TIES_KEEPS}  # λ only scales
         grid = [{"keep": keep, "lambda": lam} for keep in TIES_KEEPS for lam in TIES_LAMBDAS]
         state, point, curve = _select(grid, lambda p: interpolate(theta0, units[p["keep"]], p["lambda"]),
@@ -181,7 +177,7 @@ class DARE(_AuxiliaryMerge):
     def combine(self, cell, pools, evaluator):
         runs = pools[RUNS]
         theta0 = lpft_init(runs)
-        models = [_load(r) for r in runs]
+        models = [r.weights() for r in runs]
         seed = seed_hash("DARE", cell.dataset, cell.test_env, cell.trial_seed)
         units = {p: task_arithmetic(theta0, dare(theta0, models, p, seed), 1.0 / len(runs)) for p in DARE_DROPS}
         grid = [{"p": p, "s": s, "lambda": s / len(runs)} for p in DARE_DROPS for s in DARE_SCALES]
@@ -214,10 +210,10 @@ class Fisher(_AuxiliaryMerge):
 
         def fishers():
             for run in runs:
-                model = evaluator.load(_load(run))
+                model = evaluator.load(run.weights())
                 yield diagonal_fisher(model, x, torch.Generator().manual_seed(seed))
 
-        state = fisher_weighted_average((_load(r) for r in runs), fishers())
+        state = fisher_weighted_average((r.weights() for r in runs), fishers())
         return [_outcome("Fisher", cell, runs, state, evaluator, n_examples=len(x), labels="sampled", seed=seed)]
 
 
@@ -231,7 +227,7 @@ class ModelStock(_AuxiliaryMerge):
     def combine(self, cell, pools, evaluator):
         runs = pools[RUNS]
         theta0 = lpft_init(runs)
-        state, ratios = model_stock(theta0, [_load(r) for r in runs])
+        state, ratios = model_stock(theta0, [r.weights() for r in runs])
         t = list(ratios.values())
         return [_outcome("ModelStock", cell, runs, state, evaluator, ratio_mean=sum(t) / len(t),
                          ratio_min=min(t), ratio_max=max(t))]
@@ -269,7 +265,7 @@ def gated_soup(
     soup: State | None = None
     soup_acc = 0.0
     for run in ordered:
-        candidate = _load(run)
+        candidate = run.weights()
         if soup is None:  # the first run has no soup to join yet: the foundation check only
             verdict = foundation_gate(candidate, phi0, max_distance)
         else:
@@ -279,7 +275,7 @@ def gated_soup(
             refused[run.run_id] = verdict.reason
             continue
         accepted.append(run)
-        soup = uniform_average(_load(r) for r in accepted)
+        soup = uniform_average(r.weights() for r in accepted)
         soup_acc = val(soup)
     if soup is None:
         raise UserError(f"the merge gate refused every run of {cell}: {refused}")
