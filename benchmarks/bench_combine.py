@@ -1,8 +1,9 @@
 """Combine costs, measured side by side in one run (issue: "O(M) combine, streaming ensembles").
 
 1. Accuracy-vs-M curve of a uniform soup: the prefix averages folded forward
-   (`averaging.prefix_averages`: M checkpoint reads) vs rebuilding every prefix from scratch (the former
-   code: M(M+1)/2 reads), both against the cost of ONE average of the M checkpoints.
+   (`averaging.prefix_averages`: M checkpoint reads; live accumulators as the combine stage uses them, or
+   copies) vs rebuilding every prefix from scratch (the former code: M(M+1)/2 reads), against the cost of
+   ONE average of the M checkpoints; then the same with every average loaded into a model.
 2. Memory of a prediction ensemble: `evaluation.ProbabilityEnsemble` (a running sum) vs keeping every
    member's probabilities, as peak RSS of a fresh process, for several M.
 
@@ -45,12 +46,23 @@ def _timed(fn, repeats: int = 3) -> float:
     return best
 
 
-def curve_costs(paths: list[Path]) -> dict[str, float]:
+def curve_costs(paths: list[Path], arch: str) -> dict[str, float]:
+    """Wall times (s) of one average and of the curve's M prefix averages, each way; `+ model` rows also
+    load every average produced into a model (what evaluating it needs), so the last rows compare
+    what a curve really costs with what one evaluated average costs."""
     load = lambda path: load_checkpoint(path)[0]  # noqa: E731
-    one = _timed(lambda: uniform_average(load(p) for p in paths))
-    folded = _timed(lambda: [None for _ in prefix_averages(load(p) for p in paths)])
-    rebuilt = _timed(lambda: [uniform_average(load(p) for p in paths[:k]) for k in range(1, len(paths) + 1)])
-    return {"one average": one, "curve, folded (now)": folded, "curve, rebuilt (before)": rebuilt}
+    model = getattr(torchvision.models, arch)(weights=None)
+    loads = lambda states: [model.load_state_dict(s) for s in states]  # noqa: E731
+    return {
+        "one average": _timed(lambda: uniform_average(load(p) for p in paths)),
+        "curve, folded live (now)": _timed(lambda: [None for _ in prefix_averages((load(p) for p in paths),
+                                                                                     copies=False)]),
+        "curve, folded copies": _timed(lambda: [None for _ in prefix_averages(load(p) for p in paths)]),
+        "curve, rebuilt (before)": _timed(
+            lambda: [uniform_average(load(p) for p in paths[:k]) for k in range(1, len(paths) + 1)]),
+        "one average + model": _timed(lambda: loads([uniform_average(load(p) for p in paths)])),
+        "curve live + model": _timed(lambda: loads(prefix_averages((load(p) for p in paths), copies=False))),
+    }
 
 
 _CHILD = """
@@ -88,11 +100,12 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         paths = _write_models(Path(tmp), args.arch, args.models)
-        costs = curve_costs(paths)
-    one = costs["one average"]
-    print(f"1. accuracy-vs-M curve, M = {args.models} {args.arch} checkpoints (s, and x one average):")
+        costs = curve_costs(paths, args.arch)
+    print(f"1. accuracy-vs-M curve, M = {args.models} {args.arch} checkpoints (s, and x one average; "
+          f"'+ model' rows: x one average loaded into a model):")
     for name, seconds in costs.items():
-        print(f"   {name:<26} {seconds:7.2f} s  {seconds / one:5.2f}x")
+        base = costs["one average + model" if "model" in name else "one average"]
+        print(f"   {name:<26} {seconds:7.2f} s  {seconds / base:5.2f}x")
     print(f"2. prediction ensemble, {args.samples} examples x {args.classes} classes, peak RSS (MiB):")
     print(f"   {'M':>4} {'streaming (now)':>16} {'all members (before)':>21}")
     for m in (2, 8, 32):

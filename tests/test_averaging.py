@@ -268,12 +268,26 @@ def test_running_average_does_not_alias_the_module():
     assert torch.equal(avg.average()["weight"], first["weight"])
 
 
-def test_prefix_averages_equal_each_prefix_average_exactly():
+def test_prefix_averages_equal_each_prefix_average_to_one_float32_ulp():
     gen = torch.Generator().manual_seed(0)
-    states = [{"w": torch.randn(4, 3, generator=gen), "n": torch.tensor(i)} for i in range(5)]
+    states = [{"w": torch.randn(64, 33, generator=gen), "n": torch.tensor(i)} for i in range(16)]
     for k, avg in enumerate(prefix_averages(iter(states)), start=1):
-        expected = uniform_average(states[:k])
-        assert torch.equal(avg["w"], expected["w"]) and avg["n"].item() == 0
+        expected = uniform_average(states[:k])["w"]
+        assert avg["w"].dtype == torch.float32 and avg["n"].item() == 0
+        ulp = torch.finfo(torch.float32).eps * expected.abs().clamp_min(torch.finfo(torch.float32).tiny)
+        assert bool(((avg["w"] - expected).abs() <= ulp).all()), k
+    assert torch.equal(next(prefix_averages(iter(states)))["w"], states[0]["w"])  # k = 1: the model itself
+
+
+def test_live_prefix_averages_load_into_a_model_like_the_copies():
+    models = [_bn_net(seed) for seed in range(4)]
+    copies = list(prefix_averages(m.state_dict() for m in models))
+    net = _bn_net(9)
+    for k, live in enumerate(prefix_averages((m.state_dict() for m in models), copies=False)):
+        assert live["0.weight"].dtype == torch.float64  # the accumulator itself, no copy made
+        net.load_state_dict(live)  # casts while copying
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, copies[k][key]), (k, key)
 
 
 def test_greedy_soup_reports_the_kept_soup_after_each_trial():

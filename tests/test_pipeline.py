@@ -142,26 +142,69 @@ def test_target_objective_is_a_spec_key(tmp_path):
     assert any(" CORAL " in line for line in target_lines)
 
 
+def _combine(pipeline, cells):
+    """Stage 5 as the pipeline runs it (in this process); returns the number of combine jobs run."""
+    from domainbed_recycle.recycle import combine
+    from domainbed_recycle.sweep import launch
+
+    jobs = combine.combine_jobs(cells, pipeline.spec, pipeline.out)
+    if jobs:
+        assert launch(jobs, launcher="inprocess", skip_done=False, progress=False).ok
+    return len(jobs)
+
+
 def test_a_changed_plan_is_recombined_and_the_old_answer_removed(finished):
     """Issue: a marker keyed only by (cell, strategy) kept showing the old runs' table for a new spec."""
-    from domainbed_recycle.evaluation import EvaluatorCache
-    from domainbed_recycle.recycle import combine
-
     pipeline, _ = finished
     plan = pipeline.plan()
-    cache = EvaluatorCache(None, pipeline.spec.target.holdout_fraction)
-    said = []
-    combine.combine_cells(plan.cells, pipeline.strategies, pipeline.spec, pipeline.out, cache, log=said.append)
-    assert said[-1].startswith("stage 5/5 combine: 0 ")  # same plan: nothing to redo
+    assert _combine(pipeline, plan.cells) == 0  # same plan: nothing to redo
     cell = next(iter(plan.cells))
     fewer = {c: dict(per) for c, per in plan.cells.items()}
     fewer[cell]["LP-FT"] = {name: runs[:1] for name, runs in plan.cells[cell]["LP-FT"].items()}
     before = {p.parent.name for p in (pipeline.out / "table").glob("*/done")}
-    combine.combine_cells(fewer, pipeline.strategies, pipeline.spec, pipeline.out, cache, log=said.append)
-    assert said[-1].startswith("stage 5/5 combine: 1 ")
+    assert _combine(pipeline, fewer) == 1
     after = {p.parent.name for p in (pipeline.out / "table").glob("*/done")}
     assert len(before - after) == 2  # the two LP-FT runs no longer planned left the table
     records, _ = load_records(pipeline.out / "table")
     assert len(set(records[records["algorithm"] == "LP-FT"]["run_dir"])) == 1
-    combine.combine_cells(plan.cells, pipeline.strategies, pipeline.spec, pipeline.out, cache, log=said.append)
+    assert _combine(pipeline, plan.cells) == 1
     assert {p.parent.name for p in (pipeline.out / "table").glob("*/done")} == before  # and back
+
+
+def test_combine_runs_on_the_pool_in_parallel_workers_resumes_and_gives_the_same_table(finished, capsys):
+    """Issue 10: the combine stage is one job per (cell, strategy) on the spec's launcher."""
+    import shutil
+
+    from domainbed_recycle.recycle import combine
+
+    pipeline, table = finished
+    for folder in ("combined", "table", "combine_jobs"):
+        shutil.rmtree(pipeline.out / folder)
+    pooled = Pipeline(spec_from_dict(TINY | {"output_dir": str(pipeline.out), "launcher": "pool", "n_workers": 2}))
+    assert pooled.run() == table  # same numbers from worker processes as from this process
+    said = capsys.readouterr().err
+    assert "stage 5/5 combine: 1 job(s)" in said  # one cell
+    ran = [line for line in said.splitlines() if "pool:" in line and " 0 ran" not in line]
+    assert len(ran) == 1 and "pool: 1 jobs" in ran[0]  # only the combine stage ran: nothing retrained
+    logs = sorted((pipeline.out / "combine_jobs").glob("*/out.txt"))
+    assert len(logs) == 1 and RunDir(logs[0].parent).is_done
+    # a combine killed after some strategies (their markers written) redoes only the others
+    markers = sorted((pipeline.out / "combined").glob("*_trial0_*.json"))  # not a pooled variant's
+    assert len(markers) == len(pipeline.strategies)
+    stamps = {m: m.stat().st_mtime_ns for m in markers[1:]}
+    markers[0].unlink()
+    (job,) = combine.combine_jobs(pooled.plan().cells, pooled.spec, pooled.out)
+    assert len(job.args["strategies"]) == 1
+    assert pooled.run() == table
+    assert "stage 5/5 combine: 1 job(s)" in capsys.readouterr().err
+    assert markers[0].is_file() and {m: m.stat().st_mtime_ns for m in stamps} == stamps
+
+
+def test_a_task_job_runs_only_this_packages_functions(tmp_path):
+    from domainbed_recycle.sweep import run_job
+
+    outcome = run_job({"task": "os:system", "output_dir": str(tmp_path / "job")}, echo=False)
+    assert outcome.status == "failed" and "expected 'domainbed_recycle.<module>:<function>'" in outcome.error
+    outcome = run_job({"task": "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
+                      echo=False)
+    assert outcome.status == "failed" and "not found" in outcome.error

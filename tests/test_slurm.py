@@ -158,3 +158,30 @@ def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, t
     assert len(report.failed) == 1 and "UncompletedJobError" in report.failed[0].error
     assert "CANCELLED" in report.failed[0].error
     assert sweep.job_state(jobs[0]) == "incomplete"
+
+
+def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
+    """Issue 10: the combine stage is one Slurm task per cell; the table equals the in-process one."""
+    from domainbed_recycle.recycle.pipeline import Pipeline
+    from domainbed_recycle.recycle.spec import spec_from_dict
+
+    small = {"cnn_width": 8}
+    values = {
+        "output_dir": str(tmp_path / "recycle"), "launcher": "inprocess", "strategies": ["LP-FT", "Soup"],
+        "foundation": {"dataset": "Textures", "steps": 20, "checkpoint_freq": 20, "hparams": small},
+        "auxiliary": {"datasets": ["Glyphs"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10, "hparams": small,
+                      "hparams_profile": "small_finetune"},
+        "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": small},
+        "target": {"datasets": ["RotatedMNIST"], "test_envs": [4, 5], "n_trials": 1, "n_runs": 2, "steps": 10,
+                   "checkpoint_freq": 10, "hparams": small, "hparams_profile": "small_finetune", "lp_steps": 2},
+    }
+    table = Pipeline(spec_from_dict(values)).run()
+    for folder in ("combined", "table", "combine_jobs"):
+        shutil.rmtree(tmp_path / "recycle" / folder)
+    mem_gb = min(1.0, _node_memory_gb() / 2)
+    slurm = {"partition": "debug", "time_min": 10, "mem_gb": mem_gb, "array_parallelism": 2, "poll_s": 0.5}
+    on_slurm = Pipeline(spec_from_dict(values | {"launcher": "slurm", "slurm": slurm}))
+    assert on_slurm.run() == table
+    jobs = [p for p in (tmp_path / "recycle" / "combine_jobs").iterdir() if not p.name.startswith(".")]
+    assert len(jobs) == 2 and all(RunDir(job).is_done for job in jobs)  # one task per cell
+    assert list((tmp_path / "recycle" / "combine_jobs" / ".submitit").glob("*_1/*_result.pkl"))

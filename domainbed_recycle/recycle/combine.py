@@ -3,16 +3,19 @@
 Each outcome becomes DomainBed-style records in `<out>/table/` (one folder per outcome), so the
 collector tabulates combined models like any run. A marker per (cell, strategy) in `<out>/combined/`
 records what was combined; a cell already combined is not combined again.
+
+Combining is one job per cell with strategies not combined yet (`combine_jobs`), run by the spec's
+launcher like the training stages (in parallel on the pool or on Slurm; `run_combine_job` is the
+task each job runs). A job carries everything it reads (spec, cell, each strategy's runs per pool),
+so a worker needs no plan. Pooled variants (`combine_pooled`) span cells and stay in the parent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from domainbed_recycle import provenance
 from domainbed_recycle.averaging import uniform_average
@@ -21,12 +24,16 @@ from domainbed_recycle.collect import CollectResult, collect, load_records, rend
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
 from domainbed_recycle.misc import args_hash
-from domainbed_recycle.recycle.spec import RecycleSpec
-from domainbed_recycle.recycle.stages import target_settings
+from domainbed_recycle.recycle.spec import RecycleSpec, spec_from_dict
+from domainbed_recycle.recycle.stages import CellPools, target_settings
 from domainbed_recycle.rundir import RunDir, write_atomic
+from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.strategies.base import Cell, ModelOutcome, RunRef, RunsOutcome, Strategy
+from domainbed_recycle.sweep import Job
 
-TABLE, COMBINED = "table", "combined"
+# Sub-folders: the combined models' records, the markers, and the combine jobs' folders (logs, locks).
+TABLE, COMBINED, JOBS = "table", "combined", "combine_jobs"
+TASK = "domainbed_recycle.recycle.combine:run_combine_job"
 
 
 def variants(strategies: list[Strategy], pooled: bool) -> list[str]:
@@ -45,27 +52,51 @@ def evaluator(cache: EvaluatorCache, cell: Cell, run: RunRef) -> Evaluator:
     return cache.get(cell.dataset, cell.trial_seed, read_metadata(run.checkpoint)["arch"])
 
 
-def combine_cells(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy],
-                  spec: RecycleSpec, out: Path, cache: EvaluatorCache, log: Any = print) -> None:
-    """Each strategy's outcomes per cell, written once. A marker per cell and strategy records which runs
-    were combined and which table folders that wrote; when the planned runs change (e.g. a new
-    `[target] hparams`), the old table folders are removed and the cell is combined again, so the
-    table never shows the old runs' answer to the new spec."""
-    by_name = {s.name: s for s in strategies}
-    todo = [(cell, name) for cell, per in cells.items() for name in per
-            if _combined_runs(out, cell, name) != _run_ids(per[name])]
-    log(f"stage 5/5 combine: {len(todo)} (cell, strategy) pair(s) to combine")
-    for cell, name in tqdm(todo, desc="combine", file=sys.stderr):
-        pools = cells[cell][name]
-        _forget(out, _marker(out, cell, name))
-        first = next(run for runs in pools.values() for run in runs)
-        outcomes = by_name[name].combine(cell, pools, evaluator(cache, cell, first))
-        folders = _write_outcomes(spec, out, cell, outcomes)
-        _write_marker(_marker(out, cell, name), {"runs": _run_ids(pools), "table_folders": folders,
-                                                 "outcomes": [_summary(o) for o in outcomes]})
+def combine_jobs(cells: dict[Cell, CellPools], spec: RecycleSpec, out: Path) -> list[Job]:
+    """One job per cell, for the strategies whose marker does not record exactly the planned runs:
+    never combined, killed before their marker was written, or planned differently since (e.g. a new
+    `[target] hparams`: the job then removes the old table folders before writing the new ones, so
+    the table never shows the old runs' answer to the new spec). Launch them with `skip_done=False`:
+    the markers, not the job folders, say what is combined."""
+    spec_values = dataclasses.asdict(spec)
+    jobs = []
+    for cell, per in cells.items():
+        todo = {name: pools for name, pools in per.items() if _combined_runs(out, cell, name) != _run_ids(pools)}
+        if not todo:
+            continue
+        args = {"task": TASK, "label": f"{cell.dataset} test_env={cell.test_env} trial_seed={cell.trial_seed} "
+                                       f"({len(todo)} strateg{'y' if len(todo) == 1 else 'ies'})",
+                "spec": spec_values, "out": str(out), "cell": dataclasses.asdict(cell),
+                "strategies": {name: {pool: [{"config": run.config, "run": str(run.output_dir)} for run in runs]
+                                      for pool, runs in pools.items()} for name, pools in todo.items()}}
+        jobs.append(Job(args, out / JOBS))
+    return jobs
 
 
-def combine_pooled(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy],
+def run_combine_job(args: dict[str, Any]) -> None:
+    """The task of a combine job (`combine_jobs`), in a launcher's worker: combine one cell with each
+    strategy it lists, in order (each writes its marker, so a killed job redoes only the rest)."""
+    spec = spec_from_dict(args["spec"], "combine job spec")
+    cell = Cell(**args["cell"])
+    cache = EvaluatorCache(spec.data_dir, spec.target.holdout_fraction)
+    for name, pools in args["strategies"].items():
+        refs = {pool: [RunRef(ref["config"], RunDir(ref["run"])) for ref in runs] for pool, runs in pools.items()}
+        combine_cell(cell, STRATEGIES.get(name)(), refs, spec, Path(args["out"]), cache)
+
+
+def combine_cell(cell: Cell, strategy: Strategy, pools: dict[str, list[RunRef]], spec: RecycleSpec, out: Path,
+                 cache: EvaluatorCache) -> None:
+    """`strategy`'s outcomes for `cell`, written into `<out>/table/`, then the marker recording the runs
+    combined and the table folders written (an earlier marker's folders are removed first)."""
+    _forget(out, _marker(out, cell, strategy.name))
+    first = next(run for runs in pools.values() for run in runs)
+    outcomes = strategy.combine(cell, pools, evaluator(cache, cell, first))
+    folders = _write_outcomes(spec, out, cell, outcomes)
+    _write_marker(_marker(out, cell, strategy.name), {"runs": _run_ids(pools), "table_folders": folders,
+                                                      "outcomes": [_summary(o) for o in outcomes]})
+
+
+def combine_pooled(cells: dict[Cell, CellPools], strategies: list[Strategy],
                    spec: RecycleSpec, out: Path, cache: EvaluatorCache) -> None:
     """Pooled (†) variants: the uniform average of a strategy's runs of *every* trial seed of a test domain,
     evaluated on each trial's splits (the paper's pooled variant; its test domain is never trained on)."""

@@ -92,23 +92,29 @@ class Pipeline:
         for init in plan.derived:
             init.build()
         self._launch("4/5 target runs", plan.target_jobs)
+        self._launch("5/5 combine", combine.combine_jobs(plan.cells, self.spec, self.out), force=True)
         cache = EvaluatorCache(self.spec.data_dir, self.spec.target.holdout_fraction)
-        combine.combine_cells(plan.cells, self.strategies, self.spec, self.out, cache, log=_log)
         if self.spec.pooled:
+            began = time.time()
             combine.combine_pooled(plan.cells, self.strategies, self.spec, self.out, cache)
+            _log(f"pooled variants: {time.time() - began:.0f} s")
         if self.spec.analysis:
+            began = time.time()
             figures.analyze(plan.cells, self.strategies, list(self.spec.target.datasets), self.out, cache)
-            _log(f"analysis: plots in {self.out / figures.PLOTS}")
+            _log(f"analysis: {time.time() - began:.0f} s, plots in {self.out / figures.PLOTS}")
         table = self.table()
         _log(f"done in {time.time() - start:.0f} s; records in {self.out / combine.TABLE}")
         return table
 
-    def _launch(self, stage: str, jobs: list[Job]) -> None:
+    def _launch(self, stage: str, jobs: list[Job], force: bool = False) -> None:
+        """Run a stage's jobs on the spec's launcher; UserError if one failed, diverged or runs elsewhere.
+        `force`: run every job given, even one whose folder says done (for jobs whose state lives elsewhere)."""
         if not jobs:
             return
         slurm = SlurmOptions.from_dict(dict(self.spec.slurm)) if self.spec.slurm else None
         _log(f"stage {stage}: {len(jobs)} job(s)")
-        report = launch(jobs, launcher=self.spec.launcher, n_workers=self.spec.n_workers, slurm=slurm)
+        report = launch(jobs, launcher=self.spec.launcher, n_workers=self.spec.n_workers, slurm=slurm,
+                        skip_done=not force)
         _log(report.summary().splitlines()[0])
         if not report.ok:
             raise UserError(f"stage {stage}: {len(report.failed)} job(s) failed:\n{report.summary()}")

@@ -44,9 +44,9 @@ def auxiliary_pool(cell: Cell, inits: Inits, settings: TargetSettings) -> list[d
 
 def _uniform(variant: str, cell: Cell, runs: list[RunRef], evaluator: Evaluator) -> ModelOutcome:
     """Uniform weight average of the runs' best checkpoints, plus the accuracy-vs-#models curve (its
-    prefix averages folded forward: one checkpoint read per run)."""
+    prefix averages folded forward: one checkpoint read per run, each prefix evaluated in place)."""
     curve = []
-    for k, state in enumerate(prefix_averages(run.weights() for run in runs), start=1):
+    for k, state in enumerate(prefix_averages((run.weights() for run in runs), copies=False), start=1):
         if k < len(runs):
             curve.append((k, evaluator.test_acc(state, cell.test_env)))
     accs = evaluator.record(state)

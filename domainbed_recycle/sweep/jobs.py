@@ -52,7 +52,7 @@ def _hashed_args(args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Job:
-    """One training run of a sweep.
+    """One training run of a sweep (or one task: arguments naming a `task` function, see `run_job`).
 
     Attributes:
         job_id: hash of the arguments (see `job_id_of`); also the run folder's name.
@@ -73,8 +73,11 @@ class Job:
         return self.run.path
 
     def describe(self) -> str:
-        """One line: dataset, algorithm, test envs, seeds (and init label when there is one)."""
+        """One line: dataset, algorithm, test envs, seeds (and init label when there is one); for a task
+        job (see `run_job`), the task's function and its `label`."""
         a = self.args
+        if a.get("task"):
+            return f"{str(a['task']).rpartition(':')[2]} {a.get('label', '')}".rstrip()
         text = (f"{a.get('dataset')} {a.get('algorithm', 'ERM')} test_envs={a.get('test_envs', [0])} "
                 f"hparams_seed={a.get('hparams_seed', 0)} trial_seed={a.get('trial_seed', 0)}")
         if a.get("init_label"):

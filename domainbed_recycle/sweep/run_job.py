@@ -6,6 +6,11 @@ place a run folder is reset before training), tees the job's stdout/stderr into 
 of its run folder and calls `training.train`, holding the run folder's lock. `ResumableJob` is the
 same, checkpointable for submitit (Slurm requeues a preempted job, which then resumes).
 
+Task jobs: a job whose arguments name a `task` ("module:function" inside this package) runs that
+function with its arguments instead of training, with the same lock, logs, outcome and `done` marker,
+so any launcher can run other units of work (the recycling pipeline's combine stage, one job per
+cell and strategy). The function is named, not pickled, because the pool's workers take JSON.
+
 Threads: on a CPU machine parallel runs are processes, and oversubscription is costly (measured on
 2 cores: 2 processes x 2 threads ran 4-7x slower than 2 x 1), so each worker sets torch's thread
 count to cores // workers (`limit_threads`) before torch does any work.
@@ -15,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import io
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from domainbed_recycle.datasets import get_dataset_class
@@ -35,6 +41,9 @@ SKIPPED = "skipped"  # already done before this launch
 FAILED = "failed"
 DIVERGED_OUTCOME = "diverged"  # its loss or weights stopped being finite (now or in an earlier launch)
 ELSEWHERE = "running_elsewhere"  # another process holds the run folder's lock: not touched here
+
+TASK_KEY = "task"
+_TASK_PACKAGE = "domainbed_recycle."
 
 
 @dataclasses.dataclass
@@ -73,6 +82,21 @@ def limit_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # only allowed before any inter-op parallel work
         torch.set_num_interop_threads(threads)
+
+
+def resolve_task(name: str) -> Callable[[dict[str, Any]], None]:
+    """The function a task job runs: `name` is "module:function" with the module inside this package
+    (a job file naming code anywhere else is refused, so a job list cannot run arbitrary code)."""
+    module, _, function = str(name).partition(":")
+    if not module.startswith(_TASK_PACKAGE) or not function:
+        raise UserError(f"task {name!r}: expected 'domainbed_recycle.<module>:<function>'")
+    try:
+        found = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as error:
+        raise UserError(f"task {name!r} not found: {error}") from None
+    if not callable(found):
+        raise UserError(f"task {name!r} is not a function")
+    return found
 
 
 class _Tee(io.TextIOBase):
@@ -169,8 +193,10 @@ def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bo
         return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, 0.0, run.describe_divergence())
 
     config_args = {key: value for key, value in args.items() if key not in ("progress", "threads")}
+    task = args.get(TASK_KEY)
     try:
-        resumable = not force and can_resume(TrainConfig(**config_args), get_dataset_class(args["dataset"]))
+        resumable = (task is None and not force
+                     and can_resume(TrainConfig(**config_args), get_dataset_class(args["dataset"])))
     except Exception:  # bad arguments: training them reports the problem below
         resumable = False
     try:
@@ -183,7 +209,11 @@ def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bo
     with _tee_output(run, echo):
         print(f"job {job_id}: {config_args}", flush=True)
         try:
-            train(TrainConfig(**config_args, progress=False, threads=threads))
+            if task is None:
+                train(TrainConfig(**config_args, progress=False, threads=threads))
+            else:
+                resolve_task(task)(config_args)
+                run.mark_done()
         except RunDiverged:  # an outcome, not a bug: never re-raised
             print(run.describe_divergence(), file=sys.stderr)
             return JobOutcome(job_id, str(run_dir), DIVERGED_OUTCOME, time.time() - start,
