@@ -77,3 +77,8 @@ def test_the_collector_skips_diverged_runs_with_one_warning(tmp_path):
     assert set(frame["run_dir"]) == {jobs[0].job_id} and len(frame) == 2
     warning = report.warning()
     assert warning is not None and "diverged" in warning and str(bad.results_file) in warning
+    # a folder holding both markers is done, as RunDir.state decides
+    bad.mark_done()
+    assert RunDir(bad.path).state == "done"
+    frame, report = load_records(tmp_path)
+    assert set(frame["run_dir"]) == {jobs[0].job_id, "bad"} and report.warning() is None

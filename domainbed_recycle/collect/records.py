@@ -191,10 +191,11 @@ def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[t
             report.add_problem("unreadable", path)
             continue
         report.n_files += 1
-        if os.path.exists(folder + os.sep + DIVERGED_FILE):
+        done = os.path.exists(done_path)
+        # `done` wins over `diverged`, as in RunDir.state (and a finished sweep needs one stat per run)
+        if not done and os.path.exists(folder + os.sep + DIVERGED_FILE):
             report.add_problem("diverged", path, max(1, data.count(b"\n")))
             continue
-        done = os.path.exists(done_path)
         report.n_runs_not_done += not done
         if only_done and not done:
             report.n_runs_excluded += 1
