@@ -139,6 +139,14 @@ class BatchStream:
             self._loader = None
 
 
+def resolved_hparams(config: TrainConfig, dataset_class: type | None = None) -> dict[str, Any]:
+    """The hyper-parameters `config` trains with: the registry's draw for its algorithm, profile (the
+    dataset's by default), hparams seed and trial seed, then its overrides. Reads no data."""
+    profile = config.hparams_profile or (dataset_class or get_dataset_class(config.dataset)).HPARAMS_PROFILE
+    return hparams_registry.get_hparams(config.algorithm, profile, config.hparams_seed, config.hparams,
+                                        trial_seed=config.trial_seed)
+
+
 def can_resume(config: TrainConfig, dataset_class: Any) -> bool:
     """True if `config.output_dir` holds an unfinished run of these same arguments with a resume state."""
     run = RunDir(config.output_dir)
@@ -218,10 +226,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     if config.threads:
         torch.set_num_threads(config.threads)
     algorithm_class = get_algorithm_class(config.algorithm)  # fail fast on an unknown name
-    hparams = hparams_registry.get_hparams(
-        config.algorithm, config.hparams_profile or dataset_class.HPARAMS_PROFILE, config.hparams_seed,
-        config.hparams, trial_seed=config.trial_seed,
-    )
+    hparams = resolved_hparams(config, dataset_class)
     n_envs = len(dataset_class.ENVIRONMENTS)
     bad = [e for e in config.test_envs if not 0 <= e < n_envs]
     if bad:

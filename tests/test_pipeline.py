@@ -208,3 +208,18 @@ def test_a_task_job_runs_only_this_packages_functions(tmp_path):
     outcome = run_job({"task": "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
                       echo=False)
     assert outcome.status == "failed" and "not found" in outcome.error
+
+
+def test_a_run_the_registry_now_resolves_differently_stops_the_pipeline(finished):
+    pipeline, table = finished
+    run = RunDir(next((pipeline.out / "target").glob("*/done")).parent)
+    original = run.args_file.read_text()
+    static = json.loads(original)
+    static["hparams"]["lr"] *= 2  # as a registry with another default learning rate would have left it
+    run.args_file.write_text(json.dumps(static))
+    try:
+        with pytest.raises(UserError, match=r"stage 4/5 target runs: 1 finished run\(s\) used other hyper-param"):
+            pipeline.run()
+    finally:
+        run.args_file.write_text(original)
+    assert pipeline.run() == table

@@ -272,3 +272,28 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
                    "test-domain validation set (oracle)"):
         assert f"model selection method: {method}" in table.stdout
     assert f"Total records: {len(jobs) * len(expected)}" in table.stdout
+
+
+def test_a_finished_job_the_registry_now_resolves_differently_is_stale_not_done(tmp_path, capsys):
+    """A job id hashes the arguments, not the hyper-parameters they resolve to: after a change of the
+    registry's defaults or ranges, its old runs must not pass for this registry's results."""
+    argv = ["sweep", "launch", "--datasets", "ColoredMNIST", "--test_envs", "0", "--single_test_envs", "--steps", "2",
+            "--checkpoint_freq", "1", "--hparams", json.dumps(SMALL), "--output_dir", str(tmp_path),
+            "--launcher", "inprocess", "--skip_confirmation", "--no_progress"]
+    assert cli.main(argv) == 0
+    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1, hparams=SMALL)
+    assert sweep.changed_hparams(job) == [] and launch([job], "inprocess", progress=False).n_skipped == 1
+    # The run folder as a registry with another default learning rate would have left it.
+    static = json.loads(job.run.args_file.read_text())
+    static["hparams"]["lr"] *= 2
+    job.run.args_file.write_text(json.dumps(static))
+    assert sweep.changed_hparams(job) == ["lr"]
+    report = launch([job], "inprocess", progress=False)
+    assert not report.ok and [o.job_id for o in report.stale] == [job.job_id]
+    assert "STALE" in report.summary() and "lr" in report.summary()
+    capsys.readouterr()
+    assert cli.main(argv) == 1  # refused before launching anything
+    out = capsys.readouterr().out
+    assert f"STALE {job.job_id}" in out and "--rerun_done" in out
+    assert cli.main([*argv, "--rerun_done"]) == 0  # trained again with today's values
+    assert sweep.changed_hparams(job) == [] and cli.main(argv) == 0

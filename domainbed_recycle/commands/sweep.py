@@ -132,6 +132,15 @@ def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
     print(f"{len(jobs)} jobs in {spec.output_dir}: {n_done - n_diverged} done, {n_diverged} diverged, "
           f"{states.count(sweep.INCOMPLETE)} incomplete (continued from their last save, if any), "
           f"{states.count(sweep.NOT_LAUNCHED)} not launched")
+    done = [] if args.rerun_done else [job for job, state in zip(jobs, states, strict=True) if state == sweep.DONE]
+    stale = [(job, changed) for job in done if (changed := sweep.changed_hparams(job))]
+    if stale:  # the registry changed since they ran: their results answer another question
+        for job, changed in stale:
+            print(f"  STALE {job.job_id} ({job.describe()}): done with other values of {', '.join(changed)} "
+                  f"than its arguments resolve to now")
+        print(f"{len(stale)} finished job(s) ran with hyper-parameters the registry no longer gives (it changed "
+              f"since): relaunch with --rerun_done to train them again, or use a new output folder")
+        return 1
     if n_todo == 0:
         print("Nothing to launch.")
         return 0
@@ -152,4 +161,4 @@ def _launch(args: argparse.Namespace, spec: Any, jobs: list) -> int:
                         skip_done=not args.rerun_done, progress=not args.no_progress)
     print(report.summary())
     sys.stdout.flush()
-    return 1 if report.failed else 0
+    return 0 if report.ok else 1

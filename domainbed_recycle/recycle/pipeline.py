@@ -116,6 +116,10 @@ class Pipeline:
         report = launch(jobs, launcher=self.spec.launcher, n_workers=self.spec.n_workers, slurm=slurm,
                         skip_done=not force)
         _log(report.summary().splitlines()[0])
+        if report.stale:  # later stages would read runs of another hyper-parameter registry
+            raise UserError(f"stage {stage}: {len(report.stale)} finished run(s) used other hyper-parameters than "
+                            f"they would now (the registry changed since): use a new output_dir, or delete "
+                            f"those run folders:\n{report.summary()}")
         if not report.ok:
             raise UserError(f"stage {stage}: {len(report.failed)} job(s) failed:\n{report.summary()}")
         if report.diverged:  # later stages would start from, average or tabulate a diverged run

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from domainbed_recycle.hparams_registry import validate_overrides
 from domainbed_recycle.locks import Lock, describe, is_alive
 from domainbed_recycle.misc import args_hash, seed_hash
 from domainbed_recycle.rundir import RunDir
-from domainbed_recycle.training import TrainConfig
+from domainbed_recycle.training import TrainConfig, resolved_hparams
 
 # Arguments that say where or how a job runs, not what it computes: left out of its id.
 UNHASHED_ARGS = rundir.PLACEMENT_ARGS
@@ -216,6 +217,24 @@ def job_state(job: Job) -> str:
     """'done' (the run folder holds `done`), 'diverged' (it holds `diverged`), 'incomplete' (folder
     without either: killed, failed or running) or 'not_launched' (no folder); see `RunDir.state`."""
     return job.run.state
+
+
+def changed_hparams(job: Job) -> list[str]:
+    """Names of the hyper-parameters a finished training job ran with that differ from what its
+    arguments resolve to now (sorted; [] when they agree). A job's id hashes its arguments, not the
+    values they resolve to, so a registry whose defaults or ranges changed since would otherwise show
+    the old runs as done. [] for a task job, or when the run's arguments or today's do not resolve."""
+    if job.args.get("task"):
+        return []
+    try:
+        stored = job.run.read_static().get("hparams")
+        config = TrainConfig(**{key: value for key, value in job.args.items() if key not in ("progress", "threads")})
+        now = json.loads(json.dumps(resolved_hparams(config), default=str))
+    except (UserError, TypeError, ValueError):
+        return []
+    if not isinstance(stored, dict):
+        return []
+    return sorted(key for key in stored.keys() | now.keys() if stored.get(key) != now.get(key))
 
 
 def status(jobs: Iterable[Job]) -> dict[tuple[str, str], Counter[str]]:

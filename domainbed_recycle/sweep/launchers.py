@@ -30,13 +30,14 @@ from typing import Any
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
-from domainbed_recycle.sweep.jobs import DIVERGED, DONE, Job, job_state
+from domainbed_recycle.sweep.jobs import DIVERGED, DONE, Job, changed_hparams, job_state
 from domainbed_recycle.sweep.run_job import (
     DIVERGED_OUTCOME,
     ELSEWHERE,
     FAILED,
     RAN,
     SKIPPED,
+    STALE,
     JobOutcome,
     ResumableJob,
     available_cores,
@@ -101,14 +102,20 @@ class LaunchReport:
         return [o for o in self.outcomes if o.status == ELSEWHERE]
 
     @property
+    def stale(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == STALE]
+
+    @property
     def ok(self) -> bool:
-        return not self.failed
+        """No job failed, and no finished job ran with other hyper-parameters than it would now."""
+        return not self.failed and not self.stale
 
     def summary(self) -> str:
         """One line of counts, then one line per diverged or failed job (failures point at err.txt)."""
         counts = [f"{self.n_ran} ran", f"{self.n_skipped} already done"]
         counts += [f"{len(group)} {name}" for group, name in ((self.elsewhere, "running elsewhere"),
-                                                              (self.diverged, "diverged")) if group]
+                                                              (self.diverged, "diverged"),
+                                                              (self.stale, "stale")) if group]
         counts.append(f"{len(self.failed)} failed")
         lines = [f"{self.launcher}: {len(self.outcomes)} jobs in {self.seconds:.1f} s: {', '.join(counts)}"]
         for outcome in self.elsewhere:
@@ -116,6 +123,9 @@ class LaunchReport:
         for outcome in self.diverged:
             lines.append(f"  DIVERGED {outcome.job_id}: {outcome.error} (left out of results; "
                          f"--rerun_done trains it again)")
+        for outcome in self.stale:
+            lines.append(f"  STALE {outcome.job_id}: {outcome.error} (--rerun_done trains it again; or use a new "
+                         f"output folder)")
         for outcome in self.failed:
             lines.append(f"  FAILED {outcome.job_id}: {outcome.error} (see {RunDir(outcome.output_dir).err_file})")
         return "\n".join(lines)
@@ -412,8 +422,9 @@ def launch(
         n_workers: parallel processes for "pool" and "submitit_local" (default: one per core);
             each gets cores // n_workers torch threads.
         slurm: resources for "slurm" (its `time_min` is also submitit_local's timeout).
-        skip_done: jobs already done are reported "skipped", and jobs that diverged before
-            "diverged", without being sent to a worker; with False both are wiped and trained again.
+        skip_done: jobs already done are reported "skipped" (or "stale" when they ran with other
+            hyper-parameters than their arguments resolve to now), and jobs that diverged before
+            "diverged", without being sent to a worker; with False all are wiped and trained again.
             Incomplete jobs continue from their resume state if they have one, else start afresh.
         log_dir: submitit's folder (default `<sweep folder>/.submitit`).
         progress: show a tqdm bar over jobs (stderr).
@@ -430,7 +441,13 @@ def launch(
     to_run: dict[str, Job] = {}  # a job listed twice runs once
     for job in jobs:
         state = job_state(job) if skip_done else None
-        if state == DONE:
+        changed = changed_hparams(job) if state == DONE else []
+        if changed:
+            outcomes[job.job_id] = JobOutcome(
+                job.job_id, str(job.output_dir), STALE, 0.0,
+                f"done with other values of {', '.join(changed)} than its arguments resolve to now "
+                f"(the hyper-parameter registry changed since it ran)")
+        elif state == DONE:
             outcomes[job.job_id] = JobOutcome(job.job_id, str(job.output_dir), SKIPPED)
         elif state == DIVERGED:
             outcomes[job.job_id] = JobOutcome(job.job_id, str(job.output_dir), DIVERGED_OUTCOME, 0.0,

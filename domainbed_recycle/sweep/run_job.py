@@ -41,6 +41,7 @@ SKIPPED = "skipped"  # already done before this launch
 FAILED = "failed"
 DIVERGED_OUTCOME = "diverged"  # its loss or weights stopped being finite (now or in an earlier launch)
 ELSEWHERE = "running_elsewhere"  # another process holds the run folder's lock: not touched here
+STALE = "stale"  # done, with hyper-parameters other than its arguments resolve to now (see jobs.changed_hparams)
 
 TASK_KEY = "task"
 _TASK_PACKAGE = "domainbed_recycle."
@@ -52,7 +53,7 @@ class JobOutcome:
 
     job_id: str
     output_dir: str
-    status: str  # "done", "skipped", "diverged", "running_elsewhere" or "failed"
+    status: str  # "done", "skipped", "diverged", "running_elsewhere", "stale" or "failed"
     seconds: float = 0.0
     error: str | None = None  # one line: exception type and message (details in err.txt)
 
