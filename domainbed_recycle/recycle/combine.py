@@ -61,7 +61,7 @@ def combine_jobs(cells: dict[Cell, CellPools], spec: RecycleSpec, out: Path) -> 
     spec_values = dataclasses.asdict(spec)
     jobs = []
     for cell, per in cells.items():
-        todo = {name: pools for name, pools in per.items() if _combined_runs(out, cell, name) != _run_ids(pools)}
+        todo = {name: pools for name, pools in per.items() if _combined_runs(out, cell, name) != run_ids(pools)}
         if not todo:
             continue
         args = {"task": TASK, "label": f"{cell.dataset} test_env={cell.test_env} trial_seed={cell.trial_seed} "
@@ -92,7 +92,7 @@ def combine_cell(cell: Cell, strategy: Strategy, pools: dict[str, list[RunRef]],
     first = next(run for runs in pools.values() for run in runs)
     outcomes = strategy.combine(cell, pools, evaluator(cache, cell, first))
     folders = _write_outcomes(spec, out, cell, outcomes)
-    _write_marker(_marker(out, cell, strategy.name), {"runs": _run_ids(pools), "table_folders": folders,
+    write_marker(_marker(out, cell, strategy.name), {"runs": run_ids(pools), "table_folders": folders,
                                                       "outcomes": [_summary(o) for o in outcomes]})
 
 
@@ -108,7 +108,7 @@ def combine_pooled(cells: dict[Cell, CellPools], strategies: list[Strategy],
             for (dataset, test_env), group in groups.items():
                 marker = out / COMBINED / f"{dataset}_env{test_env}_{_safe(variant)}.json"
                 runs = [run for cell in group for pool in cells[cell][strategy.name].values() for run in pool]
-                if _read_marker(marker).get("runs") == [r.run_id for r in runs]:
+                if read_marker(marker).get("runs") == [r.run_id for r in runs]:
                     continue
                 _forget(out, marker)
                 state = uniform_average(run.weights() for run in runs)
@@ -117,23 +117,24 @@ def combine_pooled(cells: dict[Cell, CellPools], strategies: list[Strategy],
                     outcome = ModelOutcome(variant, evaluator(cache, cell, runs[0]).record(state),
                                            {"members": [r.run_id for r in runs]})
                     folders += _write_outcomes(spec, out, cell, [outcome])
-                _write_marker(marker, {"runs": [r.run_id for r in runs], "table_folders": folders})
+                write_marker(marker, {"runs": [r.run_id for r in runs], "table_folders": folders})
 
 
 def combined_outcomes(out: Path, cell: Cell, strategy: str) -> list[dict[str, Any]]:
     """What `combine_cells` recorded for a cell and strategy ([] if not combined yet)."""
-    return _read_marker(_marker(out, cell, strategy)).get("outcomes", [])
+    return read_marker(_marker(out, cell, strategy)).get("outcomes", [])
 
 
-def _run_ids(pools: dict[str, list[RunRef]]) -> dict[str, list[str]]:
+def run_ids(pools: dict[str, list[RunRef]]) -> dict[str, list[str]]:
+    """{pool name: its runs' ids}: what a marker records as the runs a result was made from."""
     return {name: [run.run_id for run in runs] for name, runs in pools.items()}
 
 
 def _combined_runs(out: Path, cell: Cell, strategy: str) -> Any:
-    return _read_marker(_marker(out, cell, strategy)).get("runs")
+    return read_marker(_marker(out, cell, strategy)).get("runs")
 
 
-def _read_marker(marker: Path) -> dict[str, Any]:
+def read_marker(marker: Path) -> dict[str, Any]:
     """A marker's content ({} if absent, or written by an older version that listed no runs)."""
     try:
         content = json.loads(marker.read_text())
@@ -142,14 +143,14 @@ def _read_marker(marker: Path) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
-def _write_marker(marker: Path, content: dict[str, Any]) -> None:
+def write_marker(marker: Path, content: dict[str, Any]) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(marker, json.dumps(content, indent=1))
 
 
 def _forget(out: Path, marker: Path) -> None:
     """Remove the table folders an earlier combination wrote (its runs are no longer the planned ones)."""
-    for folder in _read_marker(marker).get("table_folders", []):
+    for folder in read_marker(marker).get("table_folders", []):
         RunDir(out / TABLE / folder).remove()
     marker.unlink(missing_ok=True)
 

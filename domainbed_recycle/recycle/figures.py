@@ -19,16 +19,30 @@ import numpy as np
 from domainbed_recycle import analysis, plots
 from domainbed_recycle.checkpoints import read_metadata
 from domainbed_recycle.evaluation import EvaluatorCache
-from domainbed_recycle.recycle.combine import combined_outcomes, evaluator
+from domainbed_recycle.recycle.combine import COMBINED, combined_outcomes, evaluator, read_marker, run_ids, write_marker
 from domainbed_recycle.recycle.stages import Plan
 from domainbed_recycle.strategies.base import PHI0, Cell, RunRef, Strategy
 
 PLOTS, ANALYSIS = "plots", "analysis.json"
+MARKER = "_analysis.json"  # in <out>/combined/: the runs the saved analysis was made from
 
 
 def analyze(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: list[Strategy], datasets: list[str],
             out: Path, cache: EvaluatorCache) -> dict[str, Any]:
-    """Draw the figures and write `analysis.json`; returns its content (per dataset)."""
+    """Draw the figures and write `analysis.json`; returns its content (per dataset).
+
+    Skipped, returning the saved content, when `analysis.json` was made from exactly these runs (a
+    marker in `<out>/combined/` records them), so rerunning a finished pipeline redoes nothing."""
+    inputs = {"datasets": datasets, "strategies": [s.name for s in strategies],
+              "cells": [[cell.dataset, cell.test_env, cell.trial_seed,
+                         {name: run_ids(pools) for name, pools in per.items()}] for cell, per in cells.items()]}
+    marker = out / COMBINED / MARKER
+    if read_marker(marker).get("inputs") == inputs and (out / ANALYSIS).is_file() and (out / PLOTS).is_dir():
+        try:
+            return json.loads((out / ANALYSIS).read_text())
+        except ValueError:  # damaged: made again below
+            pass
+    marker.unlink(missing_ok=True)
     result: dict[str, Any] = {}
     for dataset in datasets:
         dataset_cells = [c for c in cells if c.dataset == dataset]
@@ -59,6 +73,7 @@ def analyze(cells: dict[Cell, dict[str, dict[str, list[RunRef]]]], strategies: l
                                   title=f"{dataset}: LMC across inits (test domain {dataset_cells[0].test_env})")
         result[dataset] = entry
     (out / ANALYSIS).write_text(json.dumps(analysis.jsonable(result), indent=1))
+    write_marker(marker, {"inputs": inputs})
     return result
 
 
