@@ -143,3 +143,48 @@ def test_a_source_left_out_of_the_table_is_not_read(monkeypatch: pytest.MonkeyPa
     with sources.recording() as read:
         Textures.generate(None)
     assert "skimage:moon" not in read and read == set().union(*Textures.domain_sources(None).values())
+
+
+# ------------------------------------------------------------------ the check a recycling spec passes
+
+
+def test_shipped_recycling_specs_pass_the_spec_time_check():
+    from domainbed_recycle.recycle.spec import load_recycle_spec
+    from domainbed_recycle.recycle.stages import check_leakage
+
+    specs = sorted(SWEEPS.glob("recycle_*.toml"))
+    assert specs
+    for path in specs:
+        check_leakage(load_recycle_spec(path))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # RotatedMNIST and TextureMNIST are drawn from the same MNIST digits
+    ({"auxiliary": {"datasets": ["Glyphs", "RotatedMNIST"]}},
+     r"leakage: auxiliary dataset RotatedMNIST \(domain '0'\) shares \d+ source image\(s\) with test domain "
+     r"'plain' of target TextureMNIST \(e\.g\. "),
+    ({"foundation": {"dataset": "TextureMNIST"}}, r"leakage: pre-training dataset TextureMNIST \(domain 'plain'\)"),
+    # a target as its own auxiliary task: its fine-tuning saw the test domain
+    ({"auxiliary": {"datasets": ["TextureMNIST"], "exclude_target": False}},
+     r"leakage: auxiliary dataset TextureMNIST \(domain 'plain'\) shares 2000 source image\(s\) "
+     r"with test domain 'plain'"),
+])
+def test_a_spec_whose_training_data_overlaps_a_test_domain_is_refused_before_anything_is_written(
+        tmp_path, change, message):
+    from domainbed_recycle.errors import UserError
+    from domainbed_recycle.recycle.pipeline import Pipeline
+    from domainbed_recycle.recycle.spec import spec_from_dict
+
+    values = {"output_dir": str(tmp_path / "out"), "strategies": ["LP-FT"],
+              "foundation": {"dataset": "FashionPretrain"}, "auxiliary": {"datasets": ["Glyphs"]},
+              "target": {"datasets": ["TextureMNIST"], "test_envs": [0]}}
+    for key, value in change.items():
+        values[key] = values[key] | value
+    with pytest.raises(UserError, match=message):
+        Pipeline(spec_from_dict(values)).run()
+    assert not (tmp_path / "out").exists()
+    # the same spec without the overlap passes the check
+    from domainbed_recycle.recycle.stages import check_leakage
+
+    check_leakage(spec_from_dict(values | {"foundation": {"dataset": "FashionPretrain"},
+                                           "auxiliary": {"datasets": ["Glyphs"]}}))

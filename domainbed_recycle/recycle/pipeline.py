@@ -73,6 +73,7 @@ class Pipeline:
 
     def _prepare(self) -> stages.Plan:
         """Stages 1-3 (foundation, auxiliary LP-FT, target probes); returns the plan."""
+        stages.check_leakage(self.spec)  # before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "spec.json").write_text(json.dumps(dataclasses.asdict(self.spec), indent=2))
         plan = self.plan()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from domainbed_recycle.datasets import get_dataset_class
+from domainbed_recycle.datasets.leakage import check_no_leakage
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.rundir import RunDir
@@ -77,6 +78,21 @@ def cells(spec: RecycleSpec) -> list[Cell]:
             for trial in range(spec.target.n_trials):
                 result.append(Cell(dataset, test_env, trial))
     return result
+
+
+def check_leakage(spec: RecycleSpec) -> None:
+    """UserError if the pre-training or an auxiliary dataset shares a source image with a test domain of a
+    target (built-ins declare their sources; others cannot be checked). Reads the sources' ids (~1 s)."""
+    f, a = spec.foundation, spec.auxiliary
+    seen = [("pre-training", f.dataset)] if f.dataset and not f.checkpoint else []
+    seen += [("auxiliary", dataset) for dataset in a.datasets]
+    test_domains: dict[str, list[int]] = {}
+    for cell in cells(spec):
+        envs = test_domains.setdefault(cell.dataset, [])
+        if cell.test_env not in envs:
+            envs.append(cell.test_env)
+    unused = [(dataset, dataset) for dataset in a.datasets] if a.exclude_target else []
+    check_no_leakage(seen, test_domains, spec.data_dir, unused)
 
 
 def foundation_job(spec: RecycleSpec, out: Path) -> Job | None:
