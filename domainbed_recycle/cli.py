@@ -23,6 +23,7 @@ COMMANDS = {
     "import": "import_ckpt",
     "diversity": "diversity",
     "lmc": "lmc",
+    "merge": "merge",
 }
 
 
