@@ -121,7 +121,7 @@ def combine_pooled(cells: dict[Cell, CellPools], strategies: list[Strategy],
 
 
 def combined_outcomes(out: Path, cell: Cell, strategy: str) -> list[dict[str, Any]]:
-    """What `combine_cells` recorded for a cell and strategy ([] if not combined yet)."""
+    """What `combine_cell` recorded for a cell and strategy ([] if not combined yet)."""
     return read_marker(_marker(out, cell, strategy)).get("outcomes", [])
 
 

@@ -9,7 +9,7 @@ same, checkpointable for submitit (Slurm requeues a preempted job, which then re
 Task jobs: a job whose arguments name a `task` ("module:function" inside this package) runs that
 function with its arguments instead of training, with the same lock, logs, outcome and `done` marker,
 so any launcher can run other units of work (the recycling pipeline's combine stage, one job per
-cell and strategy). The function is named, not pickled, because the pool's workers take JSON.
+cell). The function is named, not pickled, because the pool's workers take JSON.
 
 Threads: on a CPU machine parallel runs are processes, and oversubscription is costly (measured on
 2 cores: 2 processes x 2 threads ran 4-7x slower than 2 x 1), so each worker sets torch's thread
@@ -87,7 +87,7 @@ def limit_threads(threads: int | None) -> None:
 
 def resolve_task(name: str) -> Callable[[dict[str, Any]], None]:
     """The function a task job runs: `name` is "module:function" with the module inside this package
-    (a job file naming code anywhere else is refused, so a job list cannot run arbitrary code)."""
+    (a job naming code anywhere else is refused, so a job list cannot run code from elsewhere)."""
     module, _, function = str(name).partition(":")
     if not module.startswith(_TASK_PACKAGE) or not function:
         raise UserError(f"task {name!r}: expected 'domainbed_recycle.<module>:<function>'")
