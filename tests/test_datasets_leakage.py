@@ -19,6 +19,7 @@ import tomllib
 
 from domainbed_recycle.datasets import DATASETS, load_all_datasets, sources
 from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, TextureMNIST, Textures
+from domainbed_recycle.datasets.leakage import shared_sources
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 Declared = dict[str, dict[str, frozenset[str]]]  # dataset -> domain -> source ids
@@ -38,9 +39,8 @@ def _leaks(declared: Declared, seen: list[str], targets: list[str]) -> list[str]
     """'A/domain ~ B/domain: ids' for every source a `seen` dataset shares with a target domain."""
     found = []
     for name, target in itertools.product(seen, targets):
-        for (env_a, ids_a), (env_b, ids_b) in itertools.product(declared[name].items(), declared[target].items()):
-            if ids_a & ids_b:
-                found.append(f"{name}/{env_a} ~ {target}/{env_b}: {sorted(ids_a & ids_b)[:3]}")
+        for env_a, env_b, shared in shared_sources(declared[name], declared[target]):
+            found.append(f"{name}/{env_a} ~ {target}/{env_b}: {sorted(shared)[:3]}")
     return found
 
 

@@ -8,7 +8,6 @@ needs data and stays a strategy (`Fisher` in a recycle spec).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,9 @@ from domainbed_recycle.errors import UserError
 
 HELP = "Merge fine-tuned models (run folders or checkpoints) into one checkpoint: uniform, TIES, DARE, ..."
 
-# method -> whether it needs --base (the model the task vectors are taken from)
-METHODS = {"uniform": False, "task_arithmetic": True, "ties": True, "dare": True, "dare_ties": True,
-           "model_stock": True, "wise_ft": True}
+# method -> the flags it reads (recorded in the output's metadata); all but uniform also need --base (θ0)
+METHODS = {"uniform": (), "task_arithmetic": ("lam",), "ties": ("lam", "keep"), "dare": ("lam", "p", "seed"),
+           "dare_ties": ("lam", "keep", "p", "seed"), "model_stock": (), "wise_ft": ("alpha",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,13 +59,14 @@ def _resolve(model: str) -> Path:
     return path
 
 
-def _load(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _load(model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(checkpoint path, finite state dict, metadata) of a run folder or checkpoint file."""
     from domainbed_recycle.averaging import check_finite
     from domainbed_recycle.checkpoints import load_checkpoint
 
     path = _resolve(model)
     state, metadata = load_checkpoint(path)
-    return dict(check_finite(state, str(path))), metadata
+    return path, dict(check_finite(state, str(path))), metadata
 
 
 def merge(method: str, models: list[dict[str, Any]], base: dict[str, Any] | None, *, lam: float | None = None,
@@ -97,29 +97,25 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} exists: choose another --out, or pass --force to overwrite it")
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out.name}")
-    if METHODS[args.method] and args.base is None:
+    if args.method != "uniform" and args.base is None:
         raise UserError(f"--method {args.method} needs --base (θ0, the model the MODELs were fine-tuned from)")
-    if args.method == "model_stock" and len(args.models) < 2:
-        raise UserError(f"model_stock needs at least 2 models, got {len(args.models)}")
-    if not all(math.isfinite(v) for v in (args.keep, args.p, args.alpha, args.lam or 0.0)):
-        raise UserError("--lam, --keep, --p and --alpha must be finite numbers")
     loaded = [_load(model) for model in args.models]
     base = _load(args.base) if args.base else None
     from domainbed_recycle.checkpoints import check_compatible, save_checkpoint
 
-    reference, reference_name = (base[0], args.base) if base else (loaded[0][0], args.models[0])
-    for index, (model, (state, _)) in enumerate(zip(args.models, loaded, strict=True)):
+    reference, reference_name = (base[1], args.base) if base else (loaded[0][1], args.models[0])
+    for index, (model, (_, state, _)) in enumerate(zip(args.models, loaded, strict=True)):
         if base or index:  # every model against θ0, else against the first model
             check_compatible(reference, state, f"its weights (compared with {reference_name})", model)
-    try:
-        merged = merge(args.method, [state for state, _ in loaded], base[0] if base else None, lam=args.lam,
+    try:  # the operators check their own parameters (finite λ, keep in (0, 1], K >= 2 for Model Stock...)
+        merged = merge(args.method, [state for _, state, _ in loaded], base[1] if base else None, lam=args.lam,
                        keep=args.keep, p=args.p, seed=args.seed, alpha=args.alpha)
-    except ValueError as error:  # an operator's own check (e.g. keep outside (0, 1])
+    except ValueError as error:
         raise UserError(f"--method {args.method}: {error}") from None
-    params = {"lam": args.lam, "keep": args.keep, "p": args.p, "seed": args.seed, "alpha": args.alpha}
-    metadata = {key: value for key, value in loaded[0][1].items() if key != "format"}
-    metadata["merge"] = {"method": args.method, "members": [str(_resolve(m)) for m in args.models],
-                         "base": str(_resolve(args.base)) if args.base else None, "params": params}
+    metadata = {key: value for key, value in loaded[0][2].items() if key != "format"}
+    metadata["merge"] = {"method": args.method, "members": [str(path) for path, _, _ in loaded],
+                         "base": str(base[0]) if base else None,
+                         "params": {name: getattr(args, name) for name in METHODS[args.method]}}
     save_checkpoint(out, merged, metadata)
     print(f"wrote {out} ({args.method} of {len(loaded)} model(s))")
     if args.evaluate:

@@ -11,7 +11,7 @@ Datasets that declare no sources (DomainBed's real ones, `folder:` trees) cannot
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import UserError
@@ -27,6 +27,15 @@ def declared_sources(name: str, data_dir: str | os.PathLike | None) -> dict[str,
         return domain_sources(data_dir)
     except NotImplementedError:
         return None
+
+
+def shared_sources(trained: Mapping[str, frozenset[str]], held_out: Mapping[str, frozenset[str]]
+                   ) -> Iterator[tuple[str, str, frozenset[str]]]:
+    """(trained domain, held-out domain, the source ids they share) for every pair of domains sharing any."""
+    for domain, ids in trained.items():
+        for other, other_ids in held_out.items():
+            if ids & other_ids:
+                yield domain, other, ids & other_ids
 
 
 def check_no_leakage(seen: Iterable[tuple[str, str]], test_domains: Mapping[str, Sequence[int]],
@@ -58,13 +67,10 @@ def check_no_leakage(seen: Iterable[tuple[str, str]], test_domains: Mapping[str,
             if (name, target) in skip or not declared:
                 continue
             environments = list(get_dataset_class(target).ENVIRONMENTS)
-            for env in envs:
-                held_out = declared[environments[env]]
-                for domain, ids in trained.items():
-                    shared = ids & held_out
-                    if shared:
-                        raise UserError(
-                            f"leakage: {role} dataset {name} (domain {domain!r}) shares {len(shared)} source "
-                            f"image(s) with test domain {environments[env]!r} of target {target} (e.g. "
-                            f"{sorted(shared)[0]}): pre-training and auxiliary data must not come from a test "
-                            f"domain; `drecycle data list` shows each dataset's sources")
+            held_out = {environments[env]: declared[environments[env]] for env in envs}
+            for domain, test_domain, shared in shared_sources(trained, held_out):
+                raise UserError(
+                    f"leakage: {role} dataset {name} (domain {domain!r}) shares {len(shared)} source "
+                    f"image(s) with test domain {test_domain!r} of target {target} (e.g. "
+                    f"{sorted(shared)[0]}): pre-training and auxiliary data must not come from a test "
+                    f"domain; `drecycle data list` shows each dataset's sources")
