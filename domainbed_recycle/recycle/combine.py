@@ -30,6 +30,7 @@ from domainbed_recycle.rundir import RunDir, write_atomic
 from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.strategies.base import Cell, ModelOutcome, RunRef, RunsOutcome, Strategy
 from domainbed_recycle.sweep import Job
+from domainbed_recycle.sweep.jobs import TASK_KEY
 
 # Sub-folders: the combined models' records, the markers, and the combine jobs' folders (logs, locks).
 TABLE, COMBINED, JOBS = "table", "combined", "combine_jobs"
@@ -64,7 +65,7 @@ def combine_jobs(cells: dict[Cell, CellPools], spec: RecycleSpec, out: Path) -> 
         todo = {name: pools for name, pools in per.items() if _combined_runs(out, cell, name) != run_ids(pools)}
         if not todo:
             continue
-        args = {"task": TASK, "label": f"{cell.dataset} test_env={cell.test_env} trial_seed={cell.trial_seed} "
+        args = {TASK_KEY: TASK, "label": f"{cell.dataset} test_env={cell.test_env} trial_seed={cell.trial_seed} "
                                        f"({len(todo)} strateg{'y' if len(todo) == 1 else 'ies'})",
                 "spec": spec_values, "out": str(out), "cell": dataclasses.asdict(cell),
                 "strategies": {name: {pool: [{"config": run.config, "run": str(run.output_dir)} for run in runs]

@@ -35,6 +35,8 @@ from domainbed_recycle.training import TrainConfig, resolved_hparams
 
 # Arguments that say where or how a job runs, not what it computes: left out of its id.
 UNHASHED_ARGS = rundir.PLACEMENT_ARGS
+# The argument that makes a job a task: "module:function" run instead of training (see `run_job`).
+TASK_KEY = "task"
 
 DONE = rundir.STATE_DONE
 DIVERGED = rundir.STATE_DIVERGED
@@ -77,8 +79,8 @@ class Job:
         """One line: dataset, algorithm, test envs, seeds (and init label when there is one); for a task
         job (see `run_job`), the task's function and its `label`."""
         a = self.args
-        if a.get("task"):
-            return f"{str(a['task']).rpartition(':')[2]} {a.get('label', '')}".rstrip()
+        if a.get(TASK_KEY):
+            return f"{str(a[TASK_KEY]).rpartition(':')[2]} {a.get('label', '')}".rstrip()
         text = (f"{a.get('dataset')} {a.get('algorithm', 'ERM')} test_envs={a.get('test_envs', [0])} "
                 f"hparams_seed={a.get('hparams_seed', 0)} trial_seed={a.get('trial_seed', 0)}")
         if a.get("init_label"):
@@ -224,7 +226,7 @@ def changed_hparams(job: Job) -> list[str]:
     arguments resolve to now (sorted; [] when they agree). A job's id hashes its arguments, not the
     values they resolve to, so a registry whose defaults or ranges changed since would otherwise show
     the old runs as done. [] for a task job, or when the run's arguments or today's do not resolve."""
-    if job.args.get("task"):
+    if job.args.get(TASK_KEY):
         return []
     try:
         stored = job.run.read_static().get("hparams")

@@ -33,6 +33,7 @@ from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import RunDiverged, UserError, os_error_line
 from domainbed_recycle.locks import Lock, LockHeld, release_if_mine
 from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.sweep.jobs import TASK_KEY
 from domainbed_recycle.training import TrainConfig, can_resume, train
 
 # Outcome statuses.
@@ -43,7 +44,6 @@ DIVERGED_OUTCOME = "diverged"  # its loss or weights stopped being finite (now o
 ELSEWHERE = "running_elsewhere"  # another process holds the run folder's lock: not touched here
 STALE = "stale"  # done, with hyper-parameters other than its arguments resolve to now (see jobs.changed_hparams)
 
-TASK_KEY = "task"
 _TASK_PACKAGE = "domainbed_recycle."
 
 
