@@ -53,8 +53,8 @@ def test_every_strategy_variant_gets_a_number(finished):
 def test_shared_runs_train_once_and_a_rerun_trains_nothing(finished):
     pipeline, _ = finished
     target_runs = sorted((pipeline.out / "target").glob("*/done"))
-    # ERM 3 + LP-FT pool 3 + MA 1 + aux pool: 2 new (its phi0 run is LP-FT's) + Fusing 1
-    assert len(target_runs) == 10
+    # ERM 3 + LP-FT pool 3 + MA 1 + aux pool: 2 new (its phi0 run is LP-FT's) + Fusing 3 (M, as the pools)
+    assert len(target_runs) == 12
     stamps = {p: p.stat().st_mtime_ns for p in (pipeline.out / "target").glob(f"*/{RunDir.RESULTS}")}
     stamps[pipeline.out / "analysis.json"] = (pipeline.out / "analysis.json").stat().st_mtime_ns
     table_again = pipeline.run()
