@@ -31,6 +31,7 @@ __all__ = [
     "INCONCLUSIVE",
     "SUPPORTED",
     "Interval",
+    "centre_within",
     "cluster_bootstrap",
     "partial_within_r",
     "t_interval",
@@ -116,13 +117,22 @@ def weighted_mean(values: ArrayLike, weights: ArrayLike | None = None) -> float:
     return float((w * v).sum() / total) if total > 0 else float("nan")
 
 
+def centre_within(values: ArrayLike, groups: ArrayLike, weights: ArrayLike | None = None) -> np.ndarray:
+    """`values` [n] or [n, p] minus their (weighted) mean within each group (groups [n] of any labels)."""
+    return _demean(np.asarray(values, dtype=np.float64), np.asarray(groups),
+                   np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64))
+
+
 def _demean(values: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """`values` [n] or [n, p] minus their weighted mean within each group."""
-    _, index = np.unique(groups, return_inverse=True)
+    if groups.dtype.kind in "iu" and len(groups) and groups.min() >= 0:
+        index = groups  # small non-negative ints already (the bootstrap's draws): no sort needed
+    else:
+        index = np.unique(groups, return_inverse=True)[1].reshape(-1)
     totals = np.bincount(index, weights)
-    if values.ndim == 1:
-        return values - (np.bincount(index, weights * values) / totals)[index]
-    means = np.stack([np.bincount(index, weights * col) / totals for col in values.T], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # labels never used: 0/0, never indexed
+        if values.ndim == 1:
+            return values - (np.bincount(index, weights * values) / totals)[index]
+        means = np.stack([np.bincount(index, weights * col) / totals for col in values.T], axis=1)
     return values - means[index]
 
 
@@ -216,7 +226,9 @@ def cluster_bootstrap(statistic: Statistic, clusters: ArrayLike, units: ArrayLik
             for k in rng.choice(members, size=len(members), replace=True):
                 group = groups[k]
                 counts = rng.multinomial(group.n_units, np.full(group.n_units, 1.0 / group.n_units))
-                w = counts[group.units].prod(axis=1).astype(np.float64)
+                w = counts[group.units[:, 0]].astype(np.float64)
+                for column in range(1, group.units.shape[1]):
+                    w *= counts[group.units[:, column]]
                 keep = w > 0
                 index.append(group.rows[keep])
                 weight.append(w[keep])
