@@ -53,10 +53,11 @@ def blocks(results: Path = RESULTS) -> dict[str, str]:
 def updated(readme: str, contents: dict[str, str]) -> str:
     """`readme` with each marked block replaced by its content; ValueError if a marker is missing."""
     for name, content in contents.items():
-        pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n).*?(\n{re.escape(END)})", re.DOTALL)
+        # the block may be empty (marker line directly followed by END), as before the first run
+        pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n)(?:.*?\n)??({re.escape(END)})", re.DOTALL)
         if not pattern.search(readme):
             raise ValueError(f"README.md has no '<!-- {name} -->' ... '{END}' block")
-        readme = pattern.sub(lambda m, c=content: m.group(1) + c + m.group(2), readme, count=1)
+        readme = pattern.sub(lambda m, c=content: m.group(1) + c + "\n" + m.group(2), readme, count=1)
     return readme
 
 
