@@ -1,9 +1,10 @@
 """The one place where model files are read and written.
 
 Our checkpoints are safetensors files whose metadata holds a JSON description (architecture, classes,
-dataset, step, ...). Foreign files (torchvision state dicts, DomainBed's `model.pkl`) are read with
-`torch.load(weights_only=True)` only: nothing in this project unpickles arbitrary objects, so a file
-that would run code when unpickled is refused.
+dataset, step, ...). Foreign files (torchvision or timm state dicts, DomainBed's `model.pkl`) are read
+with `torch.load(weights_only=True)` only: nothing in this project unpickles arbitrary objects, so a
+file that would run code when unpickled is refused. Every reader takes a weights reference (a path, or
+a name such as `torchvision:ResNet50_Weights.IMAGENET1K_V1`, see `weights`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.weights import resolve
 
 FORMAT = "domainbed_recycle/1"
 _META_KEY = "drecycle"
@@ -50,10 +52,13 @@ def _default_mode() -> int:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Metadata of one of our safetensors checkpoints, without loading its tensors."""
+    """Metadata of one of our safetensors checkpoints, without loading its tensors; {} for a file that
+    carries none (anyone's safetensors, a `.pth` state dict, named weights)."""
     from safetensors import safe_open
 
-    path = _existing(path)
+    path = resolve(path)
+    if path.suffix != ".safetensors":
+        return {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)
@@ -77,8 +82,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     - `.safetensors`: ours (metadata from the header) or anyone's (empty metadata);
     - anything else: `torch.load(weights_only=True)`; a DomainBed `model.pkl` (dict with `model_dict`)
       is unwrapped and its keys mapped to ours (`featurizer.*`, `classifier.*`).
+    `path` may also name weights (`torchvision:...`, `timm:...`, `hf:...`), read from their cache.
     """
-    path = _existing(path)
+    path = resolve(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -173,10 +179,3 @@ def check_compatible(
                 f"{path}: {what} does not match the architecture: '{key}' has shape "
                 f"{tuple(found[key].shape)}, expected {tuple(tensor.shape)}"
             )
-
-
-def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    return path

@@ -26,7 +26,12 @@ from domainbed_recycle.hparams_spec import Define, Flag, HParam, Integer, OneOf,
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.networks import ARCHITECTURES
 
-PROFILES = ("small", "small_finetune", "resnet")
+PROFILES = ("small", "small_finetune", "resnet", "resnet_scratch")
+# The profile a run gets when none is named: its network, trained from scratch or from pre-trained
+# weights (`default_profile`). A dataset's own profile without such a pair is kept as it is.
+_PROFILE_OF = {("small_cnn", False): "small", ("small_cnn", True): "small_finetune",
+               ("resnet", True): "resnet", ("resnet", False): "resnet_scratch"}
+_ARCH_OF = {"small": "small_cnn", "small_finetune": "small_cnn", "resnet": "resnet50", "resnet_scratch": "resnet50"}
 
 POSITIVE = Real(low=0, low_open=True)
 NON_NEGATIVE = Real(low=0)
@@ -45,6 +50,17 @@ def _common(define: Define, profile: str) -> None:
         define("lr", 5e-5, choice([1e-5, 3e-5, 5e-5]), POSITIVE)
         define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
         define("weight_decay", 0.0, choice([1e-4, 1e-6]), NON_NEGATIVE)
+        define("batch_size", 32, None, Integer(low=1))
+    elif profile == "resnet_scratch":
+        # A ResNet trained from a random init (`--pretrained none`): BatchNorm learns its statistics
+        # (frozen random statistics would never become the data's), and the step sizes of DomainBed's
+        # networks trained from scratch (its MNIST ranges: 1e-3, 10^U(-4.5, -2.5)).
+        define("arch", "resnet50", None, OneOf(ARCHITECTURES))
+        define("freeze_bn", False, None, Flag())
+        define("data_augmentation", True, None, Flag())
+        define("lr", 1e-3, log_uniform(-4.5, -2.5), POSITIVE)
+        define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
+        define("weight_decay", 0.0, log_uniform(-6, -2), NON_NEGATIVE)
         define("batch_size", 32, None, Integer(low=1))
     elif profile in ("small", "small_finetune"):
         # CPU scale: the small CNN on 3x28x28 built-ins. Fine-tuning a pre-trained featurizer
@@ -69,6 +85,26 @@ def _common(define: Define, profile: str) -> None:
             define("batch_size", 32, None, Integer(low=1))
     else:
         raise UserError(f"unknown hyper-parameter profile '{profile}'; known: {', '.join(PROFILES)}")
+
+
+def network_family(arch: str) -> str:
+    """'resnet' for resnet18/resnet50, else the architecture's own name."""
+    return "resnet" if arch.startswith("resnet") else arch
+
+
+def profile_network(profile: str) -> str | None:
+    """The architecture a profile builds by default (None for a profile this module does not pair)."""
+    return _ARCH_OF.get(profile)
+
+
+def default_profile(dataset_profile: str, arch: str | None, pretrained: bool) -> str:
+    """The profile of a run that names none: its network (the `arch` override, else the dataset's)
+    trained from scratch or from pre-trained weights: small CNN -> 'small' / 'small_finetune', ResNet
+    -> 'resnet_scratch' / 'resnet' (the paper's). A dataset profile this rule does not pair is kept."""
+    arch = arch or _ARCH_OF.get(dataset_profile)
+    if arch is None:
+        return dataset_profile
+    return _PROFILE_OF.get((network_family(arch), pretrained), dataset_profile)
 
 
 def declarations(algorithm: str, profile: str) -> dict[str, HParam]:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from domainbed_recycle import checkpoints, hparams_registry, provenance, resume
+from domainbed_recycle import checkpoints, hparams_registry, provenance, resume, weights
 from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.averaging import first_nonfinite
 from domainbed_recycle.datasets import get_dataset, get_dataset_class
@@ -63,6 +63,10 @@ class TrainConfig:
     init: str | None = None  # checkpoint giving featurizer and classifier
     init_featurizer: str | None = None  # checkpoint giving the featurizer (overrides `init`'s)
     init_classifier: str | None = None  # checkpoint giving the classifier (overrides `init`'s)
+    # Featurizer weights when neither `init` nor `init_featurizer` gives them: a weights reference (see
+    # `weights`), "none" for a random featurizer on purpose, None for the network's default (ImageNet V1
+    # for ResNets, as DomainBed; random for the small CNN).
+    pretrained: str | None = None
     linear_probe: bool = False  # train the classifier only (featurizer frozen)
     init_label: str | None = None  # short name of the initialisation (e.g. 'phi0', 'aux:Glyphs')
     skip_model_save: bool = False
@@ -84,13 +88,43 @@ class TrainConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise UserError(f"threads must be an integer >= 1, got {self.threads!r}")
+        if self.pretrained is not None and (self.init or self.init_featurizer):
+            raise UserError("give the featurizer's weights once: --pretrained, or --init/--init_featurizer")
+
+    def featurizer_weights(self, arch: str | None) -> str | None:
+        """The weights reference the featurizer of network `arch` starts from; None: random."""
+        explicit = self.init_featurizer or self.init
+        if explicit:
+            return explicit
+        if weights.is_none(self.pretrained):
+            return None
+        return self.pretrained or weights.DEFAULT_WEIGHTS.get(arch or "")
+
+    def network(self, dataset_class: Any) -> str | None:
+        """The architecture the run builds before its profile is known: the `arch` override, else the
+        dataset's profile's network (None when that profile is not one `hparams_registry` pairs)."""
+        arch = self.hparams.get("arch")
+        return arch if isinstance(arch, str) else hparams_registry.profile_network(dataset_class.HPARAMS_PROFILE)
+
+    def profile(self, dataset_class: Any) -> str:
+        """The hyper-parameter profile: the one named, else the network's, from scratch or pre-trained
+        (`hparams_registry.default_profile`)."""
+        if self.hparams_profile:
+            return self.hparams_profile
+        arch = self.hparams.get("arch")
+        pretrained = self.featurizer_weights(self.network(dataset_class)) is not None
+        return hparams_registry.default_profile(dataset_class.HPARAMS_PROFILE, arch if isinstance(arch, str) else None,
+                                                pretrained)
 
     def stored_args(self, dataset_class: Any) -> dict[str, Any]:
         """The arguments a run of this config stores (in `args.json` and every record), without
         `environments`: `steps` and `checkpoint_freq` resolved to the dataset's defaults."""
         steps = self.steps if self.steps is not None else dataset_class.N_STEPS
-        return self.to_args() | {"steps": steps,
+        args = self.to_args() | {"steps": steps,
                                  "checkpoint_freq": self.checkpoint_freq or dataset_class.CHECKPOINT_FREQ}
+        if self.pretrained is None and not (self.init or self.init_featurizer):  # the network's default
+            args["pretrained"] = weights.DEFAULT_WEIGHTS.get(resolved_hparams(self, dataset_class)["arch"])
+        return args
 
 
 def set_seeds(seed: int) -> None:
@@ -142,7 +176,7 @@ class BatchStream:
 def resolved_hparams(config: TrainConfig, dataset_class: type | None = None) -> dict[str, Any]:
     """The hyper-parameters `config` trains with: the registry's draw for its algorithm, profile (the
     dataset's by default), hparams seed and trial seed, then its overrides. Reads no data."""
-    profile = config.hparams_profile or (dataset_class or get_dataset_class(config.dataset)).HPARAMS_PROFILE
+    profile = config.profile(dataset_class or get_dataset_class(config.dataset))
     return hparams_registry.get_hparams(config.algorithm, profile, config.hparams_seed, config.hparams,
                                         trial_seed=config.trial_seed)
 
@@ -183,17 +217,18 @@ def _peak_memory_gb(device: str) -> float:
 def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
     """Load featurizer/classifier weights named by the config into `algorithm.network`.
 
-    Returns a JSON-able description of what was loaded (kept in every record under `init`).
+    Returns a JSON-able description of what was loaded (kept in every record under `init`); weights
+    that are not a checkpoint of this harness (a named or foreign file) are identified by file and
+    SHA-256 under `<part>_weights`.
     """
-    sources = {
-        "featurizer": config.init_featurizer or config.init,
-        "classifier": config.init_classifier or config.init,
-    }
+    sources = init_sources(config, algorithm.arch["featurizer"])
     described: dict[str, Any] = {"label": config.init_label or ("random" if not any(sources.values()) else None)}
     for part, path in sources.items():
         if not path:
             continue
         state, meta = checkpoints.load_checkpoint(path)
+        if not meta.get("arch"):  # not one of ours: say which file it was, byte for byte
+            described[f"{part}_weights"] = weights.identity(path)
         if meta.get("arch") and part == "featurizer" and not same_featurizer(meta["arch"], algorithm.arch):
             raise UserError(
                 f"{path}: its featurizer architecture {meta['arch']} differs from this run's {algorithm.arch}"
@@ -208,6 +243,11 @@ def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
         module.load_state_dict(wanted)
         described[part] = str(path)
     return described
+
+
+def init_sources(config: TrainConfig, arch: str | None) -> dict[str, str | None]:
+    """{"featurizer": weights reference or None (random), "classifier": ...} for network `arch`."""
+    return {"featurizer": config.featurizer_weights(arch), "classifier": config.init_classifier or config.init}
 
 
 def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> Path:
@@ -234,6 +274,9 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
             f"test env {bad[0]} out of range: {config.dataset} has {n_envs} domains "
             f"(0..{n_envs - 1}: {', '.join(dataset_class.ENVIRONMENTS)})"
         )
+    for ref in init_sources(config, hparams["arch"]).values():  # a missing file fails before data loads
+        if ref:
+            weights.resolve(ref)
     if dataset is None:  # real datasets read hparams['data_augmentation'] (training domains only)
         dataset = get_dataset(config.dataset, config.data_dir, config.test_envs, hparams)
     args = config.stored_args(dataset) | {"environments": list(dataset.ENVIRONMENTS)}
