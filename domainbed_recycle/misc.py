@@ -1,9 +1,10 @@
-"""Small pure helpers shared across modules (seeding, hashing)."""
+"""Small pure helpers shared across modules (seeding, hashing, per-dataset values)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -17,3 +18,11 @@ def args_hash(args: dict[str, Any]) -> str:
     """Stable hex id of a job's arguments (the name of its run folder)."""
     text = json.dumps(args, sort_keys=True, default=str)
     return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def per_dataset(value: Any, dataset: str) -> Any:
+    """A spec value given once, or as a table {dataset: value}: the value for `dataset` (a table may name
+    a dataset with its options, "PACS?resolution=96", or without them, "PACS"); None if it lacks it."""
+    if not isinstance(value, Mapping):
+        return value
+    return value[dataset] if dataset in value else value.get(dataset.partition("?")[0])

@@ -228,7 +228,10 @@ def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
             continue
         state, meta = checkpoints.load_checkpoint(path)
         if not meta.get("arch"):  # not one of ours: say which file it was, byte for byte
-            described[f"{part}_weights"] = weights.identity(path)
+            described[f"{part}_weights"] = identity = weights.identity(path)
+            if identity.get("sha256_matches_name") is False:
+                print(f"warning: {identity['file']} is not the file published as {path} (its SHA-256 does not "
+                      f"start with the digits in its name)", file=sys.stderr)
         if meta.get("arch") and part == "featurizer" and not same_featurizer(meta["arch"], algorithm.arch):
             raise UserError(
                 f"{path}: its featurizer architecture {meta['arch']} differs from this run's {algorithm.arch}"
@@ -274,6 +277,8 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
             f"test env {bad[0]} out of range: {config.dataset} has {n_envs} domains "
             f"(0..{n_envs - 1}: {', '.join(dataset_class.ENVIRONMENTS)})"
         )
+    if dataset is None:
+        dataset_class.check_available(config.data_dir)
     for ref in init_sources(config, hparams["arch"]).values():  # a missing file fails before data loads
         if ref:
             weights.resolve(ref)

@@ -107,7 +107,7 @@ def test_builtin_and_paper_specs_validate_and_dry_run(tmp_path):
     root = Path(__file__).resolve().parent.parent
     for name in sorted(p.name for p in (root / "sweeps").glob("recycle_*.toml")):
         spec = load_recycle_spec(root / "sweeps" / name, {"output_dir": str(tmp_path / name)})
-        listing = Pipeline(spec).dry_run()
+        listing, _ = Pipeline(spec).dry_run()
         assert "stage 4 target runs" in listing
 
 
@@ -121,10 +121,13 @@ def test_bad_spec_keys_and_names_fail_clearly():
 
 
 def test_spec_hparams_follow_the_one_override_rule():
-    # ma_start_step is MovingAverage's: known through the MovingAverage strategy, an error without it.
-    spec_from_dict(TINY | {"output_dir": "x"})
-    with pytest.raises(UserError, match=r"\[target\] hparams: unknown hyper-parameter\(s\) ma_start_step for ERM "):
-        spec_from_dict(TINY | {"output_dir": "x", "strategies": ["ERM", "Soup"]})
+    # ma_start_step is MovingAverage's: used through the MovingAverage strategy, a note (not an error) once
+    # that strategy is removed from the spec; a name no algorithm declares is an error.
+    assert not spec_from_dict(TINY | {"output_dir": "x"}).notes
+    spec = spec_from_dict(TINY | {"output_dir": "x", "strategies": ["ERM", "Soup"]})
+    assert len(spec.notes) == 1 and "ma_start_step: no target run uses them" in spec.notes[0]
+    with pytest.raises(UserError, match=r"\[target\] hparams: unknown hyper-parameter\(s\) ma_start_stepp for "):
+        spec_from_dict(TINY | {"output_dir": "x", "target": TINY["target"] | {"hparams": {"ma_start_stepp": 1}}})
     with pytest.raises(UserError, match=r"\[target\] hparams: hyper-parameter 'batch_size' must be an integer >= 1"):
         spec_from_dict(TINY | {"output_dir": "x", "target": TINY["target"] | {"hparams": {"batch_size": 0}}})
     with pytest.raises(UserError, match=r"\[probe\] hparams: unknown hyper-parameter\(s\) mmd_gamma for ERM"):
@@ -137,7 +140,7 @@ def test_spec_hparams_follow_the_one_override_rule():
 
 def test_target_objective_is_a_spec_key(tmp_path):
     spec = spec_from_dict(TINY | {"output_dir": str(tmp_path), "target": TINY["target"] | {"algorithm": "CORAL"}})
-    listing = Pipeline(spec).dry_run()
+    listing, _ = Pipeline(spec).dry_run()
     target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedMNIST")]
     assert target_lines and all(" CORAL " in line or " MovingAverage " in line for line in target_lines)
     assert any(" CORAL " in line for line in target_lines)

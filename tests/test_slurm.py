@@ -185,3 +185,19 @@ def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
     jobs = [p for p in (tmp_path / "recycle" / "combine_jobs").iterdir() if not p.name.startswith(".")]
     assert len(jobs) == 2 and all(RunDir(job).is_done for job in jobs)  # one task per cell
     assert list((tmp_path / "recycle" / "combine_jobs" / ".submitit").glob("*_1/*_result.pkl"))
+
+
+def test_slurm_options_account_sbatch_lines_and_setup_lines_reach_the_job(slurm_env, tmp_path):
+    """Issue 16: a cluster's own options (account, any sbatch option, setup lines) pass through submitit."""
+    jobs = jobs_from_configs([{"dataset": "ColoredMNIST", "steps": 2, "checkpoint_freq": 2,
+                               "hparams": {"cnn_width": 8}}], tmp_path)
+    options = SlurmOptions.from_dict({"partition": "debug", "time_min": 10, "poll_s": 0.5, "account": "drecycle-lab",
+                                      "sbatch": {"comment": "drecycle-test"},
+                                      "setup": ["echo setup-line-ran-$SLURM_JOB_ID"]})
+    report = launch(jobs, "slurm", slurm=options, progress=False, log_dir=tmp_path / "logs")
+    assert report.ok and report.n_ran == 1, report.summary()
+    (script,) = (tmp_path / "logs").glob("*/*_submission.sh")
+    lines = script.read_text().splitlines()
+    assert "#SBATCH --account=drecycle-lab" in lines and "#SBATCH --comment=drecycle-test" in lines
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*/*_log.out"))
+    assert "setup-line-ran-" in logs

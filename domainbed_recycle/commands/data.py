@@ -148,6 +148,8 @@ def run_check(args: argparse.Namespace) -> int:
             print(f"  MISSING {line}")
         for line in result.differences:
             print(f"  DIFFERS {line}")
+        if result.hint:
+            print(f"  HOW TO GET IT: {result.hint}")
         verdict = ("as DomainBed's" if result.ok else
                    f"{len(result.missing)} missing, {len(result.differences)} difference(s) from DomainBed's")
         print(f"{name}: {verdict}\n")

@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
         pipeline = Pipeline(load_recycle_spec(args.spec, {"output_dir": args.output_dir}))
         output_dir = str(pipeline.out)
         reference = reference or pipeline.foundation_checkpoint()
-    from pathlib import Path
+    from domainbed_recycle import weights
 
-    if not Path(reference).is_file():
-        raise UserError(f"foundation checkpoint not found: {reference} (run `drecycle recycle SPEC` first, "
-                        "or pass --reference)")
+    problem = weights.problem(reference)
+    if problem:
+        raise UserError(f"foundation: {problem} (run `drecycle recycle SPEC` first, or pass --reference)")
     refused = 0
     for path in args.files:
         if args.gate:

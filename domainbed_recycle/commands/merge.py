@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve(model: str) -> Path:
-    """A run folder's model checkpoint, or the file itself."""
+    """A run folder's model checkpoint, or the file itself (or the file of named weights)."""
+    from domainbed_recycle import weights
+
+    if weights.scheme(model):
+        return weights.resolve(model)
     path = Path(model)
     if path.is_dir():
         from domainbed_recycle.rundir import RunDir

@@ -15,7 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default=None, help="inprocess | pool | submitit_local | slurm")
     parser.add_argument("--n_workers", type=int, default=None)
     parser.add_argument("--selection", nargs="+", default=None, help="iid | loo | oracle (default: the spec's)")
-    parser.add_argument("--dry_run", action="store_true", help="validate the spec and list every stage's jobs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="change a key of the spec before it is validated, e.g. --set target.steps=3 --set "
+                             "'target.datasets=[\"PACS\"]' --set foundation.checkpoint=r50.pth (a TOML value, else "
+                             "text; paths read from the current folder); repeatable")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="validate the spec, list every stage's jobs and check every dataset folder and "
+                             "checkpoint (exit 1 if one is missing)")
     parser.add_argument("--inits", action="store_true",
                         help="run stages 1-3 only and print the inits diagnostic (probe accuracy along "
                              "phi_0 -> each auxiliary featurizer, relative distances)")
@@ -30,11 +36,20 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {"output_dir": args.output_dir, "data_dir": args.data_dir, "launcher": args.launcher,
                  "n_workers": args.n_workers, "selection": args.selection}
-    spec = load_recycle_spec(args.spec, overrides)
+    spec = load_recycle_spec(args.spec, overrides, args.settings)
     pipeline = Pipeline(spec)
     if args.dry_run:
-        print(pipeline.dry_run())
-        print(f"spec {args.spec}: valid")
+        listing, checked = pipeline.dry_run()
+        print(listing)
+        for note in spec.notes:
+            print(f"note: {note}")
+        for line in checked.lines():
+            print(line)
+        if checked.missing:
+            print(f"spec {args.spec}: {len(checked.missing)} input(s) missing (see MISSING above)")
+            return 1
+        print(f"spec {args.spec}: valid" + (f"; {len(checked.differences)} difference(s) from DomainBed's data"
+                                              if checked.differences else "; every input found"))
         return 0
     if args.inits:
         print(pipeline.run_inits())

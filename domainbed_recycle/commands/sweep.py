@@ -51,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--slurm_cpus_per_task", type=int, default=None, help="also torch threads (default 1)")
     slurm.add_argument("--slurm_gpus_per_node", type=int, default=None)
     slurm.add_argument("--slurm_array_parallelism", type=int, default=None, help="tasks running at once")
+    slurm.add_argument("--slurm_account", default=None, help="sbatch --account")
+    slurm.add_argument("--slurm_qos", default=None, help="sbatch --qos")
+    slurm.add_argument("--slurm_constraint", default=None, help="sbatch --constraint (e.g. a GPU model)")
+    slurm.add_argument("--slurm_gres", default=None, help="sbatch --gres (e.g. gpu:a100:1)")
+    slurm.add_argument("--slurm_sbatch", action="append", default=None, metavar="OPTION=VALUE",
+                       help="any other sbatch option, e.g. mail-type=END (repeatable)")
+    slurm.add_argument("--slurm_setup", action="append", default=None, metavar="LINE",
+                       help="a shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="change a key of the --spec file, e.g. --set steps=3 --set slurm.partition=gpu "
+                             "(a TOML value, else text); repeatable")
 
 
 def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,7 +70,10 @@ def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
 
     hparams = parse_overrides(args.hparams) if args.hparams is not None else None
     slurm = {key: getattr(args, f"slurm_{key}") for key in
-             ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism")}
+             ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism",
+              "account", "qos", "constraint", "gres", "setup")}
+    if args.slurm_sbatch:
+        slurm["sbatch"] = dict(_option(text) for text in args.slurm_sbatch)
     return {
         "datasets": args.datasets, "algorithms": args.algorithms, "test_envs": args.test_envs,
         "single_test_envs": args.single_test_envs, "n_hparams": args.n_hparams,
@@ -69,6 +83,14 @@ def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
         "launcher": args.launcher, "n_workers": args.n_workers,
         "slurm": {key: value for key, value in slurm.items() if value is not None} or None,
     }
+
+
+def _option(text: str) -> tuple[str, str]:
+    """("mail-type", "END") for "mail-type=END" (a `--slurm_sbatch` value)."""
+    key, equal, value = text.partition("=")
+    if not equal or not key.strip():
+        raise UserError(f"--slurm_sbatch {text!r}: expected OPTION=VALUE, e.g. mail-type=END")
+    return key.strip().lstrip("-"), value
 
 
 def _confirm(question: str) -> bool:
@@ -86,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
     values = _spec_values(args)
     if args.spec:
-        spec = sweep.load_spec(args.spec, values)
+        spec = sweep.load_spec(args.spec, values, args.settings)
+    elif args.settings:
+        raise UserError("--set changes keys of a spec file: give --spec too (or use the flags)")
     else:
         spec = sweep.spec_from_dict({k: v for k, v in values.items() if v is not None}, source="sweep flags")
     jobs = spec.jobs()

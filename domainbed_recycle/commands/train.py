@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test_envs", type=int, nargs="*", default=[0], help="indices of held-out domains")
     parser.add_argument("--hparams", default=None, help="JSON dict of hyper-parameter overrides")
     parser.add_argument("--hparams_seed", type=int, default=0, help="0 = defaults, else a random draw")
-    parser.add_argument("--hparams_profile", default=None, choices=["small", "small_finetune", "resnet"],
-                        help="hyper-parameter ranges (default: the dataset's)")
+    parser.add_argument("--hparams_profile", default=None,
+                        choices=["small", "small_finetune", "resnet", "resnet_scratch"],
+                        help="hyper-parameter ranges (default: the network's, from scratch or pre-trained)")
     parser.add_argument("--trial_seed", type=int, default=0, help="seeds the in/out split of each domain")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation and minibatch sampling")
     parser.add_argument("--steps", type=int, default=None, help="default: the dataset's N_STEPS")
@@ -41,9 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, help="checkpoint to start from (featurizer + classifier)")
     parser.add_argument("--init_featurizer", default=None, help="checkpoint giving the featurizer only")
     parser.add_argument("--init_classifier", default=None, help="checkpoint giving the classifier only")
-    parser.add_argument("--pretrained", default=None,
-                        help="pre-trained featurizer weights (safetensors or a torchvision state dict, e.g. "
-                             "resnet50 ImageNet weights saved locally); same as --init_featurizer")
+    parser.add_argument("--pretrained", default=None, metavar="WEIGHTS",
+                        help="featurizer weights: a file (safetensors, or a torchvision/timm .pth state dict), "
+                             "a name read from its library's cache (torchvision:ResNet50_Weights.IMAGENET1K_V1, "
+                             "timm:resnet50.a1_in1k, hf:REPO), or 'none' for a random featurizer; default: the "
+                             "network's (ImageNet V1 for ResNets, as DomainBed; random for the small CNN)")
     parser.add_argument("--linear_probe", action="store_true", help="train the classifier only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--skip_model_save", action="store_true")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, hparams=overrides, hparams_seed=args.hparams_seed,
         hparams_profile=args.hparams_profile, trial_seed=args.trial_seed,
         seed=args.seed, steps=args.steps, checkpoint_freq=args.checkpoint_freq,
-        holdout_fraction=args.holdout_fraction, init=args.init, init_featurizer=args.init_featurizer or args.pretrained,
+        holdout_fraction=args.holdout_fraction, init=args.init, init_featurizer=args.init_featurizer,
+        pretrained=args.pretrained,
         init_classifier=args.init_classifier, linear_probe=args.linear_probe, threads=args.threads,
         skip_model_save=args.skip_model_save, progress=not args.no_progress,
     )

@@ -78,6 +78,11 @@ class MultipleDomainDataset:
     classes: list[str]
     datasets: list[Dataset]
 
+    @classmethod
+    def check_available(cls, data_dir: str | None) -> None:
+        """Raise UserError (one line: what is missing, where) when the files this dataset reads are not
+        there, without reading them (cheap: a run calls it before anything else). Default: nothing to check."""
+
     def __getitem__(self, index: int) -> Dataset:
         return self.datasets[index]
 

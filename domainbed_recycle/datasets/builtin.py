@@ -130,6 +130,12 @@ class BuiltinDataset(MultipleDomainDataset):
         """Raise UserError (naming what is missing and how to install it) if a source is absent."""
 
     @classmethod
+    def check_available(cls, data_dir: str | None) -> None:
+        """The cache is built, or the raw sources it is built from are installed."""
+        if not cls.is_prepared(data_dir):
+            cls.check_sources(data_dir)
+
+    @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
         """Synthesise all domains: per domain (images uint8 [N, 1 or 3, 28, 28], labels int64 [N])."""
         raise NotImplementedError

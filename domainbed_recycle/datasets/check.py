@@ -17,7 +17,6 @@ from domainbed_recycle.datasets.builtin import BuiltinDataset
 from domainbed_recycle.datasets.folder import DOWNLOAD_HINT, MultipleEnvironmentImageFolder
 from domainbed_recycle.datasets.image_files import scan_tree
 from domainbed_recycle.datasets.known import KNOWN, Known
-from domainbed_recycle.datasets.sources import DataNotFound
 from domainbed_recycle.errors import UserError
 
 
@@ -47,6 +46,7 @@ class DatasetCheck:
     rows: list[DomainRow] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
+    hint: str = ""  # how to get what is missing (shared by several datasets: print it once)
 
     @property
     def ok(self) -> bool:
@@ -70,11 +70,10 @@ def check_dataset(name: str, data_dir: str | os.PathLike | None) -> DatasetCheck
 
 def _check_builtin(name: str, cls: type[BuiltinDataset], data_dir: str | os.PathLike | None) -> DatasetCheck:
     result = DatasetCheck(name, str(cls.cache_path(data_dir)))
-    if not cls.is_prepared(data_dir):
-        try:
-            cls.check_sources(data_dir)
-        except (DataNotFound, UserError) as error:
-            result.missing.append(f"{name}: {error}")
+    try:
+        cls.check_available(None if data_dir is None else str(data_dir))
+    except UserError as error:
+        result.missing.append(f"{name}: {error}")
     return result
 
 
@@ -86,9 +85,9 @@ def _check_folders(name: str, cls: type[MultipleEnvironmentImageFolder],
         return DatasetCheck(name, "", missing=[f"{name}: needs --data_dir (the folder holding {cls.DIR_NAME}/)"])
     root = Path(base).expanduser() / cls.DIR_NAME
     if not root.is_dir():
-        hint = f" {DOWNLOAD_HINT}" if known else ""
         return DatasetCheck(name, str(root), missing=[
-            f"{name}: {root} not found (expected domain folders {', '.join(cls.ENV_FOLDERS)}).{hint}"])
+            f"{name}: {root} not found (expected domain folders {', '.join(cls.ENV_FOLDERS)})"],
+            hint=DOWNLOAD_HINT if known else "")
     result = DatasetCheck(name, str(root))
     class_sets: dict[str, set[str]] = {}
     for domain, folder in zip(cls.ENVIRONMENTS, cls.ENV_FOLDERS, strict=True):

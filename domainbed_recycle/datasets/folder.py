@@ -137,6 +137,11 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
     input_shape = (3, 224, 224)
 
     @classmethod
+    def check_available(cls, data_dir: str | None) -> None:
+        """The dataset's folder and each domain folder exist (`root`); images are not listed."""
+        cls.root(data_dir)
+
+    @classmethod
     def root(cls, data_dir: str | os.PathLike | None) -> Path:
         """`data_dir/DIR_NAME`, checked to exist with every domain folder; else a UserError."""
         if data_dir is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from domainbed_recycle import weights
 from domainbed_recycle.checkpoints import check_compatible, load_checkpoint, save_checkpoint, split_state
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.recycle.stages import IMPORTED
@@ -29,6 +30,6 @@ def import_finetuning(path: str | Path, reference: str | Path, into_dir: str | P
     target = Path(into_dir) / IMPORTED / f"{name}.safetensors"
     if target.exists():
         raise UserError(f"{target} already exists: choose another --name")
-    metadata = {"arch": reference_meta.get("arch"), "imported_from": str(Path(path).resolve()),
+    metadata = {"arch": reference_meta.get("arch"), "imported_from": weights.normalize(path),
                 "origin": meta.get("origin", "safetensors" if str(path).endswith(".safetensors") else "state dict")}
     return save_checkpoint(target, {f"featurizer.{k}": v for k, v in featurizer.items()}, metadata)

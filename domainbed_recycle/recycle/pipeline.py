@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from domainbed_recycle import analysis
+from domainbed_recycle import analysis, weights
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import EvaluatorCache
-from domainbed_recycle.recycle import combine, figures, stages
+from domainbed_recycle.recycle import combine, figures, inputs, stages
 from domainbed_recycle.recycle.reading import reading as read_claims
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.strategies import STRATEGIES
@@ -45,9 +45,11 @@ class Pipeline:
     def variants(self) -> list[str]:
         return combine.variants(self.strategies, self.spec.pooled)
 
-    def dry_run(self) -> str:
-        """Every stage's jobs (without running anything or needing any data), one line per job."""
-        return stages.describe(self.plan(), self.variants())
+    def dry_run(self) -> tuple[str, inputs.InputCheck]:
+        """Every stage's jobs, one line per job, and the check of every input (dataset folders, the
+        foundation's weights); nothing is run or written."""
+        plan = self.plan()
+        return stages.describe(plan, self.variants()), inputs.check_inputs(self.spec, plan)
 
     def table(self, fmt: str = "text") -> str:
         """The strategy table of what is combined so far."""
@@ -74,13 +76,23 @@ class Pipeline:
     def _prepare(self) -> stages.Plan:
         """Stages 1-3 (foundation, auxiliary LP-FT, target probes); returns the plan."""
         stages.check_leakage(self.spec)  # before anything is written
+        plan = self.plan()
+        checked = inputs.check_inputs(self.spec, plan)
+        for line in checked.differences:
+            _log(f"note: {line}")
+        if checked.missing:
+            raise UserError(f"{self.spec.source}: {len(checked.missing)} input(s) missing, nothing was run "
+                            "(`--dry_run` lists them):\n"
+                            + "\n".join(f"  {line}" for line in checked.missing + checked.hints))
+        for note in self.spec.notes:
+            _log(f"note: {note}")
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "spec.json").write_text(json.dumps(dataclasses.asdict(self.spec), indent=2))
-        plan = self.plan()
         if plan.foundation_job is not None:
             self._launch("1/5 foundation", [plan.foundation_job])
-        if not plan.foundation.is_file():
-            raise UserError(f"foundation checkpoint not found: {plan.foundation}")
+        problem = weights.problem(plan.foundation)
+        if problem:
+            raise UserError(f"[foundation] {problem}")
         self._launch("2/5 auxiliary linear probes", list(plan.auxiliary_probe_jobs.values()))
         self._launch("2/5 auxiliary fine-tunings", [job for runs in plan.auxiliary_jobs.values() for job in runs])
         self._launch("3/5 linear probes", list(plan.probe_jobs.values()))

@@ -19,7 +19,7 @@ from typing import Any
 
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.datasets.leakage import check_no_leakage
-from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.misc import per_dataset, seed_hash
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.strategies.base import (
@@ -46,7 +46,7 @@ class Plan:
     """Every stage's jobs, and the runs each strategy reads per cell."""
 
     foundation_job: Job | None
-    foundation: Path
+    foundation: str  # weights reference of phi_0: the pre-training run's best checkpoint, or the spec's
     auxiliary_probe_jobs: dict[str, Job]
     auxiliary_jobs: dict[str, list[Job]]
     imported: list[tuple[str, str]]
@@ -85,13 +85,13 @@ def check_leakage(spec: RecycleSpec) -> None:
     target (built-ins declare their sources; others cannot be checked). Reads the sources' ids (~1 s)."""
     f, a = spec.foundation, spec.auxiliary
     seen = [("pre-training", f.dataset)] if f.dataset and not f.checkpoint else []
-    seen += [("auxiliary", dataset) for dataset in a.datasets]
+    seen += [("auxiliary", dataset) for dataset in spec.auxiliary_datasets()]
     test_domains: dict[str, list[int]] = {}
     for cell in cells(spec):
         envs = test_domains.setdefault(cell.dataset, [])
         if cell.test_env not in envs:
             envs.append(cell.test_env)
-    unused = [(dataset, dataset) for dataset in a.datasets] if a.exclude_target else []
+    unused = [(dataset, dataset) for dataset in spec.auxiliary_datasets()] if a.exclude_target else []
     check_no_leakage(seen, test_domains, spec.data_dir, unused)
 
 
@@ -106,32 +106,37 @@ def foundation_job(spec: RecycleSpec, out: Path) -> Job | None:
     return jobs_from_configs([config], out / FOUNDATION)[0]
 
 
-def foundation_checkpoint(spec: RecycleSpec, out: Path) -> Path:
+def foundation_checkpoint(spec: RecycleSpec, out: Path) -> str:
+    """The weights reference of phi_0: the spec's `checkpoint` (a file made absolute when the spec was
+    read, or a name such as "torchvision:ResNet50_Weights.IMAGENET1K_V1"), else the pre-training run's
+    best checkpoint."""
     if spec.foundation.checkpoint:
-        return Path(spec.foundation.checkpoint).resolve()
+        return spec.foundation.checkpoint
     job = foundation_job(spec, out)
     assert job is not None
-    return job.run.best_checkpoint
+    return str(job.run.best_checkpoint)
 
 
-def auxiliary_probe_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[str, Job]:
+def auxiliary_probe_jobs(spec: RecycleSpec, out: Path, foundation: str) -> dict[str, Job]:
     """A linear probe of the foundation per auxiliary task (the LP of the auxiliary LP-FT)."""
     p = spec.probe
     return {dataset: jobs_from_configs([{
-        "dataset": dataset, "test_envs": [], "steps": p.steps, "checkpoint_freq": p.checkpoint_freq,
+        "dataset": dataset, "test_envs": [], "steps": per_dataset(p.steps, dataset),
+        "checkpoint_freq": per_dataset(p.checkpoint_freq, dataset),
         "hparams": dict(p.hparams), "hparams_profile": p.hparams_profile, "seed": seed_hash("probe", dataset),
         "data_dir": spec.data_dir, "init_featurizer": str(foundation), "linear_probe": True,
-        "init_label": f"{PHI0}/probe"}], out / AUXILIARY)[0] for dataset in spec.auxiliary.datasets}
+        "init_label": f"{PHI0}/probe"}], out / AUXILIARY)[0] for dataset in spec.auxiliary_datasets()}
 
 
-def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[str, list[Job]]:
+def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: str) -> dict[str, list[Job]]:
     """`n_runs` fine-tunings per auxiliary task (every domain trained on), each from the foundation's
     featurizer and that task's probe, with hparams seeds 0..n_runs-1 (the reference's auxiliary sweep)."""
     a = spec.auxiliary
     probes = auxiliary_probe_jobs(spec, out, foundation)
     jobs = {}
-    for dataset in a.datasets:
-        configs = [{"dataset": dataset, "test_envs": [], "steps": a.steps, "checkpoint_freq": a.checkpoint_freq,
+    for dataset in spec.auxiliary_datasets():
+        configs = [{"dataset": dataset, "test_envs": [], "steps": per_dataset(a.steps, dataset),
+                    "checkpoint_freq": per_dataset(a.checkpoint_freq, dataset),
                     "hparams": dict(a.hparams), "hparams_profile": a.hparams_profile, "hparams_seed": h,
                     "seed": seed_hash("auxiliary", dataset, h), "data_dir": spec.data_dir,
                     "init_featurizer": str(foundation), "init_classifier": str(probes[dataset].run.best_checkpoint),
@@ -156,7 +161,7 @@ def imported_finetunings(out: Path) -> list[tuple[str, str]]:
     return [(f"import:{p.stem}", str(p)) for p in sorted((out / IMPORTED).glob("*.safetensors"))]
 
 
-def probe_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[tuple[str, int], Job]:
+def probe_jobs(spec: RecycleSpec, out: Path, foundation: str) -> dict[tuple[str, int], Job]:
     """A linear probe of the foundation per (target dataset, test domain), shared by every trial seed as
     in the reference (fitted on trial 0's `in` splits of the training domains; featurizer frozen)."""
     p = spec.probe
@@ -166,7 +171,8 @@ def probe_jobs(spec: RecycleSpec, out: Path, foundation: Path) -> dict[tuple[str
         if key in jobs:
             continue
         config = {"dataset": cell.dataset, "test_envs": [cell.test_env], "trial_seed": 0,
-                  "steps": p.steps, "checkpoint_freq": p.checkpoint_freq, "hparams": dict(p.hparams),
+                  "steps": per_dataset(p.steps, cell.dataset),
+                  "checkpoint_freq": per_dataset(p.checkpoint_freq, cell.dataset), "hparams": dict(p.hparams),
                   "hparams_profile": p.hparams_profile,
                   "seed": seed_hash("probe", cell.dataset, cell.test_env),
                   "holdout_fraction": spec.target.holdout_fraction, "data_dir": spec.data_dir,
@@ -190,7 +196,7 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
     counts: dict[str, int] = {}
     for cell in cells(spec):
         probe = probes[(cell.dataset, cell.test_env)]
-        inits = Inits(foundation=str(foundation), probe=str(probe.run.best_checkpoint),
+        inits = Inits(foundation=foundation, probe=str(probe.run.best_checkpoint),
                       auxiliary=auxiliary_sources(spec, aux_jobs, cell.dataset, imported), work_dir=out / INITS)
         cell_inits[cell] = inits
         per_cell[cell] = {}
@@ -215,8 +221,6 @@ def describe(plan: Plan, variants: list[str]) -> str:
     """Every stage's jobs, one line per job (the dry run's listing)."""
     job = plan.foundation_job
     lines = [f"stage 1 foundation: {'train ' + job.describe() if job else plan.foundation}"]
-    if job is None and not plan.foundation.is_file():
-        lines.append(f"  WARNING: {plan.foundation} does not exist here (needed before stage 2 runs)")
     aux_runs = [job for runs in plan.auxiliary_jobs.values() for job in runs]
     lines.append(f"stage 2 auxiliary LP-FT: {len(plan.auxiliary_probe_jobs)} probe(s), then "
                  f"{len(aux_runs)} fine-tuning(s)")

@@ -24,7 +24,7 @@ from domainbed_recycle.averaging import check_finite
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator
-from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.misc import per_dataset, seed_hash
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
 
@@ -112,11 +112,10 @@ class TargetSettings:
     lp_steps: int = 200  # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
 
     def steps_for(self, dataset: str) -> int | None:
-        return self.steps.get(dataset) if isinstance(self.steps, dict) else self.steps
+        return per_dataset(self.steps, dataset)
 
     def checkpoint_freq_for(self, dataset: str) -> int | None:
-        freq = self.checkpoint_freq
-        return freq.get(dataset) if isinstance(freq, dict) else freq
+        return per_dataset(self.checkpoint_freq, dataset)
 
 
 @dataclass(frozen=True)
@@ -241,8 +240,10 @@ def target_run(
     LP warm-up, which avoids distorting a foreign featurizer with a head fitted to phi_0).
     """
     algorithm = algorithm or settings.algorithm
-    profile = settings.hparams_profile or get_dataset_class(cell.dataset).HPARAMS_PROFILE
     overrides = dict(settings.hparams)
+    arch = overrides.get("arch")
+    profile = settings.hparams_profile or hparams_registry.default_profile(  # every target run is pre-trained
+        get_dataset_class(cell.dataset).HPARAMS_PROFILE, arch if isinstance(arch, str) else None, pretrained=True)
     if init_label != PHI0 and not init_label.startswith(f"{PHI0}/") and settings.lp_steps:
         overrides["lp_steps"] = settings.lp_steps
     return {

@@ -49,10 +49,13 @@ from domainbed_recycle.sweep.run_job import (
 
 @dataclasses.dataclass
 class SlurmOptions:
-    """Resources of each Slurm job (one sweep job = one task of a Slurm job array).
+    """Resources of each Slurm job (one sweep job = one task of a Slurm job array), passed through submitit.
 
     `mem_gb` None requests no memory (the partition's default); on a single node it must not exceed
-    the node's RealMemory. `cpus_per_task` is also the job's torch thread count.
+    the node's RealMemory. `cpus_per_task` is also the job's torch thread count. `account`, `qos`,
+    `constraint` and `gres` are sbatch's options of those names; `sbatch` adds any other sbatch option
+    (`{"mail-type" = "END"}` -> `#SBATCH --mail-type=END`); `setup` lines run in the job script before
+    the job (`module load cuda/12.1`, `source ~/venvs/drecycle/bin/activate`).
     """
 
     partition: str | None = None
@@ -61,16 +64,74 @@ class SlurmOptions:
     cpus_per_task: int = 1
     gpus_per_node: int = 0
     array_parallelism: int = 256
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gres: str | None = None
+    sbatch: dict[str, Any] = dataclasses.field(default_factory=dict)
+    setup: list[str] = dataclasses.field(default_factory=list)
     poll_s: float = 2.0  # how often the launcher checks for finished jobs
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SlurmOptions:
+        """Options from a spec's `[slurm]` table or flags; UserError naming an unknown key or a bad value."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"unknown Slurm option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
-        return cls(**{key: value for key, value in values.items() if value is not None})
+        given = {key: value for key, value in values.items() if value is not None}
+        for key, value in given.items():
+            problem = _slurm_value_problem(key, value)
+            if problem:
+                raise UserError(f"Slurm option '{key}': {problem}, got {value!r}")
+        return cls(**given)
+
+    def executor_parameters(self) -> dict[str, Any]:
+        """The keyword arguments of submitit's `update_parameters` for these options."""
+        params: dict[str, Any] = {
+            "name": "drecycle", "timeout_min": int(self.time_min), "cpus_per_task": int(self.cpus_per_task),
+            "slurm_array_parallelism": int(self.array_parallelism), "slurm_partition": self.partition,
+        }
+        if self.mem_gb is not None:
+            params["mem_gb"] = self.mem_gb
+        if self.gpus_per_node:
+            params["gpus_per_node"] = int(self.gpus_per_node)
+        for key in ("account", "qos", "constraint", "gres"):
+            if getattr(self, key) is not None:
+                params[f"slurm_{key}"] = getattr(self, key)
+        if self.sbatch:
+            params["slurm_additional_parameters"] = dict(self.sbatch)
+        if self.setup:
+            params["slurm_setup"] = list(self.setup)
+        return params
+
+
+_SLURM_TEXT = ("partition", "account", "qos", "constraint", "gres")
+_SLURM_COUNTS = {"time_min": 1, "cpus_per_task": 1, "gpus_per_node": 0, "array_parallelism": 1}
+
+
+def _slurm_value_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be Slurm option `key` (None when it can)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if key in _SLURM_TEXT:
+        return None if isinstance(value, str) and value.strip() else "expected a non-empty string"
+    if key in _SLURM_COUNTS:
+        low = _SLURM_COUNTS[key]
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= low else \
+            f"expected an integer >= {low}"
+    if key in ("mem_gb", "poll_s"):
+        return None if number(value) and value > 0 else "expected a number > 0"
+    if key == "sbatch":
+        ok = isinstance(value, dict) and all(isinstance(k, str) and k and (isinstance(v, str | bool) or number(v))
+                                              for k, v in value.items())
+        return None if ok else 'expected a table of sbatch options, e.g. {"mail-type" = "END"}'
+    if key == "setup":
+        ok = isinstance(value, list) and all(isinstance(line, str) for line in value)
+        return None if ok else "expected a list of shell lines"
+    return None
 
 
 @dataclasses.dataclass
@@ -367,15 +428,7 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
 
     opts = ctx.slurm
     executor = submitit.AutoExecutor(folder=str(ctx.log_dir / "%j"), cluster="slurm")
-    params: dict[str, Any] = {
-        "name": "drecycle", "timeout_min": int(opts.time_min), "cpus_per_task": int(opts.cpus_per_task),
-        "slurm_array_parallelism": int(opts.array_parallelism), "slurm_partition": opts.partition,
-    }
-    if opts.mem_gb is not None:
-        params["mem_gb"] = opts.mem_gb
-    if opts.gpus_per_node:
-        params["gpus_per_node"] = int(opts.gpus_per_node)
-    executor.update_parameters(**params)
+    executor.update_parameters(**opts.executor_parameters())
     n = len(jobs)
     try:
         submitted = executor.map_array(ResumableJob(), [job.args for job in jobs], [opts.cpus_per_task] * n,

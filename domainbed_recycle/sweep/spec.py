@@ -18,7 +18,7 @@ from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.sweep.jobs import Job, make_jobs, test_env_combinations
-from domainbed_recycle.sweep.launchers import LAUNCHERS
+from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 
 
 @dataclasses.dataclass
@@ -27,8 +27,8 @@ class SweepSpec:
 
     `test_envs`: None (every domain, and pairs unless `single_test_envs`), a list of domain indices
     (the domains that may be held out, combined the same way) or a list of lists (explicit sets).
-    `slurm`: keys of `sweep.launchers.SlurmOptions` (partition, time_min, mem_gb, cpus_per_task,
-    gpus_per_node, array_parallelism).
+    `slurm`: keys of `sweep.launchers.SlurmOptions` (partition, time_min, mem_gb, account, qos, gres,
+    setup lines, ...), the same keys as a recycle spec's `[slurm]` table.
     """
 
     datasets: list[str]
@@ -70,7 +70,7 @@ class SweepSpec:
 
 
 SPEC_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
-SLURM_KEYS = ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism")
+SLURM_KEYS = tuple(f.name for f in dataclasses.fields(SlurmOptions))
 
 
 def read_spec_file(path: str | Path, what: str = "sweep spec") -> dict[str, Any]:
@@ -99,6 +99,38 @@ def read_spec_file(path: str | Path, what: str = "sweep spec") -> dict[str, Any]
     return values
 
 
+def parse_setting_value(text: str) -> Any:
+    """A `--set` value: a TOML value when it parses as one (3, 1e-3, true, ["PACS", "VLCS"],
+    {lr = 1e-4}), else the text itself (pool, /data/resnet50.pth, torchvision:ResNet50_Weights.IMAGENET1K_V1)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_settings(values: dict[str, Any], settings: list[str], source: str = "spec") -> dict[str, Any]:
+    """`values` with each "key.path=value" of `settings` (`--set`) applied, tables created as needed;
+    UserError (one line) for a setting without "=" or one that goes through a value that is no table."""
+    values = dict(values)
+    for setting in settings:
+        path, equal, text = setting.partition("=")
+        keys = [key.strip() for key in path.split(".")]
+        if not equal or not all(keys):
+            raise UserError(f"--set {setting!r}: expected KEY=VALUE, e.g. target.steps=3 or "
+                            f"'target.datasets=[\"PACS\"]'")
+        table = values
+        for depth, key in enumerate(keys[:-1]):
+            inner = table.get(key)
+            if inner is None:
+                inner = {}
+            elif not isinstance(inner, dict):
+                raise UserError(f"--set {setting!r}: {'.'.join(keys[:depth + 1])} in {source} is a value, not a table")
+            table[key] = inner = dict(inner)
+            table = inner
+        table[keys[-1]] = parse_setting_value(text)
+    return values
+
+
 def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> SweepSpec:
     """Validate `values` (spec file keys, possibly overridden by flags) into a SweepSpec.
 
@@ -110,10 +142,10 @@ def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> Swe
     slurm = values.get("slurm") or {}
     if not isinstance(slurm, Mapping):
         raise UserError(f"{source}: 'slurm' must be a table of {', '.join(SLURM_KEYS)}")
-    bad_slurm = sorted(set(slurm) - set(SLURM_KEYS))
-    if bad_slurm:
-        raise UserError(f"{source}: unknown slurm key(s) {', '.join(bad_slurm)}; "
-                        f"known: {', '.join(SLURM_KEYS)}")
+    try:
+        SlurmOptions.from_dict(dict(slurm))
+    except UserError as error:
+        raise UserError(f"{source}: [slurm] {error}") from None
     if not values.get("datasets"):
         raise UserError(f"{source}: no datasets (set 'datasets' or pass --datasets)")
     spec = SweepSpec(**{key: value for key, value in values.items() if value is not None})
@@ -186,9 +218,17 @@ def _check_names(spec: SweepSpec, source: str) -> None:
         raise UserError(f"{source}: " + "; ".join(problems))
 
 
-def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
-    """Read and validate a spec file; `overrides` (non-None values) win over the file's keys."""
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None,
+              settings: list[str] | None = None) -> SweepSpec:
+    """Read and validate a spec file; `settings` ("key.path=value", `--set`) change its keys, then
+    `overrides` (flags: non-None values) win. Its `output_dir` and `data_dir` are read against the spec
+    file's folder; those given by `--set` or flags against the current folder."""
     values = read_spec_file(path)
+    base = Path(path).resolve().parent
+    for key in ("output_dir", "data_dir"):
+        if isinstance(values.get(key), str) and values[key]:
+            values[key] = str((base / Path(values[key]).expanduser()).resolve())
+    values = apply_settings(values, settings or [], str(path))
     for key, value in (overrides or {}).items():
         if value is None:
             continue
