@@ -67,9 +67,10 @@ def test_paper_spec_runs_all_five_stages_on_domainbed_folders_with_a_pth_foundat
                 "Ensemble-aux", "InterTraining", "Fusing", "Fusing-uniform", "Ratatouille-uniform",
                 "Ratatouille-uniform†", "Ratatouille-greedy"]
     assert set(variants) <= set(rows), result.stdout
-    # every row has a number for both target datasets (the table prints X where a cell is missing)
-    table_lines = [line for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in variants]
-    assert table_lines and not any(" X " in f" {line} " for line in table_lines), result.stdout
+    # the summary table (a column per target dataset) has a number for both datasets in every row
+    summary = {line.split()[0]: line for line in result.stdout.splitlines()
+               if line.split()[:1] and line.split()[0] in variants and line.count("+/-") == 2}
+    assert set(summary) == set(variants) and not any(" X " in f" {line} " for line in summary.values()), result.stdout
     # the auxiliary pool of each target is the other dataset only; target runs started from the .pth
     record = json.loads(next((out / "target").glob("*/results.jsonl")).read_text().splitlines()[-1])
     assert record["hparams"]["freeze_bn"] is True and record["hparams"]["arch"] == "resnet50"
