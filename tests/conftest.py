@@ -1,4 +1,9 @@
-"""Shared test helpers: tiny DomainBed-layout image folders written here (no dataset is downloaded)."""
+"""Shared test settings and helpers: the tiny network every training test uses, tiny DomainBed-layout image
+folders written here (no dataset is downloaded), isolated caches.
+
+`make test-fast` (pytest -m "not slow") runs every test not marked `slow`; mark `@pytest.mark.slow` a test
+that trains for more than a few seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+# Hyper-parameters of the tiny network of training tests: the small CNN at width 8 (a 20-step run takes a
+# few seconds on 2 cores). Tests take copies (`TINY_NET | {...}`) and never modify it.
+TINY_NET = {"cnn_width": 8}
 
 # DomainBed's folder layout, written out independently of the package: dataset -> (folder, domain folders)
 DOMAINBED_FOLDERS = {

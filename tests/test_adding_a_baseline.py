@@ -9,6 +9,7 @@ test breaks if the text and the code drift apart.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import cli, hparams_registry
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
@@ -29,7 +31,7 @@ from domainbed_recycle.rundir import RunDir
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Adding a baseline"
 MODULE = "my_baselines"  # the module name the section uses
-FAST = ["--hparams", '{"cnn_width": 8}', "--checkpoint_freq", "10", "--no_progress"]  # speed only
+FAST = ["--hparams", json.dumps(TINY_NET), "--checkpoint_freq", "10", "--no_progress"]  # speed only
 
 
 def section_text() -> str:

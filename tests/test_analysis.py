@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import analysis, checkpoints, diversity
 from domainbed_recycle.averaging import uniform_average
@@ -27,7 +28,7 @@ def run_dirs(tmp_path_factory):
     for seed in range(3):
         config = TrainConfig(
             dataset="RotatedMNIST", output_dir=str(root / f"run{seed}"), test_envs=[TEST_ENV], steps=20,
-            checkpoint_freq=10, seed=seed, progress=False, hparams={"cnn_width": 8},
+            checkpoint_freq=10, seed=seed, progress=False, hparams=TINY_NET,
         )
         dirs.append(train(config))
     return dirs

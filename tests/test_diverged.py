@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle import cli
 from domainbed_recycle.averaging import check_finite, first_nonfinite
@@ -16,7 +17,7 @@ from domainbed_recycle.lmc import lmc_curve
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import DIVERGED, format_status, launch, make_jobs, run_job, status
 
-BLOW_UP = {"lr": 1e6, "optimizer": "sgd", "cnn_width": 8}
+BLOW_UP = TINY_NET | {"lr": 1e6, "optimizer": "sgd"}
 TINY = ["--dataset", "ColoredMNIST", "--test_envs", "0", "--steps", "5", "--checkpoint_freq", "5",
         "--no_progress", "--threads", "1"]
 
@@ -68,7 +69,7 @@ def test_the_collector_skips_diverged_runs_with_one_warning(tmp_path):
     from domainbed_recycle.collect import load_records
 
     jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1,
-                     hparams={"cnn_width": 8})
+                     hparams=TINY_NET)
     assert run_job(jobs[0].args, threads=1, echo=False).status == "done"
     bad = RunDir(tmp_path / "bad").create()
     bad.results_file.write_text(jobs[0].run.results_file.read_text())  # records that look valid

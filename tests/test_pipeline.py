@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle.collect import load_records
 from domainbed_recycle.errors import UserError
@@ -21,12 +22,12 @@ from domainbed_recycle.rundir import RunDir
 TINY = {
     "launcher": "inprocess",
     "strategies": ["ERM", "LP-FT", "MovingAverage", "Soup", "Ensemble", "InterTraining", "Fusing", "Ratatouille"],
-    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": {"cnn_width": 8}},
+    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": TINY_NET},
     "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10,
-                  "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
-    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
+                  "hparams": TINY_NET, "hparams_profile": "small_finetune"},
+    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET},
     "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
-               "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
+               "steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET | {"ma_start_step": 4},
                "hparams_profile": "small_finetune", "lp_steps": 3},
 }
 

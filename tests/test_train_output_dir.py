@@ -5,12 +5,16 @@ Every run here is tiny (3 steps)."""
 
 from __future__ import annotations
 
+import json
+
+from conftest import TINY_NET
+
 from domainbed_recycle import cli
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import make_jobs, run_job
 
 TINY = ["--dataset", "ColoredMNIST", "--test_envs", "0", "--steps", "3", "--checkpoint_freq", "3",
-        "--hparams", '{"cnn_width": 8}', "--no_progress", "--threads", "1"]
+        "--hparams", json.dumps(TINY_NET), "--no_progress", "--threads", "1"]
 
 
 def _train(out, *extra):
@@ -94,7 +98,7 @@ def test_zero_steps_reports_no_speed(tmp_path, capsys):
 
 def test_the_launcher_refuses_a_folder_holding_foreign_files(tmp_path):
     (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
-                       hparams={"cnn_width": 8})
+                       hparams=TINY_NET)
     job.output_dir.mkdir()
     (job.output_dir / "mine.txt").write_text("keep me")
     outcome = run_job(job.args, echo=False)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle import checkpoints
 from domainbed_recycle.errors import UserError
@@ -23,7 +24,7 @@ def _records(run_dir):
 
 def _config(tmp_path, name, **kwargs):
     base = dict(dataset="RotatedMNIST", output_dir=str(tmp_path / name), test_envs=[5], steps=20,
-                checkpoint_freq=10, progress=False, hparams={"cnn_width": 8})
+                checkpoint_freq=10, progress=False, hparams=TINY_NET)
     return TrainConfig(**(base | kwargs))
 
 
@@ -79,11 +80,11 @@ def test_linear_probe_keeps_featurizer_and_lp_warmup_freezes_it_first(tmp_path):
     assert not torch.equal(state["classifier.weight"], probed["classifier.weight"])
     # lp_steps as long as the run: the featurizer must not move either.
     warm = train(_config(tmp_path, "warm", init=str(source / RunDir.LAST),
-                         hparams={"cnn_width": 8, "lp_steps": 20}))
+                         hparams=TINY_NET | {"lp_steps": 20}))
     warmed, _ = checkpoints.load_checkpoint(warm / RunDir.LAST)
     assert all(torch.equal(state[k], warmed[k]) for k in state if k.startswith("featurizer."))
     moved = train(_config(tmp_path, "moved", init=str(source / RunDir.LAST),
-                          hparams={"cnn_width": 8, "lp_steps": 10}))
+                          hparams=TINY_NET | {"lp_steps": 10}))
     moved_state, _ = checkpoints.load_checkpoint(moved / RunDir.LAST)
     assert not all(torch.equal(state[k], moved_state[k]) for k in state if k.startswith("featurizer."))
 
