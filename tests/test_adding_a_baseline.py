@@ -93,6 +93,7 @@ def test_the_new_baseline_is_found_by_name_with_its_hyper_parameter(plugin):
         hparams_registry.get_hparams("LabelSmoothing", "small", 0, {"smoothing": 2})
 
 
+@pytest.mark.slow
 def test_sweep_and_collect_as_the_section_says(plugin, capsys):
     sweep_argv, collect_argv = drecycle_commands(code_blocks(section_text(), "bash")[0])
     assert sweep_argv[:2] == ["sweep", "launch"] and collect_argv[0] == "collect"
@@ -117,6 +118,7 @@ def test_sweep_and_collect_as_the_section_says(plugin, capsys):
     assert 0.0 < mean <= 100.0 and not math.isnan(mean)
 
 
+@pytest.mark.slow
 def test_a_fresh_drecycle_sweep_accepts_the_plugin_algorithm(plugin):
     command = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "RotatedMNIST",
                "--algorithms", "LabelSmoothing", "--test_envs", "0", "--dry_run", "--output_dir", str(plugin / "d")]

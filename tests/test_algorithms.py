@@ -59,6 +59,7 @@ def _record(val_acc: float, test_envs=(2,), n_envs: int = 3) -> dict:
 # --- every registered algorithm steps -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_update_returns_finite_floats_and_moves_parameters(name):
     algorithm = _make(name)
@@ -196,6 +197,7 @@ def test_mixup_update_equals_hand_formula_for_fixed_lambda():
     assert algorithm.train_step(batches)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mixup_is_reproducible_under_the_global_torch_seed():
     losses = [[_make("Mixup").train_step(_batches(seed=s))["loss"] for s in range(3)] for _ in range(2)]
     assert losses[0] == losses[1]
@@ -272,6 +274,7 @@ def test_training_validation_loss_reads_training_domains_only():
     assert training_validation_loss(record) == pytest.approx(0.4)
 
 
+@pytest.mark.slow
 def test_swad_eval_state_dict_is_mean_of_iterates_in_window():
     algorithm = _make("SWAD")
     accs = [0.0, 0.2, 0.5, 0.48, 0.4, 0.45, 0.42]  # losses 1 - acc: valley at segment 2 (evaluation 4)
@@ -333,6 +336,7 @@ def small_colored_mnist():
     return small
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["CORAL", "GroupDRO", "Mixup", "VREx", "SWAD"])
 def test_train_end_to_end(tmp_path, small_colored_mnist, name):
     from domainbed_recycle import checkpoints

@@ -17,6 +17,8 @@ from domainbed_recycle.errors import UserError
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, train
 
+pytestmark = pytest.mark.slow  # its module fixture trains the runs every test reads
+
 TEST_ENV = 5
 
 

@@ -54,6 +54,7 @@ def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
     assert launch([job, job], "inprocess", progress=False).n_skipped == 2
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_real_jobs(tmp_path):
     jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 10, None, tmp_path / "sweep",
                      checkpoint_freq=10, hparams=TINY_NET)

@@ -21,6 +21,7 @@ def _script():
     return module
 
 
+@pytest.mark.slow  # imports transformers, lightning and the libraries' own stacks
 @pytest.mark.parametrize("library, module", [("mergekit", "mergekit"), ("FusionBench", "fusion_bench")])
 def test_operators_equal_the_library_where_the_definitions_agree(library, module):
     pytest.importorskip(module, reason=f"{library} is not installed (pip install mergekit fusion-bench)")

@@ -12,6 +12,8 @@ from domainbed_recycle import merge_ops
 from domainbed_recycle.recycle.pipeline import Pipeline
 from domainbed_recycle.recycle.spec import spec_from_dict
 
+pytestmark = pytest.mark.slow  # runs a recycling pipeline (every stage trains)
+
 MERGING = ["WiSE-FT", "TaskArithmetic", "TIES", "DARE", "Fisher", "ModelStock", "EoA", "Ratatouille-gated", "SLERP"]
 SPEC = {
     "launcher": "inprocess",

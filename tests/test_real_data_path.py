@@ -58,6 +58,7 @@ def test_set_changes_nested_keys_and_bad_settings_are_one_line(tmp_path):
             load_recycle_spec(PAPER, {"output_dir": str(tmp_path)}, [bad])
 
 
+@pytest.mark.slow
 def test_dry_run_names_each_missing_folder_and_the_missing_weights(tmp_path):
     data = tmp_path / "data"
     make_domainbed_dataset(data, "PACS", PACS_CLASSES, per_class=1)

@@ -71,6 +71,7 @@ def _same_weights(a: dict, b: dict) -> bool:
         ((a[n], b[n]) for n in a))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", sorted(HPARAMS))
 def test_a_run_killed_at_a_random_step_resumes_to_the_identical_result(tmp_path, algorithm):
     reference = _job(tmp_path / "reference", algorithm)

@@ -100,6 +100,7 @@ def slurm_env(cluster, monkeypatch):
     return cluster
 
 
+@pytest.mark.slow
 def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     out = tmp_path / "sweep"
     mem_gb = min(1.0, _node_memory_gb() / 2)  # asking more than the node's RealMemory is refused
@@ -138,6 +139,7 @@ def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     assert again.returncode == 0 and "Nothing to launch" in again.stdout
 
 
+@pytest.mark.slow
 def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, tmp_path):
     """Without accounting, submitit would wait forever for a job killed before it returned: the sacct
     shim lets the launcher see CANCELLED and report the job failed."""
@@ -161,6 +163,7 @@ def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, t
     assert sweep.job_state(jobs[0]) == "incomplete"
 
 
+@pytest.mark.slow
 def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
     """Issue 10: the combine stage is one Slurm task per cell; the table equals the in-process one."""
     from domainbed_recycle.recycle.pipeline import Pipeline
@@ -187,6 +190,7 @@ def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
     assert list((tmp_path / "recycle" / "combine_jobs" / ".submitit").glob("*_1/*_result.pkl"))
 
 
+@pytest.mark.slow
 def test_slurm_options_account_sbatch_lines_and_setup_lines_reach_the_job(slurm_env, tmp_path):
     """Issue 16: a cluster's own options (account, any sbatch option, setup lines) pass through submitit."""
     jobs = jobs_from_configs([{"dataset": "ColoredMNIST", "steps": 2, "checkpoint_freq": 2,

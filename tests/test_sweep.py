@@ -194,6 +194,7 @@ def test_inprocess_launcher_lets_exceptions_propagate(tmp_path):
     assert "Traceback" in (bad[0].output_dir / RunDir.ERR).read_text()
 
 
+@pytest.mark.slow
 def test_pool_runs_jobs_records_failures_and_skips_done(tmp_path):
     good = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 20, None, tmp_path, checkpoint_freq=10,
                      hparams=TINY_NET)
@@ -221,6 +222,7 @@ def test_pool_runs_jobs_records_failures_and_skips_done(tmp_path):
     assert sweep.job_state(bad[0]) == "not_launched"
 
 
+@pytest.mark.slow
 def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path):
     """Kill a pool sweep (the CLI and its workers) mid-way, relaunch it, and check every run."""
     out = tmp_path / "sweep"
