@@ -2,7 +2,7 @@
 
     python scripts/merging_crosscheck.py [--out results/merging_crosscheck]
 
-Needs `pip install mergekit fusion-bench` (a library that is not installed is reported as skipped). The
+Needs `pip install -e '.[crosscheck]'`: mergekit and fusion-bench (one not installed is reported as skipped). The
 inputs are the state dicts of a two-layer MLP θ0 (float32) and K fine-tuned models θ0 + τ_k, with a
 shared direction in the τ_k so that their cosines are positive (Model Stock's regime). Every operator is
 called through its registered declaration (`merge_ops`), as `drecycle merge` and the strategies call it;
@@ -146,6 +146,11 @@ def mergekit_cases() -> list[Case]:
         return (ours("uniform", None, models, weight=[1.0, 2.0, 3.0]),
                 merge_state_dicts([*map(sd, models)], "linear", parameters={"weight": [1.0, 2.0, 3.0]}))
 
+    def wise_ft() -> tuple[dict, dict]:
+        base, models = inputs()
+        return (ours("wise_ft", base, models[:1], alpha=0.3),
+                merge_state_dicts([sd(base), sd(models[0])], "linear", parameters={"weight": [0.7, 0.3]}))
+
     return [
         Case("task_arithmetic", "mergekit", "task_arithmetic, weight [0.5, 1, 2], lambda 0.3",
              "task_arithmetic, weight [0.5, 1, 2], lam 0.3", True, task_arithmetic),
@@ -172,6 +177,7 @@ def mergekit_cases() -> list[Case]:
         Case("model_stock", "mergekit", "model_stock, 3 models", "model_stock, 3 models", True, model_stock(3)),
         Case("slerp", "mergekit", "slerp, t 0.3 (base θ0)", "slerp, t 0.3", True, slerp),
         Case("uniform", "mergekit", "linear, weight [1, 2, 3]", "uniform, weight [1, 2, 3]", True, linear),
+        Case("wise_ft", "mergekit", "linear on [θ0, θ_ft], weight [0.7, 0.3]", "wise_ft, alpha 0.3", True, wise_ft),
     ]
 
 
@@ -180,10 +186,13 @@ def mergekit_cases() -> list[Case]:
 
 def fusion_bench_cases() -> list[Case]:
     from fusion_bench.method.dare.task_arithmetic import DareTaskArithmetic
+    from fusion_bench.method.dare.ties_merging import DareTiesMerging
     from fusion_bench.method.model_stock.model_stock import ModelStock
+    from fusion_bench.method.simple_average import SimpleAverageAlgorithm
     from fusion_bench.method.slerp.slerp import SlerpMergeAlgorithm
     from fusion_bench.method.task_arithmetic.task_arithmetic import TaskArithmeticAlgorithm
     from fusion_bench.method.ties_merging.ties_merging import TiesMergingAlgorithm
+    from fusion_bench.method.weighted_average.weighted_average import WeightedAverageAlgorithm
     from fusion_bench.modelpool import BaseModelPool
 
     def pool(base: nn.Module | None, models: list[nn.Module]) -> BaseModelPool:
@@ -215,6 +224,15 @@ def fusion_bench_cases() -> list[Case]:
         algorithm = DareTaskArithmetic(scaling_factor=0.7, sparsity_ratio=0.6, only_on_linear_weights=False)
         return mine, sd(algorithm.run(pool(base, models)))
 
+    def dare_ties() -> tuple[dict, dict]:
+        base, models = inputs()
+        mine = ours("dare_ties", base, models, p=0.6, seed=SEED, lam=1.3, keep=0.25)
+        d = sum(p.numel() for p in base.parameters())
+        torch.manual_seed(SEED)
+        algorithm = DareTiesMerging(sparsity_ratio=0.6, only_on_linear_weights=False, rescale=True, scaling_factor=1.3,
+                                    threshold=(math.ceil(0.25 * d) - 0.5) / d, remove_keys=[], merge_func="mean")
+        return mine, sd(algorithm.run(pool(base, models)))
+
     def model_stock(k: int) -> Callable[[], tuple[dict, dict]]:
         def run() -> tuple[dict, dict]:
             base, models = inputs(k)
@@ -229,7 +247,19 @@ def fusion_bench_cases() -> list[Case]:
         theirs = SlerpMergeAlgorithm(t=0.3).run(two)
         return ours("slerp", base, models[:1], t=0.3), sd(theirs)
 
+    def uniform() -> tuple[dict, dict]:
+        base, models = inputs()
+        return ours("uniform", None, models), sd(SimpleAverageAlgorithm().run(pool(None, models)))
+
+    def weighted() -> tuple[dict, dict]:
+        base, models = inputs()
+        algorithm = WeightedAverageAlgorithm(normalize=True, weights=[1.0, 2.0, 3.0], verbose=False)
+        return ours("uniform", None, models, weight=[1.0, 2.0, 3.0]), sd(algorithm.run(pool(None, models)))
+
     return [
+        Case("uniform", "FusionBench", "SimpleAverageAlgorithm()", "uniform", True, uniform),
+        Case("uniform", "FusionBench", "WeightedAverageAlgorithm(normalize=True, weights=[1, 2, 3])",
+             "uniform, weight [1, 2, 3]", True, weighted),
         Case("task_arithmetic", "FusionBench", "TaskArithmeticAlgorithm(scaling_factor=0.3)",
              "task_arithmetic, lam 0.3", True, task_arithmetic),
         Case("ties", "FusionBench", "TiesMergingAlgorithm(scaling_factor=1.3, threshold=(n − ½)/d, merge_func=mean)",
@@ -243,6 +273,10 @@ def fusion_bench_cases() -> list[Case]:
              "dare, p 0.6, seed s, lam 0.7", True, dare,
              "same masks: its torch.rand_like(τ) > p on the global generator seeded with s draws the stream our "
              "seeded generator draws (u ≥ p: the two differ only where u = p exactly)"),
+        Case("dare_ties", "FusionBench", "DareTiesMerging(sparsity_ratio=0.6, rescale=True, scaling_factor=1.3, "
+             "threshold=(n − ½)/d, merge_func=mean), torch.manual_seed(s)",
+             "dare_ties, p 0.6, seed s, lam 1.3, keep 0.25", True, dare_ties,
+             "same masks as for DARE; the keep count as for TIES"),
         Case("model_stock", "FusionBench", "ModelStock(), 2 models", "model_stock, 2 models", True, model_stock(2)),
         Case("model_stock", "FusionBench", "ModelStock(), 3 models", "model_stock, 3 models", False, model_stock(3),
              "with N > 2 models FusionBench averages the pairwise angles and takes the cosine of the mean; we "

@@ -1,6 +1,6 @@
 """Our merging operators give mergekit's and FusionBench's tensors where the definitions agree (the cases of
 `scripts/merging_crosscheck.py`, whose record is in results/merging_crosscheck/). Runs only where a library
-is installed (`pip install mergekit fusion-bench`); skipped with the reason otherwise."""
+is installed (`pip install -e '.[crosscheck]'`); skipped with the reason otherwise."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _script():
 @pytest.mark.slow  # imports transformers, lightning and the libraries' own stacks
 @pytest.mark.parametrize("library, module", [("mergekit", "mergekit"), ("FusionBench", "fusion_bench")])
 def test_operators_equal_the_library_where_the_definitions_agree(library, module):
-    pytest.importorskip(module, reason=f"{library} is not installed (pip install mergekit fusion-bench)")
+    pytest.importorskip(module, reason=f"{library} is not installed (pip install -e '.[crosscheck]')")
     results = _script().run_cases(library)
     agreeing = [r for r in results if r["definitions_agree"]]
     assert agreeing, library
