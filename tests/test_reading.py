@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from domainbed_recycle.collect import CollectResult
 from domainbed_recycle.collect.tables import ResultTable
@@ -44,3 +47,42 @@ def test_a_run_holding_out_some_domains_reads_those_domains():
 def test_missing_rows_skip_their_claims():
     text = reading(_result({"ERM": 50.0}), {"TextureMNIST": {}})
     assert "recycling" not in text and "TextureMNIST" in text
+
+
+def test_claim_rows_come_from_the_strategies_that_report_them():
+    from domainbed_recycle.strategies import STRATEGIES, claims
+    from domainbed_recycle.strategies.builtin import Soup
+
+    reported = {row for name in STRATEGIES for row in STRATEGIES.get(name).variants}
+    named = {claims.BEST_SOUP, claims.BASELINE, *claims.ABOVE_BASELINE,
+             *(row for _, *rows in claims.RECYCLING_VS_SOUPS for row in rows)}
+    assert named <= reported, named - reported
+    with pytest.raises(ValueError, match="reports no row 'Soup-median'"):
+        claims._row(Soup, "median")
+
+
+def test_no_strategy_row_is_spelled_outside_strategies_and_merge_ops():
+    """A string literal (or an f-string's literal part) equal to a strategy's name or row, or to such a name
+    followed by '-', appears only in strategies/ and merge_ops/ (whose files declare the operator rows);
+    docstrings and the names that are also training algorithms (ERM, MovingAverage) are left out."""
+    import ast
+
+    import domainbed_recycle
+    from domainbed_recycle.algorithms import ALGORITHMS
+    from domainbed_recycle.strategies import STRATEGIES
+
+    names = {n for name in STRATEGIES for n in (name, STRATEGIES.get(name).name, *STRATEGIES.get(name).variants)}
+    names -= set(ALGORITHMS.names())
+    spelled = names | {f"{n}-" for n in names}
+    package = Path(domainbed_recycle.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] in ("strategies", "merge_ops"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in spelled:
+                found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value!r}")
+    assert "Soup-greedy" in names and "Ratatouille-" in spelled  # the check can find what it looks for
+    assert not found, found
