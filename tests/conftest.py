@@ -7,6 +7,7 @@ that trains for more than a few seconds.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,22 @@ def make_domainbed_dataset(data_dir: Path, name: str, classes: list[str], per_cl
     folder, domains = DOMAINBED_FOLDERS[name]
     make_tree(data_dir / folder, domains, classes, per_class=per_class, seed=seed)
     return data_dir / folder
+
+
+def package_literals() -> list[tuple[str, int, str]]:
+    """(module path inside the package, line, value) of every string literal in `domainbed_recycle`, f-strings'
+    literal parts included, docstrings and other bare string statements left out: what a test checks for
+    names that only one module may spell."""
+    import domainbed_recycle
+
+    package = Path(domainbed_recycle.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        bare = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        found += [(path.relative_to(package).as_posix(), node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare]
+    return found
 
 
 @pytest.fixture

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from conftest import package_literals
 
 from domainbed_recycle.collect import CollectResult
 from domainbed_recycle.collect.tables import ResultTable
@@ -65,24 +64,13 @@ def test_no_strategy_row_is_spelled_outside_strategies_and_merge_ops():
     """A string literal (or an f-string's literal part) equal to a strategy's name or row, or to such a name
     followed by '-', appears only in strategies/ and merge_ops/ (whose files declare the operator rows);
     docstrings and the names that are also training algorithms (ERM, MovingAverage) are left out."""
-    import ast
-
-    import domainbed_recycle
     from domainbed_recycle.algorithms import ALGORITHMS
     from domainbed_recycle.strategies import STRATEGIES
 
     names = {n for name in STRATEGIES for n in (name, STRATEGIES.get(name).name, *STRATEGIES.get(name).variants)}
     names -= set(ALGORITHMS.names())
     spelled = names | {f"{n}-" for n in names}
-    package = Path(domainbed_recycle.__file__).parent
-    found = []
-    for path in sorted(package.rglob("*.py")):
-        if path.relative_to(package).parts[0] in ("strategies", "merge_ops"):
-            continue
-        tree = ast.parse(path.read_text())
-        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in spelled:
-                found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value!r}")
+    found = [f"{path}:{line}: {value!r}" for path, line, value in package_literals()
+             if value in spelled and path.split("/")[0] not in ("strategies", "merge_ops")]
     assert "Soup-greedy" in names and "Ratatouille-" in spelled  # the check can find what it looks for
     assert not found, found
