@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tree
 from PIL import Image
 
 from domainbed_recycle.datasets import DATASETS, get_dataset, get_dataset_class
@@ -44,19 +45,6 @@ def folder_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "drecycle_cache_env"
     monkeypatch.setenv("DRECYCLE_CACHE", str(cache))
     return cache / "folders"
-
-
-def make_tree(root: Path, domains: list[str], classes: list[str], per_class: int = 2, seed: int = 0) -> None:
-    """Write root/<domain>/<class>/<i>.png: small random RGB images of varied sizes."""
-    rng = np.random.default_rng(seed)
-    for domain in domains:
-        for name in classes:
-            folder = root / domain / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                h, w = rng.integers(20, 60, 2)
-                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
