@@ -100,21 +100,15 @@ class TrainConfig:
             return None
         return self.pretrained or weights.DEFAULT_WEIGHTS.get(arch or "")
 
-    def network(self, dataset_class: Any) -> str | None:
-        """The architecture the run builds before its profile is known: the `arch` override, else the
-        dataset's profile's network (None when that profile is not one `hparams_registry` pairs)."""
-        arch = self.hparams.get("arch")
-        return arch if isinstance(arch, str) else hparams_registry.profile_network(dataset_class.HPARAMS_PROFILE)
-
     def profile(self, dataset_class: Any) -> str:
-        """The hyper-parameter profile: the one named, else the network's, from scratch or pre-trained
-        (`hparams_registry.default_profile`)."""
+        """The hyper-parameter profile: the one named, else the network's (the `arch` override, else the
+        dataset's), from scratch or pre-trained (`hparams_registry.default_profile`)."""
         if self.hparams_profile:
             return self.hparams_profile
-        arch = self.hparams.get("arch")
-        pretrained = self.featurizer_weights(self.network(dataset_class)) is not None
-        return hparams_registry.default_profile(dataset_class.HPARAMS_PROFILE, arch if isinstance(arch, str) else None,
-                                                pretrained)
+        arch = self.hparams.get("arch") if isinstance(self.hparams.get("arch"), str) else None
+        network = arch or hparams_registry.profile_network(dataset_class.HPARAMS_PROFILE)
+        pretrained = self.featurizer_weights(network) is not None
+        return hparams_registry.default_profile(dataset_class.HPARAMS_PROFILE, arch, pretrained)
 
     def stored_args(self, dataset_class: Any) -> dict[str, Any]:
         """The arguments a run of this config stores (in `args.json` and every record), without
