@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,13 +55,20 @@ def predict_probs(predict: Predict, split: Dataset, device: str = "cpu", num_wor
 
 
 @torch.no_grad()
-def accuracy(predict: Predict, split: Dataset, device: str = "cpu", num_workers: int = 0) -> float:
-    """Fraction of correctly classified examples of `split` (0..1)."""
+def accuracy_of_batches(predict: Predict, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        device: str = "cpu") -> float:
+    """Fraction of correctly classified examples (0..1) over `batches` of (x [B, ...], y [B])."""
     correct, total = 0, 0
-    for x, y in iterate_batches(split, device=device, num_workers=num_workers):
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
         correct += (predict(x).argmax(1) == y).sum().item()
         total += len(y)
     return correct / max(total, 1)
+
+
+def accuracy(predict: Predict, split: Dataset, device: str = "cpu", num_workers: int = 0) -> float:
+    """Fraction of correctly classified examples of `split` (0..1)."""
+    return accuracy_of_batches(predict, iterate_batches(split, device=device, num_workers=num_workers), device)
 
 
 def evaluate_splits(

@@ -201,7 +201,7 @@ def test_bad_options_are_one_line(tmp_path: Path, option: str):
         get_dataset_class(f"folder:{tmp_path / 'data'}?{option}")
     assert "\n" not in str(info.value) and option.split("=")[-1] in str(info.value)
     with pytest.raises(UserError, match="takes no options"):
-        get_dataset_class("RotatedMNIST?resolution=64")
+        get_dataset_class("RotatedDigits?resolution=64")
 
 
 def test_cached_augmentation_only_on_training_draws_of_training_domains(tmp_path: Path):

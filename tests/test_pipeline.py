@@ -25,7 +25,7 @@ TINY = {
     "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10,
                   "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
     "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
-    "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
+    "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
                "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
                "hparams_profile": "small_finetune", "lp_steps": 3},
 }
@@ -138,7 +138,7 @@ def test_spec_hparams_follow_the_one_override_rule():
 def test_target_objective_is_a_spec_key(tmp_path):
     spec = spec_from_dict(TINY | {"output_dir": str(tmp_path), "target": TINY["target"] | {"algorithm": "CORAL"}})
     listing = Pipeline(spec).dry_run()
-    target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedMNIST")]
+    target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedDigits")]
     assert target_lines and all(" CORAL " in line or " MovingAverage " in line for line in target_lines)
     assert any(" CORAL " in line for line in target_lines)
 

@@ -108,10 +108,11 @@ def _train_locked(run: RunDir, config: TrainConfig) -> None:
 def _check_same_run(run: RunDir, config: TrainConfig) -> None:
     """UserError (one line) unless the finished run in `run` was trained with `config`'s arguments."""
     from domainbed_recycle.datasets import get_dataset_class
+    from domainbed_recycle.training import TrainConfig
 
     run.check_is_run()
     wanted = config.stored_args(get_dataset_class(config.dataset))
-    differing = run.differing_args(wanted)
+    differing = run.differing_args(wanted, TrainConfig.field_defaults())
     if differing:
         stored = run.args
         shown = ", ".join(f"{key}={stored.get(key)!r} there, {wanted.get(key)!r} now" for key in differing[:3])
