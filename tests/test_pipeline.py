@@ -203,10 +203,11 @@ def test_combine_runs_on_the_pool_in_parallel_workers_resumes_and_gives_the_same
 
 def test_a_task_job_runs_only_this_packages_functions(tmp_path):
     from domainbed_recycle.sweep import run_job
+    from domainbed_recycle.sweep.jobs import TASK_KEY
 
-    outcome = run_job({"task": "os:system", "output_dir": str(tmp_path / "job")}, echo=False)
+    outcome = run_job({TASK_KEY: "os:system", "output_dir": str(tmp_path / "job")}, echo=False)
     assert outcome.status == "failed" and "expected 'domainbed_recycle.<module>:<function>'" in outcome.error
-    outcome = run_job({"task": "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
+    outcome = run_job({TASK_KEY: "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
                       echo=False)
     assert outcome.status == "failed" and "not found" in outcome.error
 

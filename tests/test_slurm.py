@@ -103,6 +103,7 @@ def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     out = tmp_path / "sweep"
     mem_gb = min(1.0, _node_memory_gb() / 2)  # asking more than the node's RealMemory is refused
     argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredDigits",
+            "--algorithms", "ERM", "--n_hparams", "1", "--n_trials", "1",
             "--test_envs", "0", "1", "2", "--single_test_envs", "--steps", "20", "--checkpoint_freq", "10",
             "--hparams", json.dumps({"cnn_width": 8}), "--output_dir", str(out), "--launcher", "slurm",
             "--slurm_partition", "debug", "--slurm_time_min", "10", "--slurm_mem_gb", str(mem_gb),

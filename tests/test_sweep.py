@@ -63,8 +63,8 @@ def test_overrides_go_to_the_algorithms_that_declare_them_and_ids_stay(tmp_path)
 
 
 def test_make_jobs_follows_domainbed(tmp_path):
-    jobs = make_jobs(["ColoredDigits", "RotatedDigits"], ["ERM", "CORAL"], None, n_hparams=2, n_trials=2,
-                     steps=5, data_dir=None, output_dir=tmp_path, hparams_from=3)
+    jobs = make_jobs(["ColoredDigits", "RotatedDigits"], ["ERM", "CORAL"], None, n_hparams=5, n_trials=2,
+                     steps=5, data_dir=None, output_dir=tmp_path, n_hparams_from=3)  # range(3, 5), as DomainBed
     colored = [j for j in jobs if j.args["dataset"] == "ColoredDigits"]
     rotated = [j for j in jobs if j.args["dataset"] == "RotatedDigits"]
     # 3 domains: 3 singles + 3 pairs; 6 domains: 6 + 15; x 2 algorithms x 2 hparams x 2 trials.
@@ -153,7 +153,8 @@ def test_bad_spec_key_exits_2_with_one_line(tmp_path):
 
 
 def _sweep_argv(action, out, *extra):
-    return ["sweep", action, "--datasets", "ColoredDigits", "--test_envs", "0", "1", "--single_test_envs",
+    return ["sweep", action, "--datasets", "ColoredDigits", "--algorithms", "ERM", "--n_hparams", "1", "--n_trials",
+            "1", "--test_envs", "0", "1", "--single_test_envs",
             "--steps", "20", "--checkpoint_freq", "10", "--hparams", json.dumps(SMALL),
             "--output_dir", str(out), *extra]
 
@@ -227,6 +228,7 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
     out = tmp_path / "sweep"
     steps, freq = 40, 10
     argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredDigits",
+            "--algorithms", "ERM", "--n_trials", "1",
             "--test_envs", "0", "1", "--single_test_envs", "--n_hparams", "2", "--steps", str(steps),
             "--checkpoint_freq", str(freq), "--hparams", json.dumps(SMALL), "--output_dir", str(out),
             "--n_workers", "2", "--skip_confirmation", "--no_progress"]
@@ -278,7 +280,8 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
 def test_a_finished_job_the_registry_now_resolves_differently_is_stale_not_done(tmp_path, capsys):
     """A job id hashes the arguments, not the hyper-parameters they resolve to: after a change of the
     registry's defaults or ranges, its old runs must not pass for this registry's results."""
-    argv = ["sweep", "launch", "--datasets", "ColoredDigits", "--test_envs", "0", "--single_test_envs", "--steps", "2",
+    argv = ["sweep", "launch", "--datasets", "ColoredDigits", "--algorithms", "ERM", "--n_hparams", "1", "--n_trials",
+            "1", "--test_envs", "0", "--single_test_envs", "--steps", "2",
             "--checkpoint_freq", "1", "--hparams", json.dumps(SMALL), "--output_dir", str(tmp_path),
             "--launcher", "inprocess", "--skip_confirmation", "--no_progress"]
     assert cli.main(argv) == 0

@@ -2,8 +2,8 @@
 
 Names are those registered in `DATASETS` (the built-in offline datasets, DomainBed's MNIST datasets
 and its real ones, read from `data_dir`), or "folder:/path/to/root" for any
-root/<domain>/<class>/<image> tree. Real-image datasets take options after a "?": "folder:/data/mine?resolution=64", "PACS?resolution=96,cache=yes"
-(see `folder.ImageOptions`).
+root/<domain>/<class>/<image> tree. Real-image datasets take options after a "?":
+"folder:/data/mine?resolution=64", "PACS?resolution=96,cache=yes" (see `folder.ImageOptions`).
 
 Floors: `base` (the contract and the registry) <- `builtin`, `domainbed_mnist`, `folder` (datasets
 that register themselves), `loaders` <- this package (lookup by name).
