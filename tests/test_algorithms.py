@@ -101,6 +101,28 @@ def test_coral_update_objective_matches_formula():
     assert out["penalty"] == pytest.approx(penalty, rel=1e-4)
 
 
+# --- IGA -----------------------------------------------------------------------------------------
+
+
+def test_iga_penalty_is_the_spread_of_per_domain_gradients_by_hand():
+    algorithm = _make("IGA", penalty=10.0)
+    batches = _batches()
+    params = list(algorithm.network.parameters())
+    per_domain = []
+    for x, y in batches:  # each domain's gradient, one flat vector
+        algorithm.network.zero_grad()
+        F.cross_entropy(algorithm.network(x), y).backward()
+        per_domain.append(torch.cat([p.grad.flatten() for p in params]).double())
+    mean = torch.stack(per_domain).mean(0)
+    penalty = sum(((g - mean) ** 2).sum().item() for g in per_domain)
+    with torch.no_grad():
+        loss = np.mean([F.cross_entropy(algorithm.network(x), y).item() for x, y in batches])
+    algorithm.network.zero_grad()
+    out = algorithm.train_step(batches)
+    assert out["loss"] == pytest.approx(loss, rel=1e-5)
+    assert out["penalty"] == pytest.approx(penalty, rel=1e-3)
+
+
 # --- GroupDRO ------------------------------------------------------------------------------------
 
 
