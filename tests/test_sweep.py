@@ -33,8 +33,9 @@ def _steps(run_dir: Path) -> list[int]:
 
 def test_job_ids_are_stable_and_ignore_where_and_how_a_job_runs(tmp_path):
     jobs = make_jobs(["ColoredDigits"], ["ERM"], None, 1, 1, 20, None, tmp_path, checkpoint_freq=10)
-    # Pinned: a change here renames every run folder, so old sweeps would be re-run.
-    assert jobs[0].job_id == "0ea16ff5328584ef2a8c494839e89a23"
+    # Pinned: a change here renames every run folder, so old sweeps would be re-run. (The same arguments
+    # named the dataset ColoredMNIST, id 0ea16ff5328584ef2a8c494839e89a23, before the built-in was renamed.)
+    assert jobs[0].job_id == "8da65e75811ed388924ac21f5256bf94"
     assert jobs[0].args["test_envs"] == [0] and jobs[0].output_dir == tmp_path / jobs[0].job_id
     same = Job(jobs[0].args | {"output_dir": "/elsewhere", "threads": 3, "progress": False, "init": None},
                tmp_path / "other")

@@ -24,7 +24,15 @@ JOB_FLAGS = ("spec", "datasets", "algorithms", "test_envs", "single_test_envs", 
              "n_trials", "steps", "checkpoint_freq", "holdout_fraction", "hparams", "data_dir", "task")
 
 
+EPILOG = """Where this differs from DomainBed's sweep.py (README, "Coming from DomainBed"): launch also
+continues incomplete jobs from their last save (DomainBed launches only jobs without a folder); the
+dummy launcher creates no folder; --n_hparams_from >= --n_hparams is an error, not an empty sweep;
+status and delete_all are this project's; --launcher and --n_workers choose this project's launchers."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     # Every default is None so that a flag left out does not override the spec file's key; the defaults
     # named in the help are DomainBed's, applied when neither flag nor spec sets the key.
     parser.add_argument("action", choices=ACTIONS,

@@ -23,7 +23,17 @@ if TYPE_CHECKING:  # training imports torch; `drecycle --help` must not
 HELP = "Train one run (every flag of DomainBed's train.py, same meaning) and write its records, checkpoints and done."
 
 
+EPILOG = """Where this differs from DomainBed's train.py (README, "Coming from DomainBed"): the built-in
+CPU datasets (RotatedDigits, ColoredDigits, TextureMNIST, ...) record after every --checkpoint_freq
+updates with step = updates done, DomainBed's datasets at its loop indices 0, f, 2f, ... and the last;
+checkpoints are safetensors (model.safetensors, model_best.safetensors), not model.pkl; an --output_dir
+holding another run is refused, a killed run continues; --hparams names are checked; --steps 0
+evaluates the initial model once (DomainBed: the default number of steps)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     # DomainBed's train.py flags first, with its meanings and defaults.
     parser.add_argument("--data_dir", default=None,
                         help="folder of real datasets and of torchvision's MNIST files (MNIST/raw); DomainBed's "
