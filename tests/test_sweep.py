@@ -46,11 +46,12 @@ def test_job_ids_are_stable_and_ignore_where_and_how_a_job_runs(tmp_path):
 
 
 def test_overrides_go_to_the_algorithms_that_declare_them_and_ids_stay(tmp_path):
-    # Every override applies to every algorithm: the ids are those of the commit before the rule.
+    # Every override applies to every algorithm: the ids are those of the commit before the rule (with the
+    # dataset then named ColoredMNIST: 00a8d36c..., 7989d9b5..., bb10b3d8..., f145b69e...).
     jobs = make_jobs(["ColoredDigits"], ["ERM", "CORAL"], [[0]], 2, 1, 20, None, tmp_path,
                      hparams={"cnn_width": 8, "lr": 0.01}, checkpoint_freq=10)
-    assert [j.job_id for j in jobs] == ["00a8d36ceef2365a87e6a1aabb7721c1", "7989d9b5925a27593d676754a7e8bb5b",
-                                        "bb10b3d82d83d620c74d0cf33879bdd2", "f145b69eecfb7e362743efc58d7a964b"]
+    assert [j.job_id for j in jobs] == ["b372c78e0ae5ccdf7b5d7abea89d44c2", "a0ff741490b85fd4b5d84454e6043b24",
+                                        "78d7e8e5385fabf0e82ccff81549f513", "f262c284fa12800dacd51f86f819c79b"]
     # mmd_gamma is CORAL's only: ERM jobs do not get it (they used to, and failed in their workers).
     jobs = make_jobs(["ColoredDigits"], ["ERM", "CORAL"], [[0]], 1, 1, 20, None, tmp_path,
                      hparams={"mmd_gamma": 2, "cnn_width": 8})
@@ -131,7 +132,8 @@ def test_builtin_spec_is_valid():
 
 
 def test_spec_test_envs_forms(tmp_path):
-    base = {"datasets": ["ColoredDigits"], "output_dir": str(tmp_path)}
+    base = {"datasets": ["ColoredDigits"], "algorithms": ["ERM"], "n_hparams": 1, "n_trials": 1,
+            "output_dir": str(tmp_path)}
     def test_envs(value):
         return [j.args["test_envs"] for j in sweep.spec_from_dict(base | {"test_envs": value}).jobs()]
 
