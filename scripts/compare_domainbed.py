@@ -5,7 +5,8 @@ For each seed, both harnesses train ERM on DomainBed's RotatedMNIST (by default)
 one torch thread each; then every record of one is compared with the record of the other at the same
 step, key by key, and the held-out accuracies are tabulated. Writes into --out:
   comparison.md   the table (held-out accuracy per seed and step, both harnesses), the record check,
-                  and the commands that ran;
+                  the commands that ran, DomainBed's own collector on both harnesses' runs, and
+                  DomainBed's README sweep command listed by both sweep scripts (dummy launcher);
   test_acc.png    held-out accuracy against step, one line per run and harness;
   provenance.txt  versions, git commit, the MNIST files' origin, wall times.
 
@@ -112,6 +113,56 @@ def _run(harness: str, command: list[str], a: argparse.Namespace, work: Path) ->
     return time.time() - start
 
 
+SWEEP_FLAGS = ["--algorithms", "ERM", "IGA", "--datasets", "RotatedMNIST", "VLCS", "--n_hparams", "5",
+               "--n_trials", "1", "--command_launcher", "dummy", "--skip_confirmation"]  # README's, IGA for DANN
+
+
+def _job_keys(line: str) -> tuple:
+    """(dataset, algorithm, test_envs, hparams_seed, trial_seed, seed) of a dummy launcher's line."""
+    values: dict[str, list[str]] = {}
+    for part in line.split(" --")[1:]:
+        name, *rest = part.split()
+        values[name] = rest
+    return (values["dataset"][0], values["algorithm"][0], tuple(map(int, values["test_envs"])),
+            int(values["hparams_seed"][0]), int(values["trial_seed"][0]), int(values["seed"][0]))
+
+
+def _sweep_jobs(a: argparse.Namespace, work: Path, data: Path) -> list[str]:
+    """DomainBed's README sweep command, listed by DomainBed's sweep.py and `drecycle sweep`."""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(work / "stubs"), str(Path(a.domainbed).resolve())])}
+    listed = {}
+    for name, command, cwd in (
+        ("domainbed", [sys.executable, "-m", "domainbed.scripts.sweep", "launch"], a.domainbed),
+        ("drecycle", [str(Path(sys.executable).parent / "drecycle"), "sweep", "launch"], None),
+    ):
+        out = work / f"sweep_{name}"
+        done = subprocess.run([*command, "--data_dir", str(data), "--output_dir", str(out), *SWEEP_FLAGS],
+                              env=env, cwd=cwd, capture_output=True, text=True, check=True)
+        listed[name] = sorted(_job_keys(line) for line in done.stdout.splitlines() if "Dummy launcher:" in line)
+    same = listed["domainbed"] == listed["drecycle"]
+    return ["", "## DomainBed's README sweep, listed by both sweep scripts", "",
+            "`sweep launch --data_dir DATA --output_dir OUT " + " ".join(SWEEP_FLAGS) + "` (DomainBed's README "
+            "command; `IGA` in place of `DANN`, which this project lacks; the dummy launcher only lists):", "",
+            f"- DomainBed's sweep.py: {len(listed['domainbed'])} jobs; drecycle sweep: {len(listed['drecycle'])} jobs.",
+            f"- Same (dataset, algorithm, test_envs, hparams_seed, trial_seed, seed) for every job: "
+            f"{'yes' if same else 'NO'}."]
+
+
+def _domainbed_collector(a: argparse.Namespace, work: Path) -> list[str]:
+    """DomainBed's own collect_results.py on each harness's run folders: the same tables?"""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(work / "stubs"), str(Path(a.domainbed).resolve())])}
+    printed = {}
+    for name in ("domainbed", "drecycle"):
+        done = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir",
+                               str(work / name)], env=env, cwd=a.domainbed, capture_output=True, text=True, check=True)
+        printed[name] = done.stdout
+    same = printed["domainbed"] == printed["drecycle"]
+    return ["", "## DomainBed's collector on both harnesses' runs", "",
+            "`python -m domainbed.scripts.collect_results --input_dir WORK/domainbed` and `... WORK/drecycle`: "
+            f"identical output: {'yes' if same else 'NO'}. DomainBed's output on drecycle's runs:", "", "```",
+            *printed["drecycle"].rstrip().splitlines(), "```"]
+
+
 def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
 
@@ -193,6 +244,7 @@ def main() -> int:
         walls = list(pool.map(lambda job: _run(*job, a, work), jobs))
     total = time.time() - start
     lines, curves = _compare(a, work)
+    lines += _domainbed_collector(a, work) + _sweep_jobs(a, work, data)
     _plot(curves, out / "test_acc.png", a.test_envs[0])
     shown = [" ".join(shlex.quote(part) for part in ["python" if h == "domainbed" else "drecycle",
                                                        *_commands(a, Path("DATA"), Path("WORK"), s)[h][1:]])
