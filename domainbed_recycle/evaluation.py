@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from domainbed_recycle.datasets import get_dataset
+from domainbed_recycle.datasets import get_dataset, get_dataset_class
 from domainbed_recycle.datasets.base import InMemoryDomain
 from domainbed_recycle.datasets.splits import make_splits
+from domainbed_recycle.errors import UserError
 from domainbed_recycle.networks import Model, build_model
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -188,6 +189,9 @@ class EvaluatorCache:
     def get(self, dataset: str, trial_seed: int, arch: dict[str, Any]) -> Evaluator:
         """The evaluator of (dataset, trial seed) for models of architecture `arch`."""
         if dataset != self._dataset_name:
+            if getattr(get_dataset_class(dataset), "SHUFFLED_BY_SEED", False):
+                raise UserError(f"{dataset} deals its digits into domains by each run's seed (DomainBed's protocol): "
+                                f"runs of one (dataset, trial seed) cannot share an evaluation")
             self._evaluators.clear()
             self._dataset = get_dataset(dataset, self.data_dir, [], {"data_augmentation": False})
             self._dataset_name = dataset

@@ -221,3 +221,27 @@ def test_domain_adaptation_trains_on_unlabeled_test_images(small_mnist_dir, tmp_
     assert "env0_uda_acc" in record  # DomainBed numbers unlabeled splits by position, not by domain
     with pytest.raises(Exception, match="needs unlabeled test-domain images"):
         train(TrainConfig(output_dir=str(tmp_path / "none"), task="domain_adaptation", **common))
+
+
+def test_a_recycling_spec_refuses_a_dataset_dealt_by_each_runs_seed():
+    from domainbed_recycle.errors import UserError
+    from domainbed_recycle.recycle.spec import spec_from_dict
+
+    spec = {"output_dir": "x", "strategies": ["ERM"], "target": {"datasets": ["RotatedMNIST"]}}
+    with pytest.raises(UserError, match="RotatedMNIST deals its digits into domains by each run's seed.*RotatedDigits"):
+        spec_from_dict(spec)
+
+
+@pytest.mark.slow
+def test_runs_compared_together_must_share_the_deal_of_the_digits(small_mnist_dir, tmp_path):
+    from domainbed_recycle.analysis import evaluator_for
+    from domainbed_recycle.errors import UserError
+
+    common = dict(dataset="ColoredMNIST", data_dir=str(small_mnist_dir), test_envs=[2], steps=1, progress=False,
+                  threads=1, hparams={"batch_size": 16})
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(TrainConfig(output_dir=str(tmp_path / name), seed=seed, **common))
+    evaluator = evaluator_for([tmp_path / "a", tmp_path / "b"])
+    assert evaluator.dataset.seed == 3  # the runs' own deal of the digits
+    with pytest.raises(UserError, match="seed \\(it deals the digits into domains\\) 4 differs from 3"):
+        evaluator_for([tmp_path / "a", tmp_path / "c"])
