@@ -61,7 +61,8 @@ def test_sweep_defaults_and_hparams_range_are_domainbeds(tmp_path):
     jobs = _jobs("--datasets", "ColoredDigits", "--output_dir", str(tmp_path))
     # every algorithm x 6 test-domain sets (3 singles, 3 pairs) x hparams seeds 0..19 x trial seeds 0..2
     assert len(jobs) == len(ALGORITHMS.names()) * 6 * 20 * 3
-    assert {j.args["hparams_seed"] for j in jobs} == set(range(20)) and {j.args["trial_seed"] for j in jobs} == {0, 1, 2}
+    assert {j.args["hparams_seed"] for j in jobs} == set(range(20))
+    assert {j.args["trial_seed"] for j in jobs} == {0, 1, 2}
     ranged = _jobs("--datasets", "ColoredDigits", "--algorithms", "ERM", "--n_hparams_from", "2", "--n_hparams", "3",
                    "--n_trials", "1", "--output_dir", str(tmp_path), "--seed", "9")
     assert {j.args["hparams_seed"] for j in ranged} == {2}  # DomainBed: range(2, 3)
