@@ -245,3 +245,38 @@ def test_runs_compared_together_must_share_the_deal_of_the_digits(small_mnist_di
     assert evaluator.dataset.seed == 3  # the runs' own deal of the digits
     with pytest.raises(UserError, match="seed \\(it deals the digits into domains\\) 4 differs from 3"):
         evaluator_for([tmp_path / "a", tmp_path / "c"])
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_domainbeds_records_and_weights(small_mnist_dir, tmp_path, monkeypatch):
+    """The loaders' positions (passes and prefetched batches) and the global generator are saved at each
+    evaluation: a run stopped after one continues to the records and weights of an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from domainbed_recycle.algorithms.base import Algorithm
+
+    common = dict(dataset="RotatedMNIST", data_dir=str(small_mnist_dir), test_envs=[0], steps=6, checkpoint_freq=2,
+                  progress=False, threads=1, hparams={"batch_size": 16})
+    train(TrainConfig(output_dir=str(tmp_path / "whole"), **common))
+    step = Algorithm.train_step
+
+    def stop_at_fourth(self, minibatches, unlabeled=None):
+        if self.update_count == 3:  # after the evaluation at loop index 2 (3 updates done)
+            raise KeyboardInterrupt
+        return step(self, minibatches, unlabeled)
+
+    monkeypatch.setattr(Algorithm, "train_step", stop_at_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(output_dir=str(tmp_path / "cut"), **common))
+    monkeypatch.setattr(Algorithm, "train_step", step)
+    assert (tmp_path / "cut" / "resume.pt").is_file()
+    train(TrainConfig(output_dir=str(tmp_path / "cut"), **common))
+
+    def result(name):
+        records = [json.loads(line) for line in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+        kept = [{k: v for k, v in r.items() if k not in ("step_time", "mem_gb", "args")} for r in records]
+        return kept, load_file(tmp_path / name / "model.safetensors")
+
+    (records, weights), (cut_records, cut_weights) = result("whole"), result("cut")
+    assert [r["step"] for r in cut_records] == [0, 2, 4, 5] and cut_records == records
+    assert all(torch.equal(weights[k], cut_weights[k]) for k in weights)
