@@ -65,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model_step<N>.pkl)")
     # This project's own.
     parser.add_argument("--hparams_profile", default=None,
-                        help="hyper-parameter ranges: small, small_finetune, resnet, resnet_scratch, mnist (default: the "
-                             "network's, from scratch or pre-trained)")
+                        help="hyper-parameter ranges: small, small_finetune, resnet, resnet_scratch, mnist "
+                             "(default: the network's, from scratch or pre-trained)")
     parser.add_argument("--init", default=None, help="checkpoint to start from (featurizer + classifier)")
     parser.add_argument("--init_featurizer", default=None, help="checkpoint giving the featurizer only")
     parser.add_argument("--init_classifier", default=None, help="checkpoint giving the classifier only")
