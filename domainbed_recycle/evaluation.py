@@ -9,16 +9,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from domainbed_recycle.datasets import get_dataset
+from domainbed_recycle.datasets import get_dataset, get_dataset_class
 from domainbed_recycle.datasets.base import InMemoryDomain
 from domainbed_recycle.datasets.splits import make_splits
+from domainbed_recycle.errors import UserError
 from domainbed_recycle.networks import Model, build_model
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -55,13 +56,20 @@ def predict_probs(predict: Predict, split: Dataset, device: str = "cpu", num_wor
 
 
 @torch.no_grad()
-def accuracy(predict: Predict, split: Dataset, device: str = "cpu", num_workers: int = 0) -> float:
-    """Fraction of correctly classified examples of `split` (0..1)."""
+def accuracy_of_batches(predict: Predict, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        device: str = "cpu") -> float:
+    """Fraction of correctly classified examples (0..1) over `batches` of (x [B, ...], y [B])."""
     correct, total = 0, 0
-    for x, y in iterate_batches(split, device=device, num_workers=num_workers):
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
         correct += (predict(x).argmax(1) == y).sum().item()
         total += len(y)
     return correct / max(total, 1)
+
+
+def accuracy(predict: Predict, split: Dataset, device: str = "cpu", num_workers: int = 0) -> float:
+    """Fraction of correctly classified examples of `split` (0..1)."""
+    return accuracy_of_batches(predict, iterate_batches(split, device=device, num_workers=num_workers), device)
 
 
 def evaluate_splits(
@@ -181,6 +189,9 @@ class EvaluatorCache:
     def get(self, dataset: str, trial_seed: int, arch: dict[str, Any]) -> Evaluator:
         """The evaluator of (dataset, trial seed) for models of architecture `arch`."""
         if dataset != self._dataset_name:
+            if getattr(get_dataset_class(dataset), "SHUFFLED_BY_SEED", False):
+                raise UserError(f"{dataset} deals its digits into domains by each run's seed (DomainBed's protocol): "
+                                f"runs of one (dataset, trial seed) cannot share an evaluation")
             self._evaluators.clear()
             self._dataset = get_dataset(dataset, self.data_dir, [], {"data_augmentation": False})
             self._dataset_name = dataset

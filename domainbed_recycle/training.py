@@ -35,12 +35,15 @@ from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.averaging import first_nonfinite
 from domainbed_recycle.datasets import get_dataset, get_dataset_class
 from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDataset
-from domainbed_recycle.datasets.splits import make_splits
+from domainbed_recycle.datasets.loaders import EVAL_BATCH_SIZE, DomainBedLoader
+from domainbed_recycle.datasets.splits import make_splits, split_domain, split_seed
 from domainbed_recycle.errors import RunDiverged, UserError
-from domainbed_recycle.evaluation import accuracy, evaluate_splits
+from domainbed_recycle.evaluation import accuracy, accuracy_of_batches, evaluate_splits
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.networks import architecture, same_featurizer
-from domainbed_recycle.rundir import RunDir, write_atomic
+from domainbed_recycle.rundir import RunDir, step_checkpoint, write_atomic
+
+TASKS = ("domain_generalization", "domain_adaptation")  # DomainBed's --task
 
 
 @dataclass
@@ -72,6 +75,10 @@ class TrainConfig:
     skip_model_save: bool = False
     progress: bool = True
     threads: int | None = None
+    # DomainBed's train.py flags, with its meanings and defaults:
+    task: str = "domain_generalization"  # or "domain_adaptation": test domains' unlabeled splits are trained on
+    uda_holdout_fraction: float = 0.0  # part of each test domain's `in` split given unlabeled to the algorithm
+    save_model_every_checkpoint: bool = False  # also write model_step<N>.safetensors at every evaluation
 
     def to_args(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +97,15 @@ class TrainConfig:
             raise UserError(f"threads must be an integer >= 1, got {self.threads!r}")
         if self.pretrained is not None and (self.init or self.init_featurizer):
             raise UserError("give the featurizer's weights once: --pretrained, or --init/--init_featurizer")
+        if self.task not in TASKS:
+            raise UserError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not 0.0 <= self.uda_holdout_fraction < 1.0:
+            raise UserError(f"uda_holdout_fraction must be in [0, 1), got {self.uda_holdout_fraction!r}")
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Every field's default value (a run folder written before a field existed ran with it)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     def featurizer_weights(self, arch: str | None) -> str | None:
         """The weights reference the featurizer of network `arch` starts from; None: random."""
@@ -100,21 +116,15 @@ class TrainConfig:
             return None
         return self.pretrained or weights.DEFAULT_WEIGHTS.get(arch or "")
 
-    def network(self, dataset_class: Any) -> str | None:
-        """The architecture the run builds before its profile is known: the `arch` override, else the
-        dataset's profile's network (None when that profile is not one `hparams_registry` pairs)."""
-        arch = self.hparams.get("arch")
-        return arch if isinstance(arch, str) else hparams_registry.profile_network(dataset_class.HPARAMS_PROFILE)
-
     def profile(self, dataset_class: Any) -> str:
-        """The hyper-parameter profile: the one named, else the network's, from scratch or pre-trained
-        (`hparams_registry.default_profile`)."""
+        """The hyper-parameter profile: the one named, else the network's (the `arch` override, else the
+        dataset's), from scratch or pre-trained (`hparams_registry.default_profile`)."""
         if self.hparams_profile:
             return self.hparams_profile
-        arch = self.hparams.get("arch")
-        pretrained = self.featurizer_weights(self.network(dataset_class)) is not None
-        return hparams_registry.default_profile(dataset_class.HPARAMS_PROFILE, arch if isinstance(arch, str) else None,
-                                                pretrained)
+        arch = self.hparams.get("arch") if isinstance(self.hparams.get("arch"), str) else None
+        network = arch or hparams_registry.profile_network(dataset_class.HPARAMS_PROFILE)
+        pretrained = self.featurizer_weights(network) is not None
+        return hparams_registry.default_profile(dataset_class.HPARAMS_PROFILE, arch, pretrained)
 
     def stored_args(self, dataset_class: Any) -> dict[str, Any]:
         """The arguments a run of this config stores (in `args.json` and every record), without
@@ -187,7 +197,7 @@ def can_resume(config: TrainConfig, dataset_class: Any) -> bool:
     if not run.resume_file.is_file() or run.is_done or run.is_diverged:
         return False
     try:
-        return not run.differing_args(config.stored_args(dataset_class))
+        return not run.differing_args(config.stored_args(dataset_class), TrainConfig.field_defaults())
     except UserError:  # args.json unreadable: not a run that can be continued
         return False
 
@@ -206,6 +216,26 @@ def _keep_records_until(run: RunDir, step: int) -> None:
             break
         kept.append(line)
     write_atomic(run.results_file, "".join(kept))
+
+
+def _unlabeled_splits(dataset: MultipleDomainDataset, in_splits: list[Dataset], config: TrainConfig,
+                      domainbed: bool) -> list[Dataset]:
+    """DomainBed's unlabeled splits: each test domain's `in` split is split again (seeded as its
+    in/out split) into `uda_holdout_fraction` unlabeled images and the rest, which replaces it in
+    `in_splits`. Returns the non-empty unlabeled splits, in domain order.
+
+    DomainBed re-splits every test domain even with a fraction of 0 (same images, another order, which
+    its evaluation batches follow); the built-ins leave their splits as they are unless asked.
+    """
+    if not domainbed and not config.uda_holdout_fraction:
+        return []
+    unlabeled = []
+    for env in sorted(set(config.test_envs)):
+        seed = split_seed(dataset, config.trial_seed, env)
+        in_splits[env], part = split_domain(in_splits[env], config.uda_holdout_fraction, seed)
+        if len(part):
+            unlabeled.append(part)
+    return unlabeled
 
 
 def _peak_memory_gb(device: str) -> float:
@@ -283,18 +313,51 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         if ref:
             weights.resolve(ref)
     if dataset is None:  # real datasets read hparams['data_augmentation'] (training domains only)
-        dataset = get_dataset(config.dataset, config.data_dir, config.test_envs, hparams)
+        dataset = get_dataset(config.dataset, config.data_dir, config.test_envs, hparams, seed=config.seed)
+    elif getattr(dataset, "SHUFFLED_BY_SEED", False) and dataset.seed != config.seed:
+        raise ValueError(f"{config.dataset} was built with seed {dataset.seed}, the run has seed {config.seed}")
+    domainbed = bool(getattr(dataset, "DOMAINBED_PROTOCOL", False))
     args = config.stored_args(dataset) | {"environments": list(dataset.ENVIRONMENTS)}
+    if getattr(dataset, "data_source", None):  # which files a dataset read (DomainBed's MNIST: 70k or 10k digits)
+        args["data_source"] = dataset.data_source
     steps, checkpoint_freq = args["steps"], args["checkpoint_freq"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     run.create()
     set_seeds(config.seed)
+    if domainbed and getattr(dataset, "generator", None) is not None:
+        # DomainBed builds its MNIST datasets right after seeding, from torch's global generator: the
+        # global generator continues from where the dataset's (seeded alike) stopped.
+        torch.default_generator.set_state(dataset.generator.get_state())
 
     in_splits, out_splits = make_splits(dataset, config.holdout_fraction, config.trial_seed)
+    uda_splits = _unlabeled_splits(dataset, in_splits, config, domainbed)
+    if config.task == "domain_adaptation" and not uda_splits:
+        raise UserError("--task domain_adaptation needs unlabeled test-domain images: set --uda_holdout_fraction > 0")
     train_envs = [i for i in range(n_envs) if i not in config.test_envs]
     if not train_envs:
         raise UserError("every domain is a test domain: leave at least one domain for training")
+
+    batch_size = int(hparams["batch_size"])
+    # Loaders before the network, as DomainBed makes them: their draws from torch's global generator
+    # come before the initialisation's.
+    eval_splits = {**{f"env{i}_in": s for i, s in enumerate(in_splits)},
+                   **{f"env{i}_out": s for i, s in enumerate(out_splits)},
+                   # DomainBed numbers the unlabeled splits 0, 1, ... in test-domain order, not by domain
+                   **{f"env{k}_uda": s for k, s in enumerate(uda_splits)}}
+    eval_loaders: dict[str, DomainBedLoader] = {}
+    if domainbed and all(isinstance(s, InMemoryDomain) for s in eval_splits.values()):
+        batch_iterators: list[Any] = [DomainBedLoader(in_splits[i], batch_size, dataset.N_WORKERS, training=True)
+                                      for i in train_envs]
+        uda_iterators: list[Any] = [DomainBedLoader(s, batch_size, dataset.N_WORKERS, training=True)
+                                    for s in uda_splits]
+        eval_loaders = {name: DomainBedLoader(s, EVAL_BATCH_SIZE, dataset.N_WORKERS, training=False)
+                        for name, s in eval_splits.items()}
+    else:
+        batch_iterators = [BatchStream(in_splits[i], batch_size, seed_hash(config.seed, "batches", i),
+                                       dataset.N_WORKERS) for i in train_envs]
+        uda_iterators = [BatchStream(s, batch_size, seed_hash(config.seed, "unlabeled", k), dataset.N_WORKERS)
+                         for k, s in enumerate(uda_splits)]
 
     arch = architecture(dataset.input_shape, dataset.num_classes, hparams)
     arch["classes"] = list(dataset.classes)
@@ -303,12 +366,10 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     algorithm.linear_probe = config.linear_probe
     algorithm.to(device)
 
-    batch_size = int(hparams["batch_size"])
-    batch_iterators = [
-        BatchStream(in_splits[i], batch_size, seed_hash(config.seed, "batches", i), dataset.N_WORKERS)
-        for i in train_envs
-    ]
-    steps_per_epoch = min(len(in_splits[i]) / batch_size for i in train_envs)
+    if domainbed:  # DomainBed: the shortest `in` split of all domains, test domains included
+        steps_per_epoch = min(len(s) / batch_size for s in in_splits)
+    else:
+        steps_per_epoch = min(len(in_splits[i]) / batch_size for i in train_envs)
     static = {
         "args": args,
         "hparams": hparams,
@@ -324,17 +385,21 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         "hparams": hparams, "trial_seed": config.trial_seed, "hparams_seed": config.hparams_seed,
         "seed": config.seed, "init": init_description,
     }
+    streams = batch_iterators + uda_iterators
     best_val = -1.0
     start_step = 0
     if resuming:  # continue the killed run: its arguments, provenance, state and records so far
         static = run.read_static()
         saved = resume.load(run.resume_file)
         algorithm.load_resume_state(saved["algorithm"])
-        for stream, state in zip(batch_iterators, saved["batches"], strict=True):
+        for stream, state in zip(streams, saved["batches"], strict=True):
             stream.load_state(state, saved["step"])
+        for loader, state in zip(eval_loaders.values(), saved.get("eval_batches", []), strict=True):
+            loader.load_state(state)
         resume.set_global_rng_state(saved["rng"])
         best_val, start_step = float(saved["best_val"]), int(saved["step"])
-        _keep_records_until(run, start_step)
+        # DomainBed's records are numbered by loop index: the last kept one is start_step - 1
+        _keep_records_until(run, start_step - 1 if domainbed else start_step)
         print(f"resuming {run.path} at step {start_step} of {steps}", file=sys.stderr, flush=True)
     else:
         run.write_args(static)
@@ -343,7 +408,9 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         """What the run needs to continue after `step` steps (written after that step's evaluation)."""
         resume.save(run.resume_file, {
             "step": step, "best_val": best_val, "algorithm": algorithm.resume_state(),
-            "batches": [stream.state() for stream in batch_iterators], "rng": resume.global_rng_state(),
+            "batches": [stream.state() for stream in streams],
+            "eval_batches": [loader.state() for loader in eval_loaders.values()],
+            "rng": resume.global_rng_state(),
         })
 
     step_times: list[float] = []
@@ -362,6 +429,16 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         raise RunDiverged(f"{run.path}: the run {run.describe_divergence()}; it is marked diverged and "
                           f"left out of results (lower the learning rate, or check the data)")
 
+    def evaluate() -> dict[str, float]:
+        """`env{i}_in_acc`, `env{i}_out_acc` (and `env{k}_uda_acc`) of the model being trained."""
+        if eval_loaders:  # DomainBed's evaluation batches: one shuffled pass of 64s per split, in its order
+            return {f"{name}_acc": accuracy_of_batches(algorithm.predict, loader.one_pass(), device)
+                    for name, loader in eval_loaders.items()}
+        accs = evaluate_splits(algorithm.predict, in_splits, out_splits, device, dataset.N_WORKERS)
+        for k, split in enumerate(uda_splits):
+            accs[f"env{k}_uda_acc"] = accuracy(algorithm.predict, split, device, dataset.N_WORKERS)
+        return accs
+
     def log_evaluation(step: int, last: bool) -> float:
         """Evaluate every split, append one flushed record, keep the best (and, if `last`, the final)
         checkpoint; returns the training-domain validation accuracy."""
@@ -373,7 +450,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         record: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
         record.update({key: float(np.mean(values)) for key, values in losses.items()})
         record["step_time"] = float(np.mean(step_times)) if step_times else 0.0
-        record.update(evaluate_splits(algorithm.predict, in_splits, out_splits, device, dataset.N_WORKERS))
+        record.update(evaluate())
         iterate_predict = getattr(algorithm, "iterate_predict", None)
         if iterate_predict is not None:  # e.g. SWAD: the current iterate's accuracy drives its window
             for i in train_envs:
@@ -386,17 +463,15 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         # Checkpoints are written before `end_of_evaluation`, which may change the evaluated model
         # (SWAD's window), so each file holds exactly the weights its record scored.
         if not config.skip_model_save:
+            checkpoint_meta = metadata | {"step": step, "val_acc": val}
             if val > best_val:
                 best_val = val
-                checkpoints.save_checkpoint(
-                    run.best_checkpoint, algorithm.eval_state_dict(),
-                    metadata | {"step": step, "val_acc": val},
-                )
+                checkpoints.save_checkpoint(run.best_checkpoint, algorithm.eval_state_dict(), checkpoint_meta)
             if last:
-                checkpoints.save_checkpoint(
-                    run.last_checkpoint, algorithm.eval_state_dict(),
-                    metadata | {"step": step, "val_acc": val},
-                )
+                checkpoints.save_checkpoint(run.last_checkpoint, algorithm.eval_state_dict(), checkpoint_meta)
+            if config.save_model_every_checkpoint:
+                checkpoints.save_checkpoint(run.path / step_checkpoint(step), algorithm.eval_state_dict(),
+                                            checkpoint_meta)
         algorithm.end_of_evaluation(record)
         return val
 
@@ -406,16 +481,24 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         for step in bar:
             start = time.time()
             minibatches = [(x.to(device), y.to(device)) for x, y in (next(it) for it in batch_iterators)]
-            for key, value in algorithm.train_step(minibatches).items():
+            unlabeled = ([next(it)[0].to(device) for it in uda_iterators]
+                         if config.task == "domain_adaptation" else None)
+            for key, value in algorithm.train_step(minibatches, unlabeled).items():
                 if not math.isfinite(value):
                     diverge(step + 1, f"{key} = {value}")
                 losses.setdefault(key, []).append(value)
             step_times.append(time.time() - start)
-            if (step + 1) % checkpoint_freq != 0 and step != steps - 1:
-                continue
-            log_evaluation(step + 1, last=step == steps - 1)
+            last = step == steps - 1
+            if domainbed:  # DomainBed: after the updates at loop indices 0, f, 2f, ... and the last
+                if step % checkpoint_freq != 0 and not last:
+                    continue
+                log_evaluation(step, last)
+            else:  # after every f updates and the last; `step` = updates done
+                if (step + 1) % checkpoint_freq != 0 and not last:
+                    continue
+                log_evaluation(step + 1, last)
             step_times, losses = [], {}
-            if step != steps - 1:
+            if not last:
                 save_resume_state(step + 1)
     run.mark_done()
     run.resume_file.unlink(missing_ok=True)  # done: nothing left to continue

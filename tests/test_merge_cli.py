@@ -165,7 +165,7 @@ def test_list_prints_every_operator_with_its_parameters(capsys):
 def runs(tmp_path_factory):
     """A base run, then two fine-tunings of it (different hparams seeds)."""
     root = tmp_path_factory.mktemp("merge")
-    common = {"dataset": "ColoredMNIST", "test_envs": [2], "steps": 4, "checkpoint_freq": 2, "hparams": TINY_NET}
+    common = {"dataset": "ColoredDigits", "test_envs": [2], "steps": 4, "checkpoint_freq": 2, "hparams": TINY_NET}
     (base,) = jobs_from_configs([common], root / "base")
     assert launch([base], "inprocess", progress=False).ok
     start = str(base.run.best_checkpoint)

@@ -22,7 +22,7 @@ SPEC = {
     "auxiliary": {"datasets": ["Glyphs"], "steps": 10, "checkpoint_freq": 10,
                   "hparams": TINY_NET, "hparams_profile": "small_finetune"},
     "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET},
-    "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 2, "n_runs_small": 1,
+    "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_trials": 1, "n_runs": 2, "n_runs_small": 1,
                "steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET | {"ma_start_step": 4},
                "hparams_profile": "small_finetune"},
 }

@@ -51,7 +51,7 @@ HPARAMS = {
 
 
 def _job(root: Path, algorithm: str):
-    (job,) = make_jobs(["ColoredMNIST"], [algorithm], [[0]], 1, 1, 8, None, root, checkpoint_freq=2,
+    (job,) = make_jobs(["ColoredDigits"], [algorithm], [[0]], 1, 1, 8, None, root, checkpoint_freq=2,
                        hparams=HPARAMS[algorithm])
     return job
 

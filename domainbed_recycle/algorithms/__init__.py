@@ -4,7 +4,7 @@ Importing this package registers every built-in algorithm (each module registers
 @ALGORITHMS.register()); `get_algorithm_class` also imports the user's modules ($DRECYCLE_PLUGINS).
 """
 
-from domainbed_recycle.algorithms import coral, erm, group_dro, mixup, swad, vrex  # noqa: F401
+from domainbed_recycle.algorithms import coral, erm, group_dro, iga, mixup, swad, vrex  # noqa: F401
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm
 from domainbed_recycle.registry import import_plugins
 

@@ -8,6 +8,7 @@ subclass's `update`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -60,19 +61,27 @@ class Algorithm(nn.Module):
     def define_hparams(cls, define: Define, profile: str) -> None:
         """Declare this algorithm's own hyper-parameters (on top of `hparams_registry`'s common ones)
         with `define(name, default, sampler, kind)`; a subclass calls `super().define_hparams` first
-        to keep its parent's. `profile` is 'small', 'small_finetune' or 'resnet'. Default: none."""
+        to keep its parent's. `profile` is one of `hparams_registry.PROFILES`. Default: none."""
 
     def featurizer_frozen(self) -> bool:
         """True during a linear probe and during the first `lp_steps` steps (LP warm-up)."""
         return self.linear_probe or self.update_count < int(self.hparams.get("lp_steps", 0))
 
-    def train_step(self, minibatches: Minibatches) -> dict[str, float]:
-        """One optimisation step: [(x [B, C, H, W], y [B]) per training domain] -> logged floats."""
+    def train_step(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
+        """One optimisation step: [(x [B, C, H, W], y [B]) per training domain] -> logged floats.
+
+        `unlabeled`: with DomainBed's `--task domain_adaptation`, one batch x [B, C, H, W] per test
+        domain's unlabeled split; passed on to an `update` that takes an `unlabeled` argument (as in
+        DomainBed, algorithms that do not use it ignore it).
+        """
         frozen = self.featurizer_frozen()
         for param in self.network.featurizer.parameters():
             param.requires_grad_(not frozen)
         self.train()
-        out = self.update(minibatches)
+        if unlabeled is not None and "unlabeled" in inspect.signature(self.update).parameters:
+            out = self.update(minibatches, unlabeled=unlabeled)  # type: ignore[call-arg]
+        else:
+            out = self.update(minibatches)
         self.update_count += 1
         return out
 

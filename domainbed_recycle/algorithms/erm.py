@@ -46,8 +46,8 @@ class MovingAverage(ERM):
         self.network_average = copy.deepcopy(self.network)
         self._average_stale = True
 
-    def train_step(self, minibatches: Minibatches) -> dict[str, float]:
-        out = super().train_step(minibatches)
+    def train_step(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
+        out = super().train_step(minibatches, unlabeled)
         if self.update_count >= int(self.hparams["ma_start_step"]):
             self.running.update(self.network)
             self._average_stale = True

@@ -253,6 +253,10 @@ def validate(spec: RecycleSpec) -> None:
         if method not in METHODS:
             raise UserError(f"{where}: unknown selection '{method}'; known: {', '.join(METHODS)}")
     for name in spec.target.datasets:
+        if getattr(get_dataset_class(name), "SHUFFLED_BY_SEED", False):  # DomainBed's MNIST datasets
+            raise UserError(f"{where} [target]: {name} deals its digits into domains by each run's seed (DomainBed's "
+                            f"protocol), so runs of one cell see different domains and cannot be combined; the "
+                            f"built-in {name.replace('MNIST', 'Digits')} has one fixed deal")
         n_envs = len(get_dataset_class(name).ENVIRONMENTS)
         bad = [e for e in (spec.target.test_envs or []) if not 0 <= e < n_envs]
         if bad:

@@ -240,12 +240,13 @@ class _PoolWorker:
     `__main__` is never re-imported, unlike multiprocessing's spawn) that reads one JSON job request
     a line on stdin and answers one JSON `JobOutcome` a line on a private copy of its stdout."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, extra_env: dict[str, str] | None = None) -> None:
         import subprocess
 
         env = os.environ | {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                           "OPENBLAS_NUM_THREADS")}
+                                                           "OPENBLAS_NUM_THREADS")} | (extra_env or {})
         code = "from domainbed_recycle.sweep.launchers import _worker_main; _worker_main()"
+        self.extra_env = extra_env or {}
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(threads), str(os.getpid())],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         self.job: Job | None = None
@@ -316,13 +317,33 @@ def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     """A local pool of `n_workers` worker processes (default: one per core), each with
     cores // n_workers torch threads. Job output goes to the run folders only. A worker that dies
     (killed, out of memory) fails only the job it was running, and is replaced."""
+    n_workers = min(ctx.n_workers or available_cores(), len(jobs))
+    return _run_pool(jobs, ctx, [{} for _ in range(n_workers)])
+
+
+@LAUNCHERS.register("multi_gpu")
+def launch_multi_gpu(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
+    """DomainBed's `multi_gpu` launcher: one job per GPU at a time, each worker seeing only its GPU
+    (CUDA_VISIBLE_DEVICES); the GPUs are those CUDA_VISIBLE_DEVICES lists, else every visible one."""
+    listed = [gpu for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    if not listed:
+        import torch
+
+        listed = [str(i) for i in range(torch.cuda.device_count())]
+    if not listed:
+        raise UserError("multi_gpu launcher: no GPU visible (CUDA_VISIBLE_DEVICES empty and no CUDA device); "
+                        "use --command_launcher local on a CPU machine")
+    return _run_pool(jobs, ctx, [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in listed[:len(jobs)]])
+
+
+def _run_pool(jobs: list[Job], ctx: LaunchContext, worker_envs: list[dict[str, str]]) -> list[JobOutcome]:
+    """Run `jobs` on one worker process per entry of `worker_envs` (its extra environment variables)."""
     import selectors
 
-    n_workers = min(ctx.n_workers or available_cores(), len(jobs))
-    threads = threads_per_worker(n_workers)
+    threads = threads_per_worker(len(worker_envs))
     queue = list(reversed(jobs))
     outcomes: dict[str, JobOutcome] = {}
-    idle = [_PoolWorker(threads) for _ in range(n_workers)]
+    idle = [_PoolWorker(threads, env) for env in worker_envs]
     busy: list[_PoolWorker] = []
     selector = selectors.DefaultSelector()
     try:
@@ -336,7 +357,7 @@ def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
                 else:  # died before taking the job: replace it, and try the job again
                     worker.stop()
                     queue.append(job)
-                    idle.append(_PoolWorker(threads))
+                    idle.append(_PoolWorker(threads, worker.extra_env))
             for key, _ in selector.select():
                 worker = key.data
                 job = worker.job
@@ -348,7 +369,7 @@ def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
                 else:  # it died with the job: replace it if jobs remain
                     worker.stop()
                     if queue:
-                        idle.append(_PoolWorker(threads))
+                        idle.append(_PoolWorker(threads, worker.extra_env))
                 outcomes[job.job_id] = outcome
                 _note(ctx.progress, outcome)
     finally:

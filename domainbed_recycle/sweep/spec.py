@@ -19,11 +19,22 @@ from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.sweep.jobs import Job, make_jobs, test_env_combinations
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
+from domainbed_recycle.training import TASKS
+
+# DomainBed's sweep defaults: its datasets (its DATASETS without the Debug ones; those this project has:
+# not SVIRO, the WILDS and Spawrious ones), every algorithm, 20 hparams seeds, 3 trial seeds.
+DOMAINBED_SWEEP_DATASETS = ("ColoredMNIST", "RotatedMNIST", "VLCS", "PACS", "OfficeHome", "TerraIncognita",
+                            "DomainNet")
+# Launchers that run nothing: DomainBed's `dummy` prints each job's command line.
+PRINT_ONLY_LAUNCHERS = ("dummy",)
 
 
 @dataclasses.dataclass
 class SweepSpec:
     """What a sweep spec file (TOML, in `sweeps/`) or the equivalent CLI flags describe.
+
+    Defaults and meanings are DomainBed's sweep's: all its datasets, every algorithm, hparams seeds
+    `range(n_hparams_from, n_hparams)` = 0..19, 3 trial seeds, every single and pair of test domains.
 
     `test_envs`: None (every domain, and pairs unless `single_test_envs`), a list of domain indices
     (the domains that may be held out, combined the same way) or a list of lists (explicit sets).
@@ -31,13 +42,14 @@ class SweepSpec:
     setup lines, ...), the same keys as a recycle spec's `[slurm]` table.
     """
 
-    datasets: list[str]
-    algorithms: list[str] = dataclasses.field(default_factory=lambda: ["ERM"])
+    datasets: list[str] = dataclasses.field(default_factory=lambda: list(DOMAINBED_SWEEP_DATASETS))
+    algorithms: list[str] = dataclasses.field(default_factory=lambda: list(ALGORITHMS.names()))
     test_envs: list[int] | list[list[int]] | None = None
     single_test_envs: bool = False
-    n_hparams: int = 1
+    n_hparams: int = 20  # the end of the hparams seeds' range (DomainBed's meaning), not a count
     n_hparams_from: int = 0
-    n_trials: int = 1
+    n_trials: int = 3
+    task: str = "domain_generalization"
     steps: int | None = None
     checkpoint_freq: int | None = None
     holdout_fraction: float | None = None
@@ -60,7 +72,9 @@ class SweepSpec:
         """The spec's jobs (its `output_dir` must be set)."""
         if not self.output_dir:
             raise UserError("no output folder: pass --output_dir or set output_dir in the spec file")
-        extra = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction is not None else {}
+        extra: dict[str, Any] = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction is not None else {}
+        if self.task != "domain_generalization":  # the default stays out of the job ids (as before it existed)
+            extra["task"] = self.task
         return make_jobs(
             self.datasets, self.algorithms, self.test_envs_list(), self.n_hparams, self.n_trials,
             self.steps, self.data_dir, self.output_dir, self.n_hparams_from, extra,
@@ -146,8 +160,6 @@ def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> Swe
         SlurmOptions.from_dict(dict(slurm))
     except UserError as error:
         raise UserError(f"{source}: [slurm] {error}") from None
-    if not values.get("datasets"):
-        raise UserError(f"{source}: no datasets (set 'datasets' or pass --datasets)")
     spec = SweepSpec(**{key: value for key, value in values.items() if value is not None})
     _check_types(spec, source)
     _check_names(spec, source)
@@ -168,6 +180,11 @@ def _check_types(spec: SweepSpec, source: str) -> None:
     for key in ("n_hparams_from",):
         if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 0:
             problems.append(f"{key} must be an integer >= 0")
+    if not problems and spec.n_hparams_from >= spec.n_hparams:
+        problems.append(f"no hparams seeds: they are range(n_hparams_from, n_hparams) = range({spec.n_hparams_from}, "
+                        f"{spec.n_hparams}), as in DomainBed (n_hparams is the end of the range, not a count)")
+    if spec.task not in TASKS:
+        problems.append(f"task must be one of {', '.join(TASKS)}")
     for key in ("steps", "checkpoint_freq", "n_workers"):
         value = getattr(spec, key)
         if value is not None and (not isinstance(value, int) or value < (0 if key == "steps" else 1)):
@@ -212,8 +229,9 @@ def _check_names(spec: SweepSpec, source: str) -> None:
     if bad_algorithms:
         problems.append(f"unknown algorithm(s) {', '.join(bad_algorithms)} "
                         f"(known: {', '.join(ALGORITHMS.names())})")
-    if spec.launcher not in LAUNCHERS:
-        problems.append(f"unknown launcher '{spec.launcher}' (known: {', '.join(LAUNCHERS.names())})")
+    if spec.launcher not in LAUNCHERS and spec.launcher not in PRINT_ONLY_LAUNCHERS:
+        known = [*LAUNCHERS.names(), *PRINT_ONLY_LAUNCHERS]
+        problems.append(f"unknown launcher '{spec.launcher}' (known: {', '.join(known)})")
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
 
