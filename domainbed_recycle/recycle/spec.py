@@ -21,6 +21,7 @@ from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import PROFILES, declarations, validate_overrides
 from domainbed_recycle.strategies import STRATEGIES
+from domainbed_recycle.strategies.base import TargetRunSettings
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 from domainbed_recycle.sweep.spec import apply_settings, read_spec_file
 from domainbed_recycle.training import TrainConfig
@@ -68,22 +69,13 @@ class ProbeSpec:
 
 
 @dataclass
-class TargetSpec:
-    """Stage 4. Target runs: datasets, held-out domains, trials, runs per pool, objective."""
+class TargetSpec(TargetRunSettings):
+    """Stage 4. Target runs: datasets, held-out domains, trials, and the run settings (runs per pool,
+    objective, length, ...) that `strategies.base.TargetRunSettings` declares."""
 
     datasets: list[str] = field(default_factory=list)
     test_envs: list[int] | None = None  # default: every domain, one at a time
     n_trials: int = 3
-    n_runs: int = 4
-    n_runs_small: int = 2
-    steps: int | dict[str, int] | None = None  # a number, or a table {dataset: steps}; None: the dataset's
-    checkpoint_freq: int | dict[str, int] | None = None  # likewise
-    holdout_fraction: float = 0.2
-    algorithm: str = "ERM"
-    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the network's, pre-trained)
-    hparams: dict[str, Any] = field(default_factory=dict)
-    fusing_range: float = 4.0  # kappa_i ~ exp(r U(0,1)); the reference README's value
-    lp_steps: int = 200  # head-only warm-up of runs from a foreign featurizer (the reference's lp_steps)
 
 
 @dataclass

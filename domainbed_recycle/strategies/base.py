@@ -96,20 +96,28 @@ class DerivedInit(Protocol):
 
 
 @dataclass
-class TargetSettings:
-    """Target-run settings shared by every strategy of a pipeline (from the spec's [target] table)."""
+class TargetRunSettings:
+    """The [target] settings every target run is planned with, declared once: the spec's [target] table
+    (`recycle.spec.TargetSpec`) extends them with the cells, `TargetSettings` with the data folder."""
 
     algorithm: str = "ERM"  # training objective of target runs (any registered Algorithm)
     n_runs: int = 4  # M: runs per pool (LP-FT pool, auxiliary pool)
     n_runs_small: int = 2  # runs of the strategies that need runs of their own (MovingAverage, Fusing)
-    steps: int | dict[str, int] | None = None  # None: the dataset's N_STEPS; a table: per dataset
-    checkpoint_freq: int | dict[str, int] | None = None  # None: the dataset's CHECKPOINT_FREQ
+    steps: int | dict[str, int] | None = None  # a number, or a table {dataset: steps}; None: the dataset's N_STEPS
+    checkpoint_freq: int | dict[str, int] | None = None  # likewise; None: the dataset's CHECKPOINT_FREQ
     holdout_fraction: float = 0.2
-    data_dir: str | None = None
+    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the network's, pre-trained)
     hparams: dict[str, Any] = field(default_factory=dict)
-    hparams_profile: str | None = None
     fusing_range: float = 4.0  # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing (reference README: 4)
     lp_steps: int = 200  # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
+
+
+@dataclass
+class TargetSettings(TargetRunSettings):
+    """Target-run settings shared by every strategy of a pipeline: the spec's [target] run settings and
+    its data folder."""
+
+    data_dir: str | None = None
 
     def steps_for(self, dataset: str) -> int | None:
         return per_dataset(self.steps, dataset)
