@@ -46,6 +46,15 @@ from domainbed_recycle.rundir import RunDir, step_checkpoint, write_atomic
 TASKS = ("domain_generalization", "domain_adaptation")  # DomainBed's --task
 
 
+def holdout_problem(name: str, value: Any) -> str | None:
+    """The one rule for the size of a run's validation split, which `TrainConfig.check`, the sweep spec and
+    the recycle spec apply: a fraction in (0, 1) (0 leaves no validation example to select a model with, 1
+    no training example). None when `value` follows it, else one line naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        return f"{name} must be in (0, 1), got {value!r}"
+    return None
+
+
 @dataclass
 class TrainConfig:
     """Arguments of one run (DomainBed's `train.py` flags plus initialisation)."""
@@ -99,6 +108,8 @@ class TrainConfig:
             raise UserError("give the featurizer's weights once: --pretrained, or --init/--init_featurizer")
         if self.task not in TASKS:
             raise UserError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if problem := holdout_problem("holdout_fraction", self.holdout_fraction):
+            raise UserError(problem)
         if not 0.0 <= self.uda_holdout_fraction < 1.0:
             raise UserError(f"uda_holdout_fraction must be in [0, 1), got {self.uda_holdout_fraction!r}")
 

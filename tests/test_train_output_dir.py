@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY_NET
 
 from domainbed_recycle import cli
+from domainbed_recycle.errors import UserError
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import make_jobs, run_job
 
@@ -104,3 +106,22 @@ def test_the_launcher_refuses_a_folder_holding_foreign_files(tmp_path):
     outcome = run_job(job.args, echo=False)
     assert outcome.status == "failed" and "did not write ('mine.txt'" in outcome.error
     assert [p.name for p in job.output_dir.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize("fraction", ["0", "1", "1.5"])
+def test_holdout_fraction_has_one_rule_for_train_sweep_and_recycle_specs(tmp_path, capsys, fraction):
+    """(0, 1), from `training.holdout_problem`, wherever a run's holdout_fraction is given: one line, exit 2,
+    nothing written (a sweep spec used to accept 0 and 1, then fail or select on an empty split)."""
+    from pathlib import Path
+
+    from domainbed_recycle.recycle.spec import load_recycle_spec
+    from domainbed_recycle.sweep.spec import spec_from_dict
+
+    assert _train(tmp_path / "run", "--holdout_fraction", fraction) == 2
+    assert "holdout_fraction must be in (0, 1)" in _one_error_line(capsys) and not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match=r"holdout_fraction must be in \(0, 1\)"):
+        spec_from_dict({"datasets": ["ColoredDigits"], "holdout_fraction": float(fraction)})
+    paper = Path(__file__).resolve().parents[1] / "sweeps" / "recycle_paper.toml"
+    with pytest.raises(UserError, match=r"\[target\]: 'holdout_fraction' must be in \(0, 1\)"):
+        load_recycle_spec(paper, {"output_dir": str(tmp_path / "r")}, [f"target.holdout_fraction={fraction}"])
+    spec_from_dict({"datasets": ["ColoredDigits"], "holdout_fraction": 0.3})  # inside: accepted

@@ -24,7 +24,7 @@ from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.strategies.base import TargetRunSettings
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 from domainbed_recycle.sweep.spec import apply_settings, read_spec_file
-from domainbed_recycle.training import TrainConfig
+from domainbed_recycle.training import TrainConfig, holdout_problem
 
 
 @dataclass
@@ -305,6 +305,8 @@ def validate(spec: RecycleSpec) -> None:
     if spec.auxiliary.checkpoint not in ("last", "best"):
         raise UserError(f"{where} [auxiliary]: 'checkpoint' must be \"last\" or \"best\", "
                         f"got {spec.auxiliary.checkpoint!r}")
+    if problem := holdout_problem("'holdout_fraction'", spec.target.holdout_fraction):
+        raise UserError(f"{where} [target]: {problem}")
     if spec.target.lp_steps < 0 or spec.target.fusing_range < 0:
         raise UserError(f"{where} [target]: 'lp_steps' and 'fusing_range' must be >= 0")
     if spec.foundation.checkpoint is not None and not spec.foundation.checkpoint.strip():
