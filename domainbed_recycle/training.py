@@ -46,6 +46,19 @@ from domainbed_recycle.rundir import RunDir, step_checkpoint, write_atomic
 TASKS = ("domain_generalization", "domain_adaptation")  # DomainBed's --task
 
 
+# A run's training length and evaluation period: the least value of each (0 steps: evaluate the start only)
+LENGTHS = {"steps": 0, "checkpoint_freq": 1}
+
+
+def length_problem(name: str, value: Any) -> str | None:
+    """The one rule for `steps` and `checkpoint_freq` (`LENGTHS`), which `TrainConfig.check`, the sweep spec
+    and the recycle spec (each value of a per-dataset table) apply: None (the dataset's default) or an
+    integer >= its least value. None when `value` follows it, else one line naming `name`."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= LENGTHS[name]):
+        return None
+    return f"{name} must be an integer >= {LENGTHS[name]}, got {value!r}"
+
+
 def holdout_problem(name: str, value: Any) -> str | None:
     """The one rule for the size of a run's validation split, which `TrainConfig.check`, the sweep spec and
     the recycle spec apply: a fraction in (0, 1) (0 leaves no validation example to select a model with, 1
@@ -94,13 +107,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """UserError (one line) for a training length, evaluation period or thread count that cannot run."""
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps < 0):
-            raise UserError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if self.checkpoint_freq is not None and (isinstance(self.checkpoint_freq, bool)
-                                                 or not isinstance(self.checkpoint_freq, int)
-                                                 or self.checkpoint_freq < 1):
-            raise UserError(f"checkpoint_freq must be an integer >= 1, got {self.checkpoint_freq!r}")
+        for name in LENGTHS:
+            if problem := length_problem(name, getattr(self, name)):
+                raise UserError(problem)
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise UserError(f"threads must be an integer >= 1, got {self.threads!r}")

@@ -125,3 +125,27 @@ def test_holdout_fraction_has_one_rule_for_train_sweep_and_recycle_specs(tmp_pat
     with pytest.raises(UserError, match=r"\[target\]: 'holdout_fraction' must be in \(0, 1\)"):
         load_recycle_spec(paper, {"output_dir": str(tmp_path / "r")}, [f"target.holdout_fraction={fraction}"])
     spec_from_dict({"datasets": ["ColoredDigits"], "holdout_fraction": 0.3})  # inside: accepted
+
+
+@pytest.mark.parametrize("key, value", [("steps", -1), ("checkpoint_freq", 0), ("checkpoint_freq", True),
+                                        ("checkpoint_freq", 2.5)])
+def test_steps_and_checkpoint_freq_have_one_rule_for_runs_sweep_and_recycle_specs(tmp_path, key, value):
+    """`training.length_problem` (steps >= 0, checkpoint_freq >= 1, integers) for a run, a sweep spec and a
+    recycle spec (a number or each value of a per-dataset table); the same bound is named everywhere."""
+    from pathlib import Path
+
+    from domainbed_recycle.recycle.spec import load_recycle_spec
+    from domainbed_recycle.sweep.spec import spec_from_dict
+    from domainbed_recycle.training import LENGTHS, TrainConfig
+
+    with pytest.raises(UserError, match=f"{key} must be an integer >= {LENGTHS[key]}, got {value!r}"):
+        TrainConfig(dataset="ColoredDigits", output_dir=str(tmp_path), **{key: value}).check()
+    with pytest.raises(UserError, match=f"{key} must be an integer >= {LENGTHS[key]}"):
+        spec_from_dict({"datasets": ["ColoredDigits"], key: value})
+    paper = Path(__file__).resolve().parents[1] / "sweeps" / "recycle_paper.toml"
+    toml = json.dumps(value)  # -1, 0, true, 2.5 are TOML values too
+    for given in (toml, f"{{PACS = {toml}}}"):  # a number, or a per-dataset table
+        # (a boolean or a fraction is refused by the spec's type check first: "must be an integer or a table")
+        with pytest.raises(UserError, match=rf"\[target\]: '{key}' must be an integer"):
+            load_recycle_spec(paper, {"output_dir": str(tmp_path / "r")}, [f"target.{key}={given}"])
+    spec_from_dict({"datasets": ["ColoredDigits"], key: LENGTHS[key]})  # the least value: accepted

@@ -24,7 +24,7 @@ from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.strategies.base import TargetRunSettings
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 from domainbed_recycle.sweep.spec import apply_settings, read_spec_file
-from domainbed_recycle.training import TrainConfig, holdout_problem
+from domainbed_recycle.training import LENGTHS, TrainConfig, holdout_problem, length_problem
 
 
 @dataclass
@@ -298,7 +298,7 @@ def validate(spec: RecycleSpec) -> None:
     for title, section, names in (("auxiliary", spec.auxiliary, spec.auxiliary.datasets),
                                   ("probe", spec.probe, spec.target.datasets + spec.auxiliary.datasets),
                                   ("target", spec.target, spec.target.datasets)):
-        for key in ("steps", "checkpoint_freq"):
+        for key in LENGTHS:
             _check_per_dataset(f"{where} [{title}]", key, getattr(section, key), names)
     if spec.auxiliary.n_runs < 1:
         raise UserError(f"{where} [auxiliary]: 'n_runs' must be >= 1")
@@ -330,8 +330,6 @@ def _check_per_dataset(where: str, key: str, value: Any, datasets: list[str]) ->
     table = value if isinstance(value, dict) else {"": value}
     known = set(datasets) | {d.partition("?")[0] for d in datasets} | {""} | set(load_all_datasets().names())
     unknown = sorted(set(table) - known)
-    low = 0 if key == "steps" else 1
-    if unknown or not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
-                          for v in table.values()):
-        raise UserError(f"{where}: '{key}' must be an integer >= {low} or a table of them per dataset"
+    if unknown or any(length_problem(key, v) for v in table.values()):
+        raise UserError(f"{where}: '{key}' must be an integer >= {LENGTHS[key]} or a table of them per dataset"
                         f"{f' (unknown: {unknown})' if unknown else ''}")

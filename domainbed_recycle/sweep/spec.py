@@ -19,7 +19,7 @@ from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.sweep.jobs import Job, make_jobs, test_env_combinations
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
-from domainbed_recycle.training import TASKS, holdout_problem
+from domainbed_recycle.training import LENGTHS, TASKS, holdout_problem, length_problem
 
 # DomainBed's sweep defaults: its datasets (its DATASETS without the Debug ones; those this project has:
 # not SVIRO, the WILDS and Spawrious ones), every algorithm, 20 hparams seeds, 3 trial seeds.
@@ -185,10 +185,9 @@ def _check_types(spec: SweepSpec, source: str) -> None:
                         f"{spec.n_hparams}), as in DomainBed (n_hparams is the end of the range, not a count)")
     if spec.task not in TASKS:
         problems.append(f"task must be one of {', '.join(TASKS)}")
-    for key in ("steps", "checkpoint_freq", "n_workers"):
-        value = getattr(spec, key)
-        if value is not None and (not isinstance(value, int) or value < (0 if key == "steps" else 1)):
-            problems.append(f"{key} must be a positive integer")
+    problems += filter(None, (length_problem(key, getattr(spec, key)) for key in LENGTHS))
+    if spec.n_workers is not None and (not isinstance(spec.n_workers, int) or spec.n_workers < 1):
+        problems.append("n_workers must be a positive integer")
     if spec.holdout_fraction is not None and (problem := holdout_problem("holdout_fraction", spec.holdout_fraction)):
         problems.append(problem)
     if not isinstance(spec.hparams, dict):
