@@ -378,3 +378,16 @@ def test_train_end_to_end(tmp_path, small_colored_mnist, name):
     assert (run / RunDir.DONE).exists()
     state, meta = checkpoints.load_checkpoint(run / RunDir.LAST)
     assert meta["algorithm"] == name and all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_the_lp_warm_up_follows_the_registry_declared_lp_steps():
+    """lp_steps has one default, the registry's (0: the featurizer trains from the first step); a run's value
+    freezes the featurizer for that many steps."""
+    assert hparams_registry.default_hparams("ERM")["lp_steps"] == 0
+    assert not _make("ERM").featurizer_frozen()
+    algorithm = _make("ERM", lp_steps=2)
+    frozen = []
+    for _ in range(3):
+        frozen.append(algorithm.featurizer_frozen())
+        algorithm.train_step(_batches())
+    assert frozen == [True, True, False]

@@ -64,8 +64,9 @@ class Algorithm(nn.Module):
         to keep its parent's. `profile` is one of `hparams_registry.PROFILES`. Default: none."""
 
     def featurizer_frozen(self) -> bool:
-        """True during a linear probe and during the first `lp_steps` steps (LP warm-up)."""
-        return self.linear_probe or self.update_count < int(self.hparams.get("lp_steps", 0))
+        """True during a linear probe and during the first `lp_steps` steps (LP warm-up). `lp_steps` is one of
+        every run's hyper-parameters: `hparams_registry` declares it and its default (0: no warm-up)."""
+        return self.linear_probe or self.update_count < int(self.hparams["lp_steps"])
 
     def train_step(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
         """One optimisation step: [(x [B, C, H, W], y [B]) per training domain] -> logged floats.
