@@ -108,11 +108,21 @@ def test_init_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
         (["--dataset", "RotatedDigits", "--hparams", "{bad json"], "--hparams is not valid JSON"),
     ],
 )
-def test_cli_bad_input_exits_non_zero_with_one_clear_line(tmp_path, argv, message):
+def test_cli_bad_input_exits_non_zero_with_one_clear_line(tmp_path, capsys, argv, message):
+    from domainbed_recycle import cli
+
+    assert cli.main(["train", *argv, "--output_dir", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_input_in_a_process_of_its_own_prints_one_line_and_exits_2(tmp_path):
+    """The same as a user sees it: a fresh interpreter (whatever importing prints counts too)."""
     result = subprocess.run(
-        [sys.executable, "-m", "domainbed_recycle.cli", "train", *argv, "--output_dir", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "domainbed_recycle.cli", "train", "--dataset", "NoSuchData",
+         "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    assert len(lines) == 1 and "unknown dataset 'NoSuchData'" in lines[0] and "Traceback" not in result.stderr
