@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 
@@ -17,3 +18,11 @@ def args_hash(args: dict[str, Any]) -> str:
     """Stable hex id of a job's arguments (the name of its run folder)."""
     text = json.dumps(args, sort_keys=True, default=str)
     return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, else os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from domainbed_recycle.datasets.base import InMemoryDomain
 from domainbed_recycle.datasets.image_files import ImageTree, load_array
 from domainbed_recycle.datasets.transforms import augment_batch, imagenet_normalize
+from domainbed_recycle.misc import available_cores
 
 CACHE_FORMAT = 1
 
@@ -40,6 +41,8 @@ class CachedImageDomain(InMemoryDomain):
         augment: per-image uint8 transform applied to training draws (`batch(..., augment=True)`), or None.
     Items and batches are float32 [3, R, R] normalised with ImageNet's statistics, as DomainBed's.
     """
+
+    HEAVY_BATCHES = True  # 224 px images augmented one by one: built by loader workers
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None,
@@ -98,7 +101,7 @@ def _build(tree: ImageTree, resolution: int, path: Path) -> None:
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         paths = [p for p, _ in tree.samples]
-        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        workers = min(8, available_cores())
         bar = tqdm(total=len(paths), desc=f"caching {tree.root.name} at {resolution}px", file=sys.stderr,
                    disable=len(paths) < 2000, leave=False)
         with ThreadPoolExecutor(workers) as pool, bar:
