@@ -15,7 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default=None, help="inprocess | pool | submitit_local | slurm")
     parser.add_argument("--n_workers", type=int, default=None)
     parser.add_argument("--selection", nargs="+", default=None, help="iid | loo | oracle (default: the spec's)")
-    parser.add_argument("--dry_run", action="store_true", help="validate the spec and list every stage's jobs")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="validate the spec, list every stage's jobs and what they cost (GPU-hours)")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU kind the dry run estimates GPU-hours for (default: every measured kind)")
     parser.add_argument("--inits", action="store_true",
                         help="run stages 1-3 only and print the inits diagnostic (probe accuracy along "
                              "phi_0 -> each auxiliary featurizer, relative distances)")
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_recycle_spec(args.spec, overrides)
     pipeline = Pipeline(spec)
     if args.dry_run:
-        print(pipeline.dry_run())
+        print(pipeline.dry_run(args.gpu))
         print(f"spec {args.spec}: valid")
         return 0
     if args.inits:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from domainbed_recycle.commands.train import add_performance_arguments, performance_values
 from domainbed_recycle.errors import UserError
 
 HELP = "Launch a sweep of training runs, delete its incomplete runs, or show its status."
@@ -37,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--output_dir", default=None, help="sweep folder (one sub-folder per run)")
     parser.add_argument("--skip_confirmation", action="store_true")
-    parser.add_argument("--dry_run", action="store_true", help="print the jobs and their state, run nothing")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print the jobs and their state, and what they cost (steps, images, GPU-hours); "
+                             "run nothing")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU kind the dry run estimates GPU-hours for (default: every measured kind)")
     parser.add_argument("--launcher", default=None,
                         help="inprocess | pool (default) | submitit_local | slurm")
     parser.add_argument("--n_workers", type=int, default=None, help="parallel jobs (default: one per core)")
@@ -51,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--slurm_cpus_per_task", type=int, default=None, help="also torch threads (default 1)")
     slurm.add_argument("--slurm_gpus_per_node", type=int, default=None)
     slurm.add_argument("--slurm_array_parallelism", type=int, default=None, help="tasks running at once")
+    slurm.add_argument("--slurm_runs_per_task", type=int, default=None,
+                       help="jobs packed into each array task, side by side on its GPUs (default 1)")
+    add_performance_arguments(parser)
 
 
 def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,7 +67,8 @@ def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
 
     hparams = parse_overrides(args.hparams) if args.hparams is not None else None
     slurm = {key: getattr(args, f"slurm_{key}") for key in
-             ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism")}
+             ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism",
+              "runs_per_task")}
     return {
         "datasets": args.datasets, "algorithms": args.algorithms, "test_envs": args.test_envs,
         "single_test_envs": args.single_test_envs, "n_hparams": args.n_hparams,
@@ -68,6 +77,7 @@ def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
         "hparams": hparams, "data_dir": args.data_dir, "output_dir": args.output_dir,
         "launcher": args.launcher, "n_workers": args.n_workers,
         "slurm": {key: value for key, value in slurm.items() if value is not None} or None,
+        "performance": performance_values(args) or None,
     }
 
 
@@ -94,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "status" or args.dry_run:
         if args.dry_run:
+            from domainbed_recycle.sweep import cost
+
             for job in jobs:
                 print(f"{job.job_id}  {sweep.job_state(job):<12}  {job.describe()}")
             print(f"{len(jobs)} jobs in {spec.output_dir} (dry run: nothing {_verb(args.action)})")
+            print(cost.describe(cost.estimate(jobs, spec.data_dir), args.gpu))
         if args.action == "status":
             print(sweep.format_status(counts))
         return 0

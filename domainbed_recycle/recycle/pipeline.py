@@ -45,9 +45,14 @@ class Pipeline:
     def variants(self) -> list[str]:
         return combine.variants(self.strategies, self.spec.pooled)
 
-    def dry_run(self) -> str:
-        """Every stage's jobs (without running anything or needing any data), one line per job."""
-        return stages.describe(self.plan(), self.variants())
+    def dry_run(self, gpu: str | None = None) -> str:
+        """Every stage's jobs (without running anything or needing any data), one line per job, then
+        what they cost (steps, images, GPU-hours on `gpu` or on every measured GPU kind)."""
+        from domainbed_recycle.sweep import cost
+
+        plan = self.plan()
+        estimate = cost.estimate(stages.training_jobs(plan), self.spec.data_dir)
+        return stages.describe(plan, self.variants()) + "\n" + cost.describe(estimate, gpu)
 
     def table(self, fmt: str = "text") -> str:
         """The strategy table of what is combined so far."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+from domainbed_recycle import performance as switches
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
@@ -28,7 +29,8 @@ class SweepSpec:
     `test_envs`: None (every domain, and pairs unless `single_test_envs`), a list of domain indices
     (the domains that may be held out, combined the same way) or a list of lists (explicit sets).
     `slurm`: keys of `sweep.launchers.SlurmOptions` (partition, time_min, mem_gb, cpus_per_task,
-    gpus_per_node, array_parallelism).
+    gpus_per_node, array_parallelism, runs_per_task).
+    `performance`: speed switches given to every job (`performance`: precision, channels_last, ...).
     """
 
     datasets: list[str]
@@ -47,6 +49,7 @@ class SweepSpec:
     launcher: str = "pool"
     n_workers: int | None = None
     slurm: dict[str, Any] = dataclasses.field(default_factory=dict)
+    performance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def test_envs_list(self) -> list[list[int]] | None:
         """Explicit test-domain sets for `make_jobs` (None: every domain of each dataset)."""
@@ -61,6 +64,7 @@ class SweepSpec:
         if not self.output_dir:
             raise UserError("no output folder: pass --output_dir or set output_dir in the spec file")
         extra = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction is not None else {}
+        extra |= self.performance
         return make_jobs(
             self.datasets, self.algorithms, self.test_envs_list(), self.n_hparams, self.n_trials,
             self.steps, self.data_dir, self.output_dir, self.n_hparams_from, extra,
@@ -70,7 +74,8 @@ class SweepSpec:
 
 
 SPEC_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
-SLURM_KEYS = ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism")
+SLURM_KEYS = ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism",
+              "runs_per_task")
 
 
 def read_spec_file(path: str | Path, what: str = "sweep spec") -> dict[str, Any]:
@@ -114,6 +119,7 @@ def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> Swe
     if bad_slurm:
         raise UserError(f"{source}: unknown slurm key(s) {', '.join(bad_slurm)}; "
                         f"known: {', '.join(SLURM_KEYS)}")
+    switches.check(values.get("performance") or {}, f"{source} [performance]")
     if not values.get("datasets"):
         raise UserError(f"{source}: no datasets (set 'datasets' or pass --datasets)")
     spec = SweepSpec(**{key: value for key, value in values.items() if value is not None})
@@ -192,8 +198,8 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key == "slurm":
-            values["slurm"] = dict(values.get("slurm") or {}) | dict(value)
+        if key in ("slurm", "performance"):  # tables: a flag overrides one key of the file's table
+            values[key] = dict(values.get(key) or {}) | dict(value)
         else:
             values[key] = value
     return spec_from_dict(values, source=str(path))
