@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             for job in jobs:
                 print(f"{job.job_id}  {sweep.job_state(job):<12}  {job.describe()}")
             print(f"{len(jobs)} jobs in {spec.output_dir} (dry run: nothing {_verb(args.action)})")
-            print(cost.describe(cost.estimate(jobs, spec.data_dir), args.gpu))
+            print(cost.describe(cost.estimate(jobs), args.gpu))
         if args.action == "status":
             print(sweep.format_status(counts))
         return 0

@@ -51,7 +51,7 @@ class Pipeline:
         from domainbed_recycle.sweep import cost
 
         plan = self.plan()
-        estimate = cost.estimate(stages.training_jobs(plan), self.spec.data_dir)
+        estimate = cost.estimate(stages.training_jobs(plan))
         return stages.describe(plan, self.variants()) + "\n" + cost.describe(estimate, gpu)
 
     def table(self, fmt: str = "text") -> str:

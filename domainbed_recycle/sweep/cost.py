@@ -48,7 +48,7 @@ def _evaluations(steps: int, checkpoint_freq: int) -> int:
     return steps // checkpoint_freq + (1 if steps % checkpoint_freq else 0) if steps else 1
 
 
-def estimate(jobs: Iterable[Job], data_dir: str | None = None) -> Cost:
+def estimate(jobs: Iterable[Job]) -> Cost:
     """The cost of the training jobs among `jobs` (task jobs are free)."""
     cost = Cost()
     sizes: dict[tuple[str, str | None], int | None] = {}
@@ -63,7 +63,7 @@ def estimate(jobs: Iterable[Job], data_dir: str | None = None) -> Cost:
         steps, freq = int(stored["steps"]), int(stored["checkpoint_freq"])
         n_train = len(dataset_class.ENVIRONMENTS) - len(config.test_envs)
         train_images = steps * int(hparams["batch_size"]) * n_train
-        key = (config.dataset, config.data_dir or data_dir)
+        key = (config.dataset, config.data_dir)
         if key not in sizes:
             sizes[key] = _dataset_size(dataset_class, key[1])
         eval_images = _evaluations(steps, freq) * (sizes[key] or 0)
