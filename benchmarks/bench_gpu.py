@@ -7,7 +7,10 @@ state dict, the initialisation of every run (DomainBed reads it as its "pretrain
 private TORCH_HOME: no download). Then, each in its own process, for `--steps` steps with test domain 0
 and batch 32 x 3 training domains:
   - DomainBed's `python -m domainbed.scripts.train` (fp32, its only mode; its checkout given with
-    `--domainbed`, run with empty `wilds`/`timm` stand-ins when those are not installed);
+    `--domainbed`, run with empty `wilds`/`timm` stand-ins when those are not installed), with
+    hparams `resnet50_augmix` false and `freeze_bn` true: torchvision's ResNet-50 with frozen BatchNorm,
+    the paper's model and this harness's "resnet" profile (recent DomainBed defaults to timm's AugMix
+    ResNet-50, which needs a download, and to training BatchNorm);
   - `drecycle train` in fp32 (seeds 0 and 1: the second is the noise reference for accuracies),
     fp32 + channels_last, bf16, bf16 + channels_last, bf16 + channels_last + compile, and bf16 +
     channels_last from the decode-once cache (`PACS?cache=yes`).
@@ -68,7 +71,7 @@ from domainbed.lib import misc
 from domainbed.lib.fast_data_loader import FastDataLoader
 data_dir, batch = sys.argv[1], int(sys.argv[2])
 hparams = hparams_registry.default_hparams("ERM", "PACS")
-hparams["batch_size"] = batch
+hparams.update({"batch_size": batch, "resnet50_augmix": False, "freeze_bn": True})
 dataset = datasets.PACS(data_dir, [0], hparams)
 splits = []
 for i, env in enumerate(dataset):  # train.py's split (holdout 0.2, trial seed 0)
@@ -176,7 +179,8 @@ def domainbed_train(checkout: Path, base: Path, steps: int, batch: int, env: dic
     out = base / "runs" / "domainbed"
     command = [sys.executable, "-m", "domainbed.scripts.train", "--data_dir", str(base / "data"),
                "--dataset", "PACS", "--algorithm", "ERM", "--test_envs", "0", "--steps", str(steps),
-               "--checkpoint_freq", str(max(1, steps // 2)), "--hparams", json.dumps({"batch_size": batch}),
+               "--checkpoint_freq", str(max(1, steps // 2)),
+               "--hparams", json.dumps({"batch_size": batch, "resnet50_augmix": False, "freeze_bn": True}),
                "--output_dir", str(out), "--skip_model_save"]
     wall = run(command, checkout, domainbed_env(checkout, base, env), base / "domainbed.log")
     record = last_record(out)
@@ -238,13 +242,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domainbed", type=Path, default=None, help="a DomainBed checkout (its train.py is run)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per run (GPU; 2 on CPU)")
-    parser.add_argument("--per_class", type=int, default=60, help="generated images per class and domain (GPU)")
+    parser.add_argument("--per_class", type=int, default=None,
+                        help="generated images per class and domain (default: 60 on a GPU, 1 on CPU)")
     parser.add_argument("--variants", default=None, help="comma-separated harness variants (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="result table (default on a GPU: results/perf/gpu.txt)")
     parser.add_argument("--keep", type=Path, default=None, help="write data and runs here instead of a temp folder")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
-    steps, per_class, batch = (args.steps, args.per_class, 32) if gpu else (2, 2, 2)
+    steps, per_class, batch = (args.steps, args.per_class or 60, 32) if gpu else (2, args.per_class or 1, 2)
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:

@@ -317,3 +317,26 @@ def test_the_gpu_benchmark_runs_its_two_step_cpu_check(tmp_path):
     assert [line.split()[0] for line in lines if line.startswith(("fp32", "bf16"))] == \
         ["fp32", "bf16+channels_last", "fp32", "bf16+channels_last"]  # training rows, then evaluation rows
     assert lines[-1].startswith("ratio_vs_domainbed_bf16: ")
+
+
+def test_the_collector_says_when_runs_of_different_settings_share_a_table(tmp_path):
+    from domainbed_recycle.collect import load_records
+
+    _train(tmp_path / "sweep", "a")
+    frame, report = load_records(tmp_path / "sweep")
+    assert report.settings == {"fp32": 2} and report.settings_warning() is None
+    _train(tmp_path / "sweep", "b", precision="bf16", channels_last=True)
+    frame, report = load_records(tmp_path / "sweep")
+    assert report.settings == {"fp32": 2, "bf16+channels_last": 2}
+    assert list(frame["settings"]) == ["fp32", "fp32", "bf16+channels_last", "bf16+channels_last"]
+    assert "different speed settings are tabulated together (bf16+channels_last: 2 record(s), fp32: 2" \
+        in report.warnings()[-1]
+
+
+def test_the_collector_names_every_numeric_switch():
+    from domainbed_recycle.collect.records import _file_settings
+
+    records = [{"args": {key: not value if isinstance(value, bool) else "bf16"}} for key, value in
+               performance.NUMERIC_SWITCHES.items()] + [{"args": {"dataset": "PACS"}}, {"args": None}]
+    column = _file_settings(records, [1] * len(records), np.arange(len(records)))
+    assert list(column) == ["bf16", "fp32+channels_last", "fp32+compile", "fp32+cudnn_benchmark", "fp32", "fp32"]

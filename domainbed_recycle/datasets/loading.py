@@ -62,7 +62,7 @@ def gather(split: Dataset, indices: torch.Tensor, augment: bool) -> tuple[torch.
 def _seeded(seed: int, split: Dataset, indices: torch.Tensor, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """`gather` with torch's RNG seeded by `seed` for its augmentation, the caller's RNG left as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: a GPU's RNG is never touched
         return gather(split, indices, augment)
 
 
