@@ -105,7 +105,7 @@ def iterate_batches(
         yield x.to(device), y.to(device)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers keep and update the probabilities in place
 def predict_probs(predict: Predict, split: Dataset, device: str = "cpu", num_workers: int = 0) -> tuple[
     torch.Tensor, torch.Tensor
 ]:

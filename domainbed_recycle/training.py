@@ -6,8 +6,9 @@ last. `train` only writes into a fresh folder (missing, empty, or holding a laun
 logs): resetting a killed attempt is the launcher's job (`sweep.run_job.run_job`, `drecycle
 train`), so a relaunched job never appends to a half-written log.
 
-Why one module of ~360 lines: the training loop and what it alone needs (batch streams that
-resume exactly, initialisation loading, the resume state); the run folder, evaluation and
+Why one module of ~480 lines: the training loop and what it alone needs (batch streams that
+resume exactly, initialisation loading, the resume state, which speed switches this machine can
+honour and how many loader workers a run gets); the run folder, evaluation, batch loading and
 algorithms are elsewhere.
 """
 
@@ -379,8 +380,11 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         static = run.read_static()
         saved = resume.load(run.resume_file)
         algorithm.load_resume_state(saved["algorithm"])
-        for stream, state in zip(streams, saved["batches"], strict=True):
-            stream.load_state(state)
+        if isinstance(streams[0], StepStream):  # keyed: the next batch is the saved step's
+            streams[0].load_state(torch.tensor(saved["step"]))
+        else:
+            for stream, state in zip(streams, saved["batches"], strict=True):
+                stream.load_state(state)
         resume.set_global_rng_state(saved["rng"])
         best_val, start_step = float(saved["best_val"]), int(saved["step"])
         _keep_records_until(run, start_step)

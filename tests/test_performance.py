@@ -223,6 +223,23 @@ def test_gpus_are_found_and_handed_out_as_domainbeds_multi_gpu_launcher_does():
     assert worker_environment({"CUDA_VISIBLE_DEVICES": "4,6"}, 1, None)["CUDA_VISIBLE_DEVICES"] == "4,6"
 
 
+def test_a_requeued_packed_task_releases_the_locks_its_workers_held(tmp_path):
+    from domainbed_recycle.locks import release_if_mine
+
+    lock = tmp_path / "lock"
+    code = ("import sys, time; from domainbed_recycle.locks import Lock; Lock(sys.argv[1], 'x').acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True,
+                             env=os.environ | {"PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert not release_if_mine(lock) and lock.exists()  # held by another process
+        assert release_if_mine(lock, children=True) and not lock.exists()  # by this process's child
+    finally:
+        child.kill()
+        child.wait()
+
+
 @pytest.mark.slow
 def test_a_packed_slurm_task_runs_its_jobs_side_by_side(tmp_path):
     jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
