@@ -27,7 +27,7 @@ GPU kind also go to results/perf/gpu_throughput.json, which `--dry_run` cost est
 On a machine without a GPU it runs a 2-step version of every path on tiny data (no compile) and says
 that the figures need a GPU; it then writes results only where `--out` says.
 
-Usage: `python benchmarks/bench_gpu.py --domainbed PATH/TO/DomainBed [--steps 200] [--keep DIR]`.
+Usage: `python benchmarks/bench_gpu.py --domainbed PATH/TO/DomainBed [--steps 150] [--out F] [--keep DIR]`.
 """
 
 from __future__ import annotations
@@ -235,21 +235,45 @@ def update_table(path: Path, gpu: str, entry: dict) -> None:
     """Record `entry` as the last measurement of GPU kind `gpu` in the JSON table."""
     table = json.loads(path.read_text()) if path.exists() else {}
     table[gpu] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def report(header: list[str], rows: dict[str, dict], evals: dict[str, float], done: bool) -> str:
+    """The result table (rows so far, marked partial until `done`), ending with the ratio line."""
+    reference = rows.get("DomainBed train.py", {}).get("images_per_s")
+    lines = list(header)
+    lines.append(f"{'training':34s} {'images/s':>10s} {'x DomainBed':>12s} {'held-out acc':>13s} {'wall s':>8s}")
+    for name, row in rows.items():
+        ratio = f"{row['images_per_s'] / reference:.2f}" if reference else "-"
+        lines.append(f"{name:34s} {row['images_per_s']:10.1f} {ratio:>12s} {row['test_acc']:13.3f} "
+                     f"{row['wall_s']:8.1f}")
+    if evals:
+        lines.append(f"{'evaluation (every split, one pass)':34s} {'images/s':>10s}")
+        lines += [f"{name:34s} {rate:10.1f}" for name, rate in evals.items()]
+    if not done:
+        lines.append("# partial: the benchmark is still running (or was stopped)")
+        return "\n".join(lines) + "\n"
+    bf16 = rows.get("bf16+channels_last", {}).get("images_per_s")
+    lines.append(f"ratio_vs_domainbed_bf16: {bf16 / reference:.2f}" if bf16 and reference
+                 else "ratio_vs_domainbed_bf16: n/a (needs --domainbed and the bf16+channels_last variant)")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domainbed", type=Path, default=None, help="a DomainBed checkout (its train.py is run)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run (GPU; 2 on CPU)")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per run (GPU; 2 on CPU)")
     parser.add_argument("--per_class", type=int, default=None,
-                        help="generated images per class and domain (default: 60 on a GPU, 1 on CPU)")
+                        help="generated images per class and domain (default: 50 on a GPU, 1 on CPU)")
     parser.add_argument("--variants", default=None, help="comma-separated harness variants (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="result table (default on a GPU: results/perf/gpu.txt)")
+    parser.add_argument("--table", type=Path, default=ROOT / "results" / "perf" / "gpu_throughput.json",
+                        help="JSON table of images/s per GPU kind that a GPU run updates (read by --dry_run)")
     parser.add_argument("--keep", type=Path, default=None, help="write data and runs here instead of a temp folder")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
-    steps, per_class, batch = (args.steps, args.per_class or 60, 32) if gpu else (2, args.per_class or 1, 2)
+    steps, per_class, batch = (args.steps, args.per_class or 50, 32) if gpu else (2, args.per_class or 1, 2)
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
@@ -259,50 +283,50 @@ def main() -> int:
     if args.domainbed is not None and not (args.domainbed / "domainbed" / "scripts" / "train.py").is_file():
         parser.error(f"--domainbed {args.domainbed}: not a DomainBed checkout (no domainbed/scripts/train.py)")
     out = args.out or (ROOT / "results" / "perf" / "gpu.txt" if gpu else None)
+    device = torch.cuda.get_device_name() if gpu else "CPU (no GPU)"
+    header = [f"# command: python benchmarks/{Path(__file__).name} " + " ".join(sys.argv[1:]),
+              f"# GPU: {device}; torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} cores; "
+              f"{datetime.date.today().isoformat()}",
+              f"# data: generated PACS layout, 4 domains x 7 classes x {per_class} JPEGs (227 px), test domain 0; "
+              f"ResNet-50 at 224 px from one random initialisation, batch {batch} x 3 training domains, {steps} "
+              f"steps; images/s over the second half of each run"]
+    if not gpu:
+        header.append("# NO GPU: a 2-step check of every path on tiny data; the figures below are not measurements "
+                      "(they need a GPU)")
+    rows: dict[str, dict] = {}
+    evals: dict[str, float] = {}
+
+    def progress(done: bool = False) -> None:
+        text = report(header, rows, evals, done)
+        if out is not None:  # rewritten after each row: a benchmark stopped early still leaves its rows
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        if done:
+            print(text, end="", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         base = (args.keep or Path(tmp)).resolve()
         env = os.environ | {"DRECYCLE_CACHE": str(base / "cache"), "PYTHONPATH": str(ROOT)}
-        n_images = write_data(base / "data", per_class)
+        write_data(base / "data", per_class)
         write_init(base / "init" / "resnet50.pth")
-        rows: dict[str, dict] = {}
-        if args.domainbed is not None:
-            rows["DomainBed train.py"] = domainbed_train(args.domainbed.resolve(), base, steps, batch, env)
+        checkout = args.domainbed.resolve() if args.domainbed is not None else None
+        if checkout is not None:
+            rows["DomainBed train.py"] = domainbed_train(checkout, base, steps, batch, env)
             print(f"DomainBed train.py: {rows['DomainBed train.py']}", flush=True)
+            progress()
         for name in names:
             rows[name] = harness_train(name, base, steps, batch, env)
             print(f"{name}: {rows[name]}", flush=True)
-        evals = {name: harness_eval(base, batch, *setting) for name, setting in EVAL_VARIANTS.items()}
-        if args.domainbed is not None:
-            evals = {"DomainBed misc.accuracy": domainbed_eval(args.domainbed.resolve(), base, batch, env)} | evals
-    device = torch.cuda.get_device_name() if gpu else "CPU (no GPU)"
-    reference = rows.get("DomainBed train.py", {}).get("images_per_s")
-    lines = [f"# command: python benchmarks/{Path(__file__).name} " + " ".join(sys.argv[1:]),
-             f"# GPU: {device}; torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} cores; "
-             f"{datetime.date.today().isoformat()}",
-             f"# data: generated PACS layout, 4 domains x 7 classes x {per_class} JPEGs ({n_images} images, 227 px), "
-             f"test domain 0; ResNet-50 at 224 px from one random initialisation, batch {batch} x 3 training domains, "
-             f"{steps} steps"]
-    if not gpu:
-        lines.append("# NO GPU: a 2-step check of every path on tiny data; the figures below are not measurements "
-                     "(they need a GPU)")
-    lines.append(f"{'training':34s} {'images/s':>10s} {'x DomainBed':>12s} {'held-out acc':>13s} {'wall s':>8s}")
-    for name, row in rows.items():
-        ratio = f"{row['images_per_s'] / reference:.2f}" if reference else "-"
-        lines.append(f"{name:34s} {row['images_per_s']:10.1f} {ratio:>12s} {row['test_acc']:13.3f} "
-                     f"{row['wall_s']:8.1f}")
-    lines.append(f"{'evaluation (every split, one pass)':34s} {'images/s':>10s}")
-    lines += [f"{name:34s} {rate:10.1f}" for name, rate in evals.items()]
-    bf16 = rows.get("bf16+channels_last", {}).get("images_per_s")
-    lines.append(f"ratio_vs_domainbed_bf16: {bf16 / reference:.2f}" if bf16 and reference
-                 else "ratio_vs_domainbed_bf16: n/a (needs --domainbed and the bf16+channels_last variant)")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+            progress()
+        if checkout is not None:
+            evals["DomainBed misc.accuracy"] = domainbed_eval(checkout, base, batch, env)
+        for name, setting in EVAL_VARIANTS.items():
+            evals[name] = harness_eval(base, batch, *setting)
+        progress(done=True)
     if gpu:
-        update_table(ROOT / "results" / "perf" / "gpu_throughput.json", device, {
-            "date": datetime.date.today().isoformat(), "command": lines[0][len("# command: "):],
+        reference = rows.get("DomainBed train.py", {}).get("images_per_s")
+        update_table(args.table, device, {
+            "date": datetime.date.today().isoformat(), "command": header[0][len("# command: "):],
             "torch": torch.__version__, "model": "resnet50", "resolution": 224,
             "train_images_per_s": {name: round(row["images_per_s"], 1) for name, row in rows.items()
                                    if name in VARIANTS and " " not in name},

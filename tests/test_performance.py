@@ -323,7 +323,7 @@ def test_a_cache_that_would_fill_the_disk_is_refused_in_one_line(tmp_path):
 def test_the_gpu_benchmark_runs_its_two_step_cpu_check(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("on a GPU this is the real benchmark (minutes)")
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--variants", "fp32,bf16+channels_last",
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--variants", "bf16+channels_last",
                "--out", str(tmp_path / "gpu.txt"), "--keep", str(tmp_path / "work")]
     if os.environ.get("DRECYCLE_DOMAINBED"):  # a DomainBed checkout: its train.py runs too
         command += ["--domainbed", os.environ["DRECYCLE_DOMAINBED"]]
@@ -332,7 +332,7 @@ def test_the_gpu_benchmark_runs_its_two_step_cpu_check(tmp_path):
     lines = (tmp_path / "gpu.txt").read_text().splitlines()
     assert any("NO GPU" in line for line in lines)
     assert [line.split()[0] for line in lines if line.startswith(("fp32", "bf16"))] == \
-        ["fp32", "bf16+channels_last", "fp32", "bf16+channels_last"]  # training rows, then evaluation rows
+        ["bf16+channels_last", "fp32", "bf16+channels_last"]  # the training row, then evaluation rows
     assert lines[-1].startswith("ratio_vs_domainbed_bf16: ")
 
 
