@@ -357,3 +357,21 @@ def test_the_collector_names_every_numeric_switch():
                performance.NUMERIC_SWITCHES.items()] + [{"args": {"dataset": "PACS"}}, {"args": None}]
     column = _file_settings(records, [1] * len(records), np.arange(len(records)))
     assert list(column) == ["bf16", "fp32+channels_last", "fp32+compile", "fp32+cudnn_benchmark", "fp32", "fp32"]
+
+
+def test_sweep_flags_set_switches_and_the_dry_run_prints_the_cost(tmp_path, capsys):
+    from domainbed_recycle import cli
+
+    common = ["sweep", "launch", "--datasets", "ColoredMNIST", "--test_envs", "0", "--single_test_envs",
+              "--steps", "10", "--output_dir", str(tmp_path), "--dry_run"]
+    assert cli.main(common) == 0
+    plain = capsys.readouterr().out
+    assert cli.main([*common, "--precision", "bf16", "--loader_workers", "2"]) == 0
+    switched = capsys.readouterr().out
+    assert plain.split()[0] != switched.split()[0]  # bf16 is another job; loader workers are not
+    assert "cost: 1 training run(s), 10 steps, 1,280 training images" in switched
+    assert "GPU-hours: not estimated" in switched  # a small CNN at 28 px: not what the benchmark prices
+    assert cli.main([*common, "--loader_workers", "2"]) == 0
+    assert capsys.readouterr().out.split()[0] == plain.split()[0]
+    assert cli.main([*common, "--prefetch_factor", "0"]) == 2
+    assert "speed switches: prefetch_factor must be an integer >= 1, got 0" in capsys.readouterr().err
