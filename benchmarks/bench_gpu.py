@@ -12,8 +12,9 @@ and batch 32 x 3 training domains:
     the paper's model and this harness's "resnet" profile (recent DomainBed defaults to timm's AugMix
     ResNet-50, which needs a download, and to training BatchNorm);
   - `drecycle train` in fp32 (seeds 0 and 1: the second is the noise reference for accuracies),
-    fp32 + channels_last, bf16, bf16 + channels_last, bf16 + channels_last + compile, and bf16 +
-    channels_last from the decode-once cache (`PACS?cache=yes`).
+    fp32 + channels_last, bf16, bf16 + channels_last, the same + compile, the same + cuDNN autotuning,
+    and bf16 + channels_last from the decode-once cache (`PACS?cache=yes`); names in `VARIANTS`, any
+    subset with `--variants`.
 Training images/s = batch x training domains / mean step time over the second half of the run (after
 warm-up, cuDNN's and torch.compile's included), read from each run's last record (both harnesses
 time a step the same way: fetching the batch, copying it to the GPU, the update). Held-out accuracy =
@@ -59,6 +60,7 @@ VARIANTS = {
     "bf16": ["--precision", "bf16"],
     "bf16+channels_last": ["--precision", "bf16", "--channels_last"],
     "bf16+channels_last+compile": ["--precision", "bf16", "--channels_last", "--compile"],
+    "bf16+channels_last+cudnn_benchmark": ["--precision", "bf16", "--channels_last", "--cudnn_benchmark"],
     "bf16+channels_last cache=yes": ["--precision", "bf16", "--channels_last"],
 }
 EVAL_VARIANTS = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True)}
@@ -279,7 +281,8 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     if not gpu:
-        names = [name for name in names if "compile" not in name]  # minutes of compiling ResNet-50 on CPU
+        # minutes of compiling ResNet-50 on CPU; no cuDNN
+        names = [name for name in names if "compile" not in name and "cudnn" not in name]
     if args.domainbed is not None and not (args.domainbed / "domainbed" / "scripts" / "train.py").is_file():
         parser.error(f"--domainbed {args.domainbed}: not a DomainBed checkout (no domainbed/scripts/train.py)")
     out = args.out or (ROOT / "results" / "perf" / "gpu.txt" if gpu else None)

@@ -14,9 +14,9 @@ GPUs: on a node with GPUs the `pool` launcher runs one worker per GPU by default
 GPU (`CUDA_VISIBLE_DEVICES`), as DomainBed's `multi_gpu` launcher does (`gpu_of_worker`); the `slurm`
 launcher can pack `runs_per_task` jobs into each array task, run there by such a pool over the task's GPUs.
 
-Why one module of ~400 lines: the four launchers share `LaunchContext`, the outcome bookkeeping and
-the registry they register in; each is a short function, and splitting them would only add a module
-that imports this one back. submitit is imported inside the two launchers that use it (optional).
+Why one module of ~550 lines: the four launchers share `LaunchContext`, the outcome bookkeeping, the
+GPU assignment and the registry they register in; each is a short function, and splitting them would
+only add a module that imports this one back. submitit is imported inside the two launchers that use it (optional).
 """
 
 from __future__ import annotations
