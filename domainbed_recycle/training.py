@@ -6,7 +6,7 @@ last. `train` only writes into a fresh folder (missing, empty, or holding a laun
 logs): resetting a killed attempt is the launcher's job (`sweep.run_job.run_job`, `drecycle
 train`), so a relaunched job never appends to a half-written log.
 
-Why one module of ~480 lines: the training loop and what it alone needs (batch streams that
+Why one module of ~610 lines: the training loop and what it alone needs (batch streams that
 resume exactly, initialisation loading, the resume state, which speed switches this machine can
 honour and how many loader workers a run gets); the run folder, evaluation, batch loading and
 algorithms are elsewhere.
