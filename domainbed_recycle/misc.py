@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,3 +38,11 @@ def per_dataset(value: Any, dataset: str) -> Any:
     if not isinstance(value, Mapping):
         return value
     return value[dataset] if dataset in value else value.get(dataset.partition("?")[0])
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, else os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -8,6 +8,7 @@ The architecture is described by a small JSON-able dict (`arch`), stored in ever
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -16,6 +17,14 @@ from torch import nn
 from domainbed_recycle.errors import UserError
 
 ARCHITECTURES = ("small_cnn", "mnist_cnn", "resnet18", "resnet50")  # the featurizers `build_featurizer` knows
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision name -> autocast dtype
+
+
+def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to `precision` ("bf16", "fp16") on `device_type` ("cpu", "cuda"); "fp32" changes nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[precision])
 
 
 class SmallCNN(nn.Module):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.performance import LOADER_SWITCHES
 
 RESULTS = "results.jsonl"
 ARGS = "args.json"
@@ -54,7 +55,7 @@ NOT_LAUNCHED = "not_launched"
 STATES = (STATE_DONE, STATE_DIVERGED, INCOMPLETE, NOT_LAUNCHED)
 
 # Arguments that say where or how a run executes, not what it computes: they never tell two runs apart.
-PLACEMENT_ARGS = ("output_dir", "progress", "threads")
+PLACEMENT_ARGS = ("output_dir", "progress", "threads", *LOADER_SWITCHES)
 
 
 def temp_name(name: str) -> str:

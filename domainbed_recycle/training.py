@@ -6,18 +6,23 @@ last. `train` only writes into a fresh folder (missing, empty, or holding a laun
 logs): resetting a killed attempt is the launcher's job (`sweep.run_job.run_job`, `drecycle
 train`), so a relaunched job never appends to a half-written log.
 
-Why one module of ~360 lines: the training loop and what it alone needs (batch streams that
-resume exactly, initialisation loading, the resume state); the run folder, evaluation and
+Why one module of ~610 lines: the training loop and what it alone needs (batch streams that
+resume exactly, initialisation loading, the resume state, which speed switches this machine can
+honour and how many loader workers a run gets); the run folder, evaluation, batch loading and
 algorithms are elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
+import os
 import random
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -27,19 +32,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from domainbed_recycle import checkpoints, hparams_registry, provenance, resume, weights
+from domainbed_recycle import checkpoints, hparams_registry, performance, provenance, resume, weights
 from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.averaging import first_nonfinite
 from domainbed_recycle.datasets import get_dataset, get_dataset_class
 from domainbed_recycle.datasets.base import InMemoryDomain, MultipleDomainDataset
 from domainbed_recycle.datasets.loaders import EVAL_BATCH_SIZE, DomainBedLoader
+from domainbed_recycle.datasets.loading import LoaderSettings, StepBatches, StepStream
 from domainbed_recycle.datasets.splits import make_splits, split_domain, split_seed
 from domainbed_recycle.errors import RunDiverged, UserError
-from domainbed_recycle.evaluation import accuracy, accuracy_of_batches, evaluate_splits
-from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.evaluation import Inference, SplitEvaluator, accuracy_of_batches
+from domainbed_recycle.misc import available_cores, seed_hash
 from domainbed_recycle.networks import architecture, same_featurizer
 from domainbed_recycle.rundir import RunDir, step_checkpoint, write_atomic
 
@@ -70,7 +76,11 @@ def holdout_problem(name: str, value: Any) -> str | None:
 
 @dataclass
 class TrainConfig:
-    """Arguments of one run (DomainBed's `train.py` flags plus initialisation)."""
+    """Arguments of one run (DomainBed's `train.py` flags plus initialisation and speed switches).
+
+    The speed switches (`precision` ... `prefetch_factor`, see `performance`) default to DomainBed's
+    behaviour; at their default they are left out of the stored arguments (`to_args`) and of job ids.
+    """
 
     dataset: str
     output_dir: str
@@ -101,12 +111,25 @@ class TrainConfig:
     task: str = "domain_generalization"  # or "domain_adaptation": test domains' unlabeled splits are trained on
     uda_holdout_fraction: float = 0.0  # part of each test domain's `in` split given unlabeled to the algorithm
     save_model_every_checkpoint: bool = False  # also write model_step<N>.safetensors at every evaluation
+    precision: str = "fp32"  # "bf16" / "fp16": autocast (fp16 with a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    loader_workers: int | None = None  # None: sized to the node (see `resolve_loader`)
+    pin_memory: bool | None = None
+    persistent_workers: bool | None = None
+    prefetch_factor: int | None = None
 
     def to_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The arguments as a dict, without the speed switches left at their default."""
+        return performance.drop_defaults(dataclasses.asdict(self))
+
+    def switches(self) -> dict[str, Any]:
+        """{name: value} of every speed switch."""
+        return {name: getattr(self, name) for name in performance.DEFAULTS}
 
     def check(self) -> None:
-        """UserError (one line) for a training length, evaluation period or thread count that cannot run."""
+        """UserError (one line) for a training length, evaluation period, thread count or switch that cannot run."""
         for name in LENGTHS:
             if problem := length_problem(name, getattr(self, name)):
                 raise UserError(problem)
@@ -121,6 +144,7 @@ class TrainConfig:
             raise UserError(problem)
         if not 0.0 <= self.uda_holdout_fraction < 1.0:
             raise UserError(f"uda_holdout_fraction must be in [0, 1), got {self.uda_holdout_fraction!r}")
+        performance.check(self.switches(), "training switches")
 
     @classmethod
     def field_defaults(cls) -> dict[str, Any]:
@@ -164,43 +188,84 @@ def set_seeds(seed: int) -> None:
 
 
 class BatchStream:
-    """Minibatches [B, ...] of one domain sampled with replacement, forever (DomainBed's InfiniteDataLoader).
+    """Minibatches [B, ...] of one in-memory domain sampled with replacement, forever (DomainBed's
+    InfiniteDataLoader), drawn in the training process: the built-ins' streams.
 
-    Resuming: for an in-memory domain the stream's position is its torch.Generator's state, so
-    `state()` / `load_state()` continue the exact sequence. A DataLoader (real datasets: files,
-    augmentation, worker processes) reads ahead of what was consumed, so its position cannot be
-    saved: a resumed stream restarts with a generator seeded from (seed, step) — batches of the same
-    distribution, not the ones the uninterrupted run would have drawn (and augmentation draws differ).
+    Resuming: the stream's position is its torch.Generator's state, so `state()` / `load_state()`
+    continue the exact sequence. Domains whose batches are worth loader workers (files, large cached
+    images) use `datasets.loading.StepStream` instead, which resumes exactly too.
     """
 
-    def __init__(self, split: Dataset, batch_size: int, seed: int, num_workers: int) -> None:
-        self.split, self.batch_size, self.seed, self.num_workers = split, batch_size, seed, num_workers
+    def __init__(self, split: InMemoryDomain, batch_size: int, seed: int) -> None:
+        self.split, self.batch_size = split, batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self._loader: Iterator[tuple] | None = None
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> tuple:
-        if isinstance(self.split, InMemoryDomain):
-            return self.split.batch(torch.randint(len(self.split), (self.batch_size,), generator=self.generator),
-                                   augment=True)
-        if self._loader is None:
-            sampler = RandomSampler(self.split, replacement=True, num_samples=10**9, generator=self.generator)
-            self._loader = iter(DataLoader(self.split, batch_size=self.batch_size, sampler=sampler,
-                                           num_workers=self.num_workers, drop_last=True))
-        return next(self._loader)
+        return self.split.batch(torch.randint(len(self.split), (self.batch_size,), generator=self.generator),
+                                augment=True)
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()
 
-    def load_state(self, state: torch.Tensor, step: int) -> None:
-        """Continue from `state()` (exact for in-memory domains; see the class docstring otherwise)."""
-        if isinstance(self.split, InMemoryDomain):
-            self.generator.set_state(state)
-        else:
-            self.generator.manual_seed(seed_hash(self.seed, "resume", step))
-            self._loader = None
+    def load_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    def close(self) -> None:
+        """Nothing to stop (same interface as `StepStream`)."""
+
+
+def heavy_batches(split: Dataset) -> bool:
+    """Whether a split's batches are built by loader workers: files, or in-memory images that say so."""
+    return not isinstance(split, InMemoryDomain) or split.HEAVY_BATCHES
+
+
+def resolve_loader(config: TrainConfig, dataset: MultipleDomainDataset, device: str) -> LoaderSettings:
+    """The loader settings of a run: the config's, where it sets them, else sized to the node.
+
+    Workers: on a GPU, for a dataset of heavy batches, the cores this run may use (`threads`, else every
+    core) less one for the training process; on CPU, the dataset's `N_WORKERS` (as before the switches).
+    Pinned memory on a GPU; workers kept between evaluations when there are any.
+    """
+    heavy = any(heavy_batches(split) for split in dataset.datasets)
+    workers = config.loader_workers
+    if workers is None:
+        workers = max(0, (config.threads or available_cores()) - 1) if device == "cuda" and heavy else dataset.N_WORKERS
+    pin = config.pin_memory if config.pin_memory is not None else device == "cuda"
+    persistent = config.persistent_workers if config.persistent_workers is not None else workers > 0
+    return LoaderSettings(workers, pin, persistent and workers > 0, config.prefetch_factor)
+
+
+def compile_unavailable(device: str) -> str | None:
+    """Why torch.compile cannot run here (one line), or None: inductor needs triton on a GPU and a C++
+    compiler (`$CXX`, else g++) on CPU."""
+    if device == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "compile on a GPU needs triton (pip install triton), which is not installed"
+        return None
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        return f"compile on CPU needs a C++ compiler, and {compiler} is not found (install g++, or set CXX)"
+    return None
+
+
+def check_available(config: TrainConfig, device: str) -> None:
+    """UserError (one line) for a switch this machine cannot honour (before anything is written)."""
+    gpu = device == "cuda"
+    if config.precision == "fp16" and not gpu:
+        raise UserError("precision fp16 needs a CUDA GPU (fp16 kernels and the gradient scaler); on CPU use bf16")
+    if config.precision == "bf16" and gpu and not torch.cuda.is_bf16_supported():
+        raise UserError(f"precision bf16: this GPU ({torch.cuda.get_device_name()}) has no bf16 support; "
+                        f"use fp16 or fp32")
+    for name in ("cudnn_benchmark", "pin_memory"):
+        if getattr(config, name) and not gpu:
+            raise UserError(f"{name} needs a CUDA GPU (none here): leave it out on CPU")
+    if config.compile:
+        reason = compile_unavailable(device)
+        if reason:
+            raise UserError(reason)
 
 
 def resolved_hparams(config: TrainConfig, dataset_class: type | None = None) -> dict[str, Any]:
@@ -264,6 +329,17 @@ def _peak_memory_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+@contextlib.contextmanager
+def _closing(streams: list[Any], evaluator: SplitEvaluator) -> Iterator[None]:
+    """Stop the loader workers of a run when it ends, however it ends."""
+    try:
+        yield
+    finally:
+        for stream in streams:
+            stream.close()
+        evaluator.close()
+
+
 def load_initialisation(algorithm: Any, config: TrainConfig) -> dict[str, Any]:
     """Load featurizer/classifier weights named by the config into `algorithm.network`.
 
@@ -309,6 +385,8 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     The folder must be fresh (`RunDir.is_fresh`): UserError otherwise, before anything is written.
     """
     config.check()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_available(config, device)
     run = RunDir(config.output_dir)
     dataset_class = type(dataset) if dataset is not None else get_dataset_class(config.dataset)
     resuming = can_resume(config, dataset_class)
@@ -341,7 +419,11 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     if getattr(dataset, "data_source", None):  # which files a dataset read (DomainBed's MNIST: 70k or 10k digits)
         args["data_source"] = dataset.data_source
     steps, checkpoint_freq = args["steps"], args["checkpoint_freq"]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # DomainBed's train.py: deterministic cuDNN, unless asked to autotune
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+        torch.backends.cudnn.deterministic = not config.cudnn_benchmark
+    loader = resolve_loader(config, dataset, device)
+    inference = Inference(device, config.precision, config.channels_last, loader)
 
     run.create()
     set_seeds(config.seed)
@@ -366,18 +448,41 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
                    # DomainBed numbers the unlabeled splits 0, 1, ... in test-domain order, not by domain
                    **{f"env{k}_uda": s for k, s in enumerate(uda_splits)}}
     eval_loaders: dict[str, DomainBedLoader] = {}
+    adapting = config.task == "domain_adaptation"
+    uda_seeds = [seed_hash(config.seed, "unlabeled", k) for k in range(len(uda_splits))]
+    uda_iterators: list[Any] = []
+    step_stream: StepStream | None = None
     if domainbed and all(isinstance(s, InMemoryDomain) for s in eval_splits.values()):
         batch_iterators: list[Any] = [DomainBedLoader(in_splits[i], batch_size, dataset.N_WORKERS, training=True)
                                       for i in train_envs]
-        uda_iterators: list[Any] = [DomainBedLoader(s, batch_size, dataset.N_WORKERS, training=True)
-                                    for s in uda_splits]
+        uda_iterators = [DomainBedLoader(s, batch_size, dataset.N_WORKERS, training=True) for s in uda_splits]
         eval_loaders = {name: DomainBedLoader(s, EVAL_BATCH_SIZE, dataset.N_WORKERS, training=False)
                         for name, s in eval_splits.items()}
-    else:
-        batch_iterators = [BatchStream(in_splits[i], batch_size, seed_hash(config.seed, "batches", i),
-                                       dataset.N_WORKERS) for i in train_envs]
-        uda_iterators = [BatchStream(s, batch_size, seed_hash(config.seed, "unlabeled", k), dataset.N_WORKERS)
-                         for k, s in enumerate(uda_splits)]
+    elif any(heavy_batches(s) for s in in_splits):  # one keyed stream per step, built by loader workers
+        labeled = [in_splits[i] for i in train_envs]
+        seeds = [seed_hash(config.seed, "batches", i) for i in train_envs]
+        if adapting:  # the unlabeled batches of a step come with its labeled ones
+            labeled, seeds = labeled + uda_splits, seeds + uda_seeds
+        step_stream = StepStream(StepBatches(labeled, batch_size, seeds), loader)
+        batch_iterators = [step_stream]
+    else:  # the built-ins: one generator per domain, in this process
+        batch_iterators = [BatchStream(in_splits[i], batch_size, seed_hash(config.seed, "batches", i))
+                           for i in train_envs]
+        uda_iterators = [BatchStream(s, batch_size, seed) for s, seed in zip(uda_splits, uda_seeds, strict=True)]
+
+    def draw() -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor] | None]:
+        """The next step's batches on the device: ([(x [B, C, H, W], y [B]) per training domain],
+        [x [B, C, H, W] per unlabeled split] when adapting, else None)."""
+        if step_stream is not None:
+            batches = next(step_stream)
+            labeled, unlabeled = batches[:len(train_envs)], batches[len(train_envs):]
+        else:
+            labeled = [next(it) for it in batch_iterators]
+            unlabeled = [next(it) for it in uda_iterators] if adapting else []
+        minibatches = [(inference.to_device(x), y.to(device, non_blocking=loader.pin_memory)) for x, y in labeled]
+        return minibatches, ([inference.to_device(x) for x, _ in unlabeled] if adapting else None)
+
+    evaluator = SplitEvaluator(eval_splits, inference)
 
     arch = architecture(dataset.input_shape, dataset.num_classes, hparams)
     arch["classes"] = list(dataset.classes)
@@ -385,6 +490,11 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
     init_description = load_initialisation(algorithm, config)
     algorithm.linear_probe = config.linear_probe
     algorithm.to(device)
+    if config.channels_last:  # 4-D weights (convolutions) in NHWC, as the inputs (`Inference.to_device`)
+        algorithm.to(memory_format=torch.channels_last)
+    algorithm.set_precision(device, config.precision)
+    if config.compile:  # in place: state dict keys unchanged
+        algorithm.network.compile()
 
     if domainbed:  # DomainBed: the shortest `in` split of all domains, test domains included
         steps_per_epoch = min(len(s) / batch_size for s in in_splits)
@@ -412,10 +522,13 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         static = run.read_static()
         saved = resume.load(run.resume_file)
         algorithm.load_resume_state(saved["algorithm"])
-        for stream, state in zip(streams, saved["batches"], strict=True):
-            stream.load_state(state, saved["step"])
-        for loader, state in zip(eval_loaders.values(), saved.get("eval_batches", []), strict=True):
-            loader.load_state(state)
+        if step_stream is not None:  # keyed: the next batch is the saved step's
+            step_stream.load_state(torch.tensor(saved["step"]))
+        else:
+            for stream, state in zip(streams, saved["batches"], strict=True):
+                stream.load_state(state)
+        for eval_loader, state in zip(eval_loaders.values(), saved.get("eval_batches", []), strict=True):
+            eval_loader.load_state(state)
         resume.set_global_rng_state(saved["rng"])
         best_val, start_step = float(saved["best_val"]), int(saved["step"])
         # DomainBed's records are numbered by loop index: the last kept one is start_step - 1
@@ -449,16 +562,6 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         raise RunDiverged(f"{run.path}: the run {run.describe_divergence()}; it is marked diverged and "
                           f"left out of results (lower the learning rate, or check the data)")
 
-    def evaluate() -> dict[str, float]:
-        """`env{i}_in_acc`, `env{i}_out_acc` (and `env{k}_uda_acc`) of the model being trained."""
-        if eval_loaders:  # DomainBed's evaluation batches: one shuffled pass of 64s per split, in its order
-            return {f"{name}_acc": accuracy_of_batches(algorithm.predict, loader.one_pass(), device)
-                    for name, loader in eval_loaders.items()}
-        accs = evaluate_splits(algorithm.predict, in_splits, out_splits, device, dataset.N_WORKERS)
-        for k, split in enumerate(uda_splits):
-            accs[f"env{k}_uda_acc"] = accuracy(algorithm.predict, split, device, dataset.N_WORKERS)
-        return accs
-
     def log_evaluation(step: int, last: bool) -> float:
         """Evaluate every split, append one flushed record, keep the best (and, if `last`, the final)
         checkpoint; returns the training-domain validation accuracy."""
@@ -470,11 +573,17 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         record: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
         record.update({key: float(np.mean(values)) for key, values in losses.items()})
         record["step_time"] = float(np.mean(step_times)) if step_times else 0.0
-        record.update(evaluate())
+        models, only = {"": algorithm.predict}, {}
+        if eval_loaders:  # DomainBed's evaluation batches: one shuffled pass of 64s per split, in its order
+            models = {}
+            record.update({f"{name}_acc": accuracy_of_batches(algorithm.predict, eval_loader.one_pass(), device)
+                           for name, eval_loader in eval_loaders.items()})
         iterate_predict = getattr(algorithm, "iterate_predict", None)
         if iterate_predict is not None:  # e.g. SWAD: the current iterate's accuracy drives its window
-            for i in train_envs:
-                record[f"env{i}_out_acc_iterate"] = accuracy(iterate_predict, out_splits[i], device)
+            models["_iterate"] = iterate_predict
+            only["_iterate"] = [f"env{i}_out" for i in train_envs]
+        for suffix, accs in (evaluator.accuracies(models, only) if models else {}).items():  # one pass per split
+            record.update({f"{name}_acc{suffix}": acc for name, acc in accs.items()})
         record["mem_gb"] = _peak_memory_gb(device)
         val = float(np.mean([record[f"env{i}_out_acc"] for i in train_envs]))
         record.update(static)
@@ -495,14 +604,12 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         algorithm.end_of_evaluation(record)
         return val
 
-    with log:
+    with log, _closing(streams, evaluator):
         if steps == 0:
             log_evaluation(0, last=True)
         for step in bar:
             start = time.time()
-            minibatches = [(x.to(device), y.to(device)) for x, y in (next(it) for it in batch_iterators)]
-            unlabeled = ([next(it)[0].to(device) for it in uda_iterators]
-                         if config.task == "domain_adaptation" else None)
+            minibatches, unlabeled = draw()
             for key, value in algorithm.train_step(minibatches, unlabeled).items():
                 if not math.isfinite(value):
                     diverge(step + 1, f"{key} = {value}")

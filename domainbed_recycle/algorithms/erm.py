@@ -21,9 +21,7 @@ class ERM(Algorithm):
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
         loss = F.cross_entropy(self.network(x), y)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.backward_step(loss)
         return {"loss": loss.item()}
 
 

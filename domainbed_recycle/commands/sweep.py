@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from domainbed_recycle.commands.train import add_performance_arguments, performance_values
 from domainbed_recycle.errors import UserError
 
 HELP = "Launch a sweep (DomainBed's sweep.py flags, same meaning), delete its runs, or show its status."
@@ -71,7 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--test_envs", type=int, nargs="+", default=None,
                      help="domains that may be held out (default: all)")
     own.add_argument("--checkpoint_freq", type=int, default=None)
-    own.add_argument("--dry_run", action="store_true", help="print the jobs and their state, run nothing")
+    own.add_argument("--dry_run", action="store_true",
+                     help="print the jobs and their state, and what they cost (steps, images, GPU-hours); "
+                          "run nothing")
+    own.add_argument("--gpu", default=None,
+                     help="GPU kind the dry run estimates GPU-hours for (default: every measured kind)")
     own.add_argument("--launcher", default=None,
                      help="inprocess | pool (default) | submitit_local | slurm | multi_gpu | dummy; "
                           "--command_launcher local = --launcher pool --n_workers 1")
@@ -94,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="any other sbatch option, e.g. mail-type=END (repeatable)")
     slurm.add_argument("--slurm_setup", action="append", default=None, metavar="LINE",
                        help="a shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--slurm_runs_per_task", type=int, default=None,
+                       help="jobs packed into each array task, side by side on its GPUs (default 1)")
+    add_performance_arguments(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                         help="change a key of the --spec file, e.g. --set steps=3 --set slurm.partition=gpu "
                              "(a TOML value, else text); repeatable")
@@ -118,7 +126,7 @@ def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
     hparams = parse_overrides(args.hparams) if args.hparams is not None else None
     slurm = {key: getattr(args, f"slurm_{key}") for key in
              ("partition", "time_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism",
-              "account", "qos", "constraint", "gres", "setup")}
+              "runs_per_task", "account", "qos", "constraint", "gres", "setup")}
     if args.slurm_sbatch:
         slurm["sbatch"] = dict(_option(text) for text in args.slurm_sbatch)
     launcher, n_workers = _launcher(args)
@@ -130,6 +138,7 @@ def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
         "hparams": hparams, "data_dir": args.data_dir, "output_dir": args.output_dir, "task": args.task,
         "launcher": launcher, "n_workers": n_workers,
         "slurm": {key: value for key, value in slurm.items() if value is not None} or None,
+        "performance": performance_values(args) or None,
     }
 
 
@@ -168,9 +177,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "status" or args.dry_run:
         if args.dry_run:
+            from domainbed_recycle.sweep import cost
+
             for job in jobs:
                 print(f"{job.job_id}  {sweep.job_state(job):<12}  {job.describe()}")
             print(f"{len(jobs)} jobs in {spec.output_dir} (dry run: nothing {_verb(args.action)})")
+            print(cost.describe(cost.estimate(jobs), args.gpu))
         if args.action == "status":
             print(sweep.format_status(counts))
         return 0

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from domainbed_recycle import performance
 from domainbed_recycle.errors import UserError, os_error_line
 from domainbed_recycle.rundir import RunDir
 
@@ -78,6 +79,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--linear_probe", action="store_true", help="train the classifier only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    add_performance_arguments(parser)
+
+
+def add_performance_arguments(parser: argparse.ArgumentParser) -> None:
+    """The speed switches as flags (`performance`), every default None: a flag left out sets nothing."""
+    group = parser.add_argument_group("speed switches (defaults: DomainBed's fp32 training, loaders sized to the node)")
+    group.add_argument("--precision", default=None, choices=performance.PRECISIONS, help=performance.HELP["precision"])
+    for name in ("channels_last", "compile", "cudnn_benchmark"):
+        group.add_argument(f"--{name}", action="store_true", default=None, help=performance.HELP[name])
+    for name in ("loader_workers", "prefetch_factor"):
+        group.add_argument(f"--{name}", type=int, default=None, help=performance.HELP[name])
+    for name in ("pin_memory", "persistent_workers"):
+        group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=performance.HELP[name])
+
+
+def performance_values(args: argparse.Namespace) -> dict[str, Any]:
+    """{switch: value} of the speed-switch flags given (checked: UserError naming the flag's problem)."""
+    values = {name: getattr(args, name) for name in performance.DEFAULTS if getattr(args, name) is not None}
+    return performance.check(values, "speed switches")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         init_classifier=args.init_classifier, linear_probe=args.linear_probe, threads=args.threads,
         skip_model_save=args.skip_model_save, progress=not args.no_progress, task=args.task,
         uda_holdout_fraction=args.uda_holdout_fraction, save_model_every_checkpoint=args.save_model_every_checkpoint,
+        **performance_values(args),
     )
     config.check()
     run = RunDir(config.output_dir)

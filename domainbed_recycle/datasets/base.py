@@ -23,7 +23,13 @@ class InMemoryDomain(Dataset):
         images: uint8 tensor [N, C, H, W] (0..255) or float tensor [N, C, H, W] already scaled.
         labels: int64 tensor [N].
     Items are (float32 image [C, H, W] in [0, 1] for uint8 storage, int label).
+
+    HEAVY_BATCHES: whether building a batch costs enough (large images gathered, normalised and
+    augmented one by one) to be done by loader workers (`datasets.loading`) rather than by the training
+    process; the built-ins' 28x28 tensors are not (their batches come straight from memory).
     """
+
+    HEAVY_BATCHES = False
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if len(images) != len(labels):

@@ -93,3 +93,6 @@ class DomainBedLoader:
         """Continue from `state()` (exactly; the global generator is restored by the caller)."""
         self._pass = deque(list(b) for b in state["pass"])
         self._queue = deque(list(b) for b in state["queue"])
+
+    def close(self) -> None:
+        """Nothing to stop: batches are drawn in this process (same interface as `StepStream`)."""

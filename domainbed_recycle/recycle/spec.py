@@ -14,6 +14,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from domainbed_recycle import performance as switches
 from domainbed_recycle import weights
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.collect.selection import METHODS
@@ -93,6 +94,7 @@ class RecycleSpec:
     pooled: bool = True  # add the † rows: strategies' variants pooled over trial seeds
     analysis: bool = True
     slurm: dict[str, Any] = field(default_factory=dict)
+    performance: dict[str, Any] = field(default_factory=dict)  # speed switches of every training job
     source: str = "spec"
     notes: list[str] = field(default_factory=list)  # what validation noticed but did not refuse
 
@@ -227,6 +229,7 @@ def _absolute_paths(values: dict[str, Any], base: Path) -> None:
 def validate(spec: RecycleSpec) -> None:
     """Check every name the spec uses against the registries; raise one UserError listing the problem."""
     where = spec.source
+    switches.check(spec.performance, f"{where} [performance]")
     if not spec.target.datasets:
         raise UserError(f"{where} [target]: 'datasets' is empty")
     needs_aux = [name for name in spec.strategies if STRATEGIES.get(name).needs_auxiliary]

@@ -1,10 +1,11 @@
 """Sweep jobs: lists of training jobs with stable ids, and their on-disk state (through `RunDir`).
 
 A job is one `TrainConfig`, held as a dict of its arguments. Its id is `args_hash` of those
-arguments (without `output_dir`, `progress` and `threads`, which do not change the result), and its
-run folder is `<sweep_dir>/<id>`, as in DomainBed, so relaunching a sweep finds the jobs it already
-ran. Arguments whose value is None are dropped before hashing (None is every optional field's
-default), so a job's id does not depend on whether a caller spelled a default out.
+arguments (without `output_dir`, `progress`, `threads` and the loader switches, which do not change
+the result), and its run folder is `<sweep_dir>/<id>`, as in DomainBed, so relaunching a sweep finds
+the jobs it already ran. Arguments whose value is None, and speed switches at their default
+(`performance`), are dropped before hashing, so a job's id does not depend on whether a caller spelled
+a default out, and jobs made before the switches existed keep their ids.
 
 `make_jobs` expands datasets x algorithms x test domains x hparams seeds x trial seeds the way
 DomainBed's `make_args_list` does (hparams seeds `range(n_hparams_from, n_hparams)`, each job's seed
@@ -33,6 +34,7 @@ from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import validate_overrides
 from domainbed_recycle.locks import Lock, describe, is_alive
 from domainbed_recycle.misc import args_hash, domainbed_seed_hash, seed_hash
+from domainbed_recycle.performance import is_default
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, resolved_hparams
 
@@ -52,12 +54,20 @@ STATES = rundir.STATES
 
 
 def job_id_of(args: Mapping[str, Any]) -> str:
-    """The stable id of a job's arguments: md5 of their JSON without `UNHASHED_ARGS` and None values."""
+    """The stable id of a job's arguments: md5 of their JSON without `UNHASHED_ARGS`, None values and
+    speed switches at their default (`performance.is_default`)."""
     return args_hash(_hashed_args(args))
 
 
 def _hashed_args(args: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in args.items() if key not in UNHASHED_ARGS and value is not None}
+    return {key: value for key, value in _kept_args(args).items() if key not in UNHASHED_ARGS}
+
+
+def _kept_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments a job passes on: without None values, switches at their default, and the placement
+    arguments the launchers set themselves (`output_dir`, `progress`, `threads`); loader switches stay."""
+    return {key: value for key, value in args.items()
+            if value is not None and not is_default(key, value) and key not in ("output_dir", "progress", "threads")}
 
 
 class Job:
@@ -66,16 +76,16 @@ class Job:
     Attributes:
         job_id: hash of the arguments (see `job_id_of`); also the run folder's name.
         run: the run folder, `<sweep_dir>/<job_id>` (`output_dir` is its path).
-        args: keyword arguments of `TrainConfig`, `output_dir` included (None values dropped).
+        args: keyword arguments of `TrainConfig`, `output_dir` included (None values and switches at
+            their default dropped; loader switches kept but not hashed).
     """
 
     __slots__ = ("args", "job_id", "run")
 
     def __init__(self, args: Mapping[str, Any], sweep_dir: str | Path) -> None:
-        clean = _hashed_args(args)
-        self.job_id = args_hash(clean)
+        self.job_id = job_id_of(args)
         self.run = RunDir(Path(sweep_dir) / self.job_id)
-        self.args: dict[str, Any] = clean | {"output_dir": str(self.output_dir)}
+        self.args: dict[str, Any] = _kept_args(args) | {"output_dir": str(self.output_dir)}
 
     @property
     def output_dir(self) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+from domainbed_recycle import performance as switches
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
@@ -39,7 +40,8 @@ class SweepSpec:
     `test_envs`: None (every domain, and pairs unless `single_test_envs`), a list of domain indices
     (the domains that may be held out, combined the same way) or a list of lists (explicit sets).
     `slurm`: keys of `sweep.launchers.SlurmOptions` (partition, time_min, mem_gb, account, qos, gres,
-    setup lines, ...), the same keys as a recycle spec's `[slurm]` table.
+    setup lines, runs_per_task, ...), the same keys as a recycle spec's `[slurm]` table.
+    `performance`: speed switches given to every job (`performance`: precision, channels_last, ...).
     """
 
     datasets: list[str] = dataclasses.field(default_factory=lambda: list(DOMAINBED_SWEEP_DATASETS))
@@ -59,6 +61,7 @@ class SweepSpec:
     launcher: str = "pool"
     n_workers: int | None = None
     slurm: dict[str, Any] = dataclasses.field(default_factory=dict)
+    performance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def test_envs_list(self) -> list[list[int]] | None:
         """Explicit test-domain sets for `make_jobs` (None: every domain of each dataset)."""
@@ -75,6 +78,7 @@ class SweepSpec:
         extra: dict[str, Any] = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction is not None else {}
         if self.task != "domain_generalization":  # the default stays out of the job ids (as before it existed)
             extra["task"] = self.task
+        extra |= self.performance
         return make_jobs(
             self.datasets, self.algorithms, self.test_envs_list(), self.n_hparams, self.n_trials,
             self.steps, self.data_dir, self.output_dir, self.n_hparams_from, extra,
@@ -160,6 +164,7 @@ def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> Swe
         SlurmOptions.from_dict(dict(slurm))
     except UserError as error:
         raise UserError(f"{source}: [slurm] {error}") from None
+    switches.check(values.get("performance") or {}, f"{source} [performance]")
     spec = SweepSpec(**{key: value for key, value in values.items() if value is not None})
     _check_types(spec, source)
     _check_names(spec, source)
@@ -251,8 +256,8 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None,
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key == "slurm":
-            values["slurm"] = dict(values.get("slurm") or {}) | dict(value)
+        if key in ("slurm", "performance"):  # tables: a flag overrides one key of the file's table
+            values[key] = dict(values.get(key) or {}) | dict(value)
         else:
             values[key] = value
     return spec_from_dict(values, source=str(path))
