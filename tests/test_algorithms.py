@@ -381,10 +381,14 @@ def test_train_end_to_end(tmp_path, small_colored_mnist, name):
 
 
 def test_the_lp_warm_up_follows_the_registry_declared_lp_steps():
-    """lp_steps has one default, the registry's (0: the featurizer trains from the first step); a run's value
-    freezes the featurizer for that many steps."""
-    assert hparams_registry.default_hparams("ERM")["lp_steps"] == 0
+    """lp_steps has one default, `algorithms.base.LP_STEPS` (0: the featurizer trains from the first step), the
+    registry's and the algorithm's when hparams lack it; a run's value freezes the featurizer that many steps."""
+    from domainbed_recycle.algorithms.base import LP_STEPS
+
+    assert hparams_registry.default_hparams("ERM")["lp_steps"] == LP_STEPS == 0
     assert not _make("ERM").featurizer_frozen()
+    partial = {k: v for k, v in hparams_registry.default_hparams("ERM").items() if k != "lp_steps"}
+    assert not get_algorithm_class("ERM")(ARCH, 3, partial).featurizer_frozen()
     algorithm = _make("ERM", lp_steps=2)
     frozen = []
     for _ in range(3):
