@@ -143,13 +143,12 @@ def test_spec_test_envs_forms(tmp_path):
         sweep.spec_from_dict(base | {"test_envs": "0"})
 
 
-def test_bad_spec_key_exits_2_with_one_line(tmp_path):
+def test_bad_spec_key_exits_2_with_one_line(tmp_path, capsys):
     spec = tmp_path / "bad.toml"
     spec.write_text('datasets = ["ColoredDigits", "NoSuchData"]\nbogus_key = 1\n')
-    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "status", "--spec", str(spec)]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "unknown key(s) bogus_key" in result.stderr
+    assert cli.main(["sweep", "status", "--spec", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown key(s) bogus_key" in err
     spec.write_text('datasets = ["ColoredDigits", "NoSuchData"]\nalgorithms = ["ERM", "Nope"]\n')
     with pytest.raises(UserError, match="unknown dataset.*NoSuchData.*unknown algorithm.*Nope"):
         sweep.load_spec(spec, {"output_dir": str(tmp_path)})
