@@ -8,6 +8,7 @@ that trains for more than a few seconds.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,11 @@ def make_domainbed_dataset(data_dir: Path, name: str, classes: list[str], per_cl
     return data_dir / folder
 
 
-def package_literals() -> list[tuple[str, int, str]]:
+@functools.cache
+def package_literals() -> tuple[tuple[str, int, str], ...]:
     """(module path inside the package, line, value) of every string literal in `domainbed_recycle`, f-strings'
     literal parts included, docstrings and other bare string statements left out: what a test checks for
-    names that only one module may spell."""
+    names that only one module may spell (parsed once per session)."""
     import domainbed_recycle
 
     package = Path(domainbed_recycle.__file__).parent
@@ -64,7 +66,7 @@ def package_literals() -> list[tuple[str, int, str]]:
         bare = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
         found += [(path.relative_to(package).as_posix(), node.lineno, node.value) for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare]
-    return found
+    return tuple(found)
 
 
 @pytest.fixture
