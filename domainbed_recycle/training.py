@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -41,25 +41,26 @@ from domainbed_recycle.evaluation import accuracy, evaluate_splits
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.networks import architecture, same_featurizer
 from domainbed_recycle.rundir import RunDir, write_atomic
+from domainbed_recycle.validation import Bounds, Fraction, Seed, Steps, Text, Threads, Unique, check_fields
 
 
 @dataclass
 class TrainConfig:
     """Arguments of one run (DomainBed's `train.py` flags plus initialisation)."""
 
-    dataset: str
-    output_dir: str
+    dataset: Text
+    output_dir: Text
     algorithm: str = "ERM"
-    test_envs: list[int] = field(default_factory=lambda: [0])
+    test_envs: Annotated[list[Annotated[int, Bounds(0)]], Unique()] = field(default_factory=lambda: [0])
     data_dir: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the registry's values
-    hparams_seed: int = 0
+    hparams_seed: Seed = 0
     hparams_profile: str | None = None  # None: the dataset's ('small', 'small_finetune', 'resnet')
-    trial_seed: int = 0
-    seed: int = 0
-    steps: int | None = None  # None: the dataset's N_STEPS
-    checkpoint_freq: int | None = None  # None: the dataset's CHECKPOINT_FREQ
-    holdout_fraction: float = 0.2
+    trial_seed: Seed = 0
+    seed: Seed = 0
+    steps: Steps | None = None  # None: the dataset's N_STEPS
+    checkpoint_freq: Steps | None = None  # None: the dataset's CHECKPOINT_FREQ
+    holdout_fraction: Fraction = 0.2
     init: str | None = None  # checkpoint giving featurizer and classifier
     init_featurizer: str | None = None  # checkpoint giving the featurizer (overrides `init`'s)
     init_classifier: str | None = None  # checkpoint giving the classifier (overrides `init`'s)
@@ -71,23 +72,16 @@ class TrainConfig:
     init_label: str | None = None  # short name of the initialisation (e.g. 'phi0', 'aux:Glyphs')
     skip_model_save: bool = False
     progress: bool = True
-    threads: int | None = None
+    threads: Threads | None = None
 
     def to_args(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def check(self) -> None:
-        """UserError (one line) for a training length, evaluation period or thread count that cannot run."""
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps < 0):
-            raise UserError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if self.checkpoint_freq is not None and (isinstance(self.checkpoint_freq, bool)
-                                                 or not isinstance(self.checkpoint_freq, int)
-                                                 or self.checkpoint_freq < 1):
-            raise UserError(f"checkpoint_freq must be an integer >= 1, got {self.checkpoint_freq!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise UserError(f"threads must be an integer >= 1, got {self.threads!r}")
+    def check(self, where: str = "") -> None:
+        """UserError (one line, each field named after `where`) for a value of the wrong type or out of
+        its range (a training length, evaluation period, seed or thread count that cannot run), checked
+        by the validator of the specs (`validation`), so a dry run refuses what a run would."""
+        check_fields(self, where)
         if self.pretrained is not None and (self.init or self.init_featurizer):
             raise UserError("give the featurizer's weights once: --pretrained, or --init/--init_featurizer")
 
@@ -400,9 +394,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         algorithm.end_of_evaluation(record)
         return val
 
-    with log:
-        if steps == 0:
-            log_evaluation(0, last=True)
+    with log:  # steps >= 1 (`TrainConfig.check`)
         for step in bar:
             start = time.time()
             minibatches = [(x.to(device), y.to(device)) for x, y in (next(it) for it in batch_iterators)]
