@@ -10,6 +10,7 @@ a name such as `torchvision:ResNet50_Weights.IMAGENET1K_V1`, see `weights`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.errors import UserError, write_error_reason
 from domainbed_recycle.weights import resolve
 
 FORMAT = "domainbed_recycle/1"
@@ -58,11 +59,11 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], me
 
     path = Path(path)
     check_weights(state_dict, path, saving=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
     meta = {_META_KEY: json.dumps({"format": FORMAT, **metadata}, sort_keys=True, default=str)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             save_file(tensors, str(tmp), metadata=meta)
         except OSError:
@@ -72,9 +73,11 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], me
                             ) from None
         os.chmod(tmp, _default_mode())  # safetensors creates 0600 files: give them the run's usual mode
         os.replace(tmp, path)
+    except OSError as error:  # named by the file asked for, not by the temp file or a parent folder
+        raise UserError(f"cannot write {path}: {write_error_reason(error)}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

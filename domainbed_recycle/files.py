@@ -83,7 +83,8 @@ def check_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str], w
 
 def check_new_output(path: str | os.PathLike[str], force: bool, flag: str) -> Path:
     """`path` as a Path, checked to be writable as a new output: UserError if it exists and `force` is
-    false (or is a folder, or a special file, even with `force`), or if it holds a NUL byte."""
+    false (or is a folder, or a special file, even with `force`), if one of its parents is a file, or if
+    it holds a NUL byte."""
     text = os.fspath(path)
     if "\x00" in text:
         raise UserError(f"{flag} holds a NUL byte (\\x00), which no path can: {text!r}")
@@ -95,4 +96,9 @@ def check_new_output(path: str | os.PathLike[str], force: bool, flag: str) -> Pa
             raise UserError(f"{flag} {path} is {_kind(path.stat().st_mode)}: give a regular file name")
         if not force:
             raise UserError(f"{path} exists: choose another {flag}, or pass --force to overwrite it")
+    for parent in path.parents:  # the folders it goes in are made later: none of them may be a file
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
     return path

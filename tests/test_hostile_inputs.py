@@ -159,7 +159,8 @@ def test_existing_outputs_are_refused_without_force(tmp_path, capsys):
                  ["recycle", str(_spec(tmp_path)), "--table_only", "--markdown", str(notes)],
                  ["recycle", str(_spec(tmp_path)), "--table_only", "--latex", str(notes)]):
         assert cli.main(argv) == 2, argv
-        assert "exists" in _one_error_line(capsys) and "--force" in argv[0] + " --force"
+        line = _one_error_line(capsys)
+        assert "exists" in line and "--force" in line, line
     assert precious.read_bytes() == b"not yours" and notes.read_text() == "my notes"
     out = tmp_path / "out" / "table"  # an empty table, written over the notes on purpose
     out.mkdir(parents=True)
@@ -484,3 +485,93 @@ def test_a_garbage_lock_names_its_file_and_how_to_remove_it(tmp_path, content):
     message = str(error.value)
     assert f"rm {path}" in message and "not a lock this harness wrote" in message and "?" not in message
     assert path.read_text() == content  # never taken over or deleted
+
+
+# ------------------------------------------------------------------ more cases (issue 21, second pass)
+
+
+def test_sweep_delete_incomplete_never_cleans_a_job_folder_it_did_not_make(tmp_path, capsys):
+    from domainbed_recycle import sweep
+
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"datasets": ["ColoredMNIST"], "test_envs": [0], "n_hparams": 2, "steps": 2,
+                                "output_dir": str(tmp_path / "s")}))
+    first, second = sweep.load_spec(spec).jobs()
+    first.run.create()  # a killed attempt of the harness: deleted
+    first.run.results_file.write_text('{"step": 1}\n')
+    second.output_dir.mkdir(parents=True)  # a user's folder that happens to be named like a job
+    (second.output_dir / rundir.RESULTS).write_text("the user's own results\n")
+    (second.output_dir / rundir.OUT).write_text("the user's own log\n")
+    before = _tree(tmp_path / "s")
+    assert cli.main(["sweep", "delete_incomplete", "--spec", str(spec), "--skip_confirmation"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was not made by this harness" in err[0] and str(second.output_dir) in err[0]
+    assert _tree(tmp_path / "s") == before  # refused before any folder was touched, the harness's one included
+
+
+def test_a_fifo_named_like_an_image_is_skipped_and_reported_not_read(tmp_path, capsys, isolated_caches):
+    from domainbed_recycle.datasets import get_dataset
+
+    root = tmp_path / "data"
+    _tree_of_images(root, ["d0", "d1"])
+    fifo = root / "d1" / "a" / "9.png"
+    os.mkfifo(fifo)
+    loaded = []
+    _finishes(lambda: loaded.append(get_dataset(f"folder:{root}?resolution=16", None, [0], {})), fifo)
+    assert [len(d) for d in loaded[0].datasets] == [4, 4]  # the FIFO is no image of class a
+    err = capsys.readouterr().err
+    assert "warning: skipped 1 entry" in err and str(fifo) in err
+
+
+@pytest.mark.parametrize("out", ["afile/m.safetensors", "afile/sub/m.safetensors", "/proc/m.safetensors"])
+def test_a_checkpoint_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys, out):
+    a, b = _weights(tmp_path / "a.safetensors", 1.0), _weights(tmp_path / "b.safetensors", 2.0)
+    (tmp_path / "afile").write_text("a file where a folder is asked for")
+    out = out if out.startswith("/") else str(tmp_path / out)
+    before = _tree(tmp_path)
+    assert cli.main(["merge", str(a), str(b), "--method", "uniform", "--out", out]) == 2
+    line = _one_error_line(capsys)
+    assert out in line, line
+    if "afile" in out:  # refused before anything is loaded, and by the writer itself too
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in line
+        with pytest.raises(UserError, match=f"^cannot write {out}: {tmp_path / 'afile'} is a file, not a folder$"):
+            save_checkpoint(out, {"w": torch.ones(3)}, {})
+    else:
+        assert f"cannot write {out}" in line
+    assert _tree(tmp_path) == before  # no temp file left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_one_line_naming_the_checkpoint(tmp_path, capsys):
+    a, b = _weights(tmp_path / "a.safetensors", 1.0), _weights(tmp_path / "b.safetensors", 2.0)
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert cli.main(["merge", str(a), str(b), "--method", "uniform", "--out", str(locked / "m.safetensors")]) == 2
+        assert f"cannot write {locked / 'm.safetensors'}" in _one_error_line(capsys)
+        assert not any(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_table_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "out" / "table").mkdir(parents=True)  # an empty table: --table_only prints it
+    (tmp_path / "afile").write_text("a file")
+    target = tmp_path / "afile" / "sub" / "notes.md"  # refused before anything runs
+    assert cli.main(["recycle", str(_spec(tmp_path)), "--table_only", "--markdown", str(target)]) == 2
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in _one_error_line(capsys)
+    assert cli.main(["recycle", str(_spec(tmp_path)), "--table_only", "--latex", "/proc/notes.tex"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the table, on stdout
+    assert line.startswith("drecycle recycle: error: /proc/notes.tex") and "Traceback" not in line
+    assert (tmp_path / "afile").read_text() == "a file"
+
+
+def test_a_garbage_lock_in_a_run_folder_is_one_line_naming_it_from_the_cli(tmp_path, capsys):
+    run = RunDir(tmp_path / "run").create()
+    run.lock_file.write_text("garbage")
+    assert cli.main(["train", *TRAIN, "--output_dir", str(run.path)]) == 2
+    line = _one_error_line(capsys)
+    assert f"rm {run.lock_file}" in line and "?" not in line
+    assert run.lock_file.read_text() == "garbage"
+    assert sorted(os.listdir(run.path)) == sorted([rundir.LOCK, rundir.MADE_BY])

@@ -96,9 +96,9 @@ def merge(method: str, models: list[dict[str, Any]], base: dict[str, Any] | None
 
 def run(args: argparse.Namespace) -> int:
     """Load, check, merge, write; optionally evaluate."""
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists: choose another --out, or pass --force to overwrite it")
+    from domainbed_recycle.files import check_new_output
+
+    out = check_new_output(args.out, args.force, "--out")
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out.name}")
     if args.method != "uniform" and args.base is None:
