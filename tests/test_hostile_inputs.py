@@ -175,7 +175,7 @@ def test_existing_outputs_are_refused_without_force(tmp_path, capsys):
     ("target__n_trials", 2**63, "DRECYCLE_MAX_JOBS"), ("target__n_trials", 10**7, "DRECYCLE_MAX_JOBS"),
     ("target__n_runs", 10**6, "DRECYCLE_MAX_JOBS"), ("target__n_trials", 1e7, "an integer"),
     ("auxiliary__n_runs", 2**40, "DRECYCLE_MAX_JOBS"), ("target__steps", 10**12, "DRECYCLE_MAX_STEPS"),
-    ("n_workers", 10**5, "DRECYCLE_MAX_WORKERS"),
+    ("n_workers", 10**5, "DRECYCLE_MAX_WORKERS"), ("target__n_trials", 30_000, "DRECYCLE_MAX_JOBS"),
 ])
 def test_a_dry_run_refuses_huge_counts_at_once(tmp_path, capsys, key, value, limit):
     start = time.time()
@@ -185,10 +185,20 @@ def test_a_dry_run_refuses_huge_counts_at_once(tmp_path, capsys, key, value, lim
 
 
 def test_the_total_of_planned_jobs_is_bounded_as_the_plan_grows(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "60")
+    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "60")  # the tiny spec: 12 earlier jobs, 12 target jobs per cell
     assert cli.main(["recycle", str(_spec(tmp_path, target__n_trials=50)), "--dry_run"]) == 2
-    line = _one_error_line(capsys)
-    assert "the jobs planned" in line and "limit of 60" in line and "DRECYCLE_MAX_JOBS" in line
+    line = _one_error_line(capsys)  # projected from the first cell: 12 + 50 x 12
+    assert "the jobs this plan makes (12 target job(s) per cell of TextureMNIST, 50 cells): 612" in line, line
+    assert "limit of 60" in line and "DRECYCLE_MAX_JOBS" in line
+    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "20")  # past the limit within the first cell
+    assert cli.main(["recycle", str(_spec(tmp_path)), "--dry_run"]) == 2
+    assert "the jobs planned (so far)" in _one_error_line(capsys)
+    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "24")  # the plan's 24 jobs exactly: valid (unique jobs counted)
+    assert cli.main(["recycle", str(_spec(tmp_path)), "--dry_run"]) == 0
+    assert "valid" in capsys.readouterr().out
+    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "23")
+    assert cli.main(["recycle", str(_spec(tmp_path)), "--dry_run"]) == 2
+    assert "limit of 23" in _one_error_line(capsys)
 
 
 def test_a_sweep_of_too_many_jobs_is_refused_before_it_is_made(tmp_path, capsys):

@@ -101,7 +101,11 @@ def target_settings(spec: RecycleSpec) -> TargetSettings:
 
 
 def cells(spec: RecycleSpec) -> list[Cell]:
-    """Target cells in (dataset, test domain, trial seed) order."""
+    """Target cells in (dataset, test domain, trial seed) order. UserError, before any is made, if
+    there are more than the jobs limit (each cell is at least one combine job)."""
+    n_cells = sum(len(spec.target.test_envs or get_dataset_class(dataset).ENVIRONMENTS)
+                  for dataset in spec.target.datasets) * spec.target.n_trials
+    check_limit("jobs", n_cells, f"{spec.source}: the target cells (datasets x test domains x n_trials)")
     result = []
     for dataset in spec.target.datasets:
         n_envs = len(get_dataset_class(dataset).ENVIRONMENTS)
@@ -219,29 +223,41 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
     aux_probes = auxiliary_probe_jobs(spec, out, foundation)
     aux_jobs = auxiliary_jobs(spec, out, foundation)
     imported = imported_finetunings(out)
+    all_cells = cells(spec)
     probes = probe_jobs(spec, out, foundation)
     derived: dict[Path, DerivedInit] = {}
+    projected: set[str] = set()  # datasets whose total of jobs was projected from their first cell
     per_cell: dict[Cell, CellPools] = {}
     cell_inits: dict[Cell, Inits] = {}
     configs: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     earlier = 1 + len(aux_probes) + sum(map(len, aux_jobs.values())) + len(probes)
-    for cell in cells(spec):  # the count is checked as it grows: a plan of millions of jobs stops early
+    unique: set[str] = set()  # the target jobs' ids: runs shared by strategies train once
+    for cell in all_cells:
         probe = probes[(cell.dataset, cell.test_env)]
         inits = Inits(foundation=foundation, probe=str(probe.run.best_checkpoint),
                       auxiliary=auxiliary_sources(spec, aux_jobs, cell.dataset, imported), work_dir=out / INITS)
         cell_inits[cell] = inits
         per_cell[cell] = {}
+        before = len(unique)
         for strategy in strategies:
-            check_limit("jobs", earlier + len(configs), f"{spec.source}: the jobs planned (so far)")
             for init in strategy.derived_inits(cell, inits, settings):
                 derived.setdefault(init.path, init)
             pools = strategy.pools(cell, inits, settings)
             per_cell[cell][strategy.name] = {name: [_run_ref(config, out) for config in pool]
                                              for name, pool in pools.items()}
+            for refs in per_cell[cell][strategy.name].values():
+                unique.update(ref.run.name for ref in refs)
             for pool in pools.values():
                 configs.extend(pool)
                 counts[strategy.name] = counts.get(strategy.name, 0) + len(pool)
+            check_limit("jobs", earlier + len(unique), f"{spec.source}: the jobs planned (so far)")
+        if cell.dataset not in projected:  # its other cells plan as many jobs (no run is shared by two cells)
+            projected.add(cell.dataset)
+            others = sum(c.dataset == cell.dataset for c in all_cells) - 1
+            check_limit("jobs", earlier + len(unique) + others * (len(unique) - before),
+                        f"{spec.source}: the jobs this plan makes ({len(unique) - before} target job(s) per cell "
+                        f"of {cell.dataset}, {others + 1} cells)")
     return Plan(foundation_job(spec, out), foundation, aux_probes, aux_jobs, imported, probes,
                 list(derived.values()), per_cell, cell_inits, jobs_from_configs(configs, out / TARGET), counts)
 
