@@ -65,7 +65,17 @@ def _error_line(text: str) -> None:
     print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 
 
+def _tolerant_output() -> None:
+    """Let stdout and stderr print any path: one that is no valid UTF-8 (a byte such as 0xff in a file
+    name reaches Python as a lone surrogate) is shown escaped (\\udcff) instead of crashing the
+    command after its work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     parser, modules = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
@@ -131,3 +132,56 @@ def test_a_spec_file_that_is_not_utf8_is_one_line_exit_2(tmp_path, capsys, kind)
         code, out, err, untouched = _run(tmp_path, kind, text, capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "not UTF-8" in err, err
         assert out == "" and untouched
+
+
+# `drecycle train`'s flags: each case spoils one flag of a valid command (values refused by their type,
+# sign, size or encoding), chosen at random (seeded). Refused before anything is loaded or written.
+TRAIN_OK = {"--dataset": "ColoredMNIST", "--test_envs": ["0"], "--steps": "2", "--checkpoint_freq": "2",
+            "--hparams": '{"cnn_width": 8}', "--threads": "1"}
+TRAIN_BAD = {
+    "--steps": ["-1", "0", str(10**12), "x", "1.5", "nan"],
+    "--checkpoint_freq": ["0", "-3", str(2**63), "1e3"],
+    "--threads": ["0", "-1", str(10**6), "x"],
+    "--seed": ["-1", str(2**64), "1e20"],
+    "--hparams_seed": ["-1", str(2**64)],
+    "--trial_seed": ["-5", str(2**70)],
+    "--holdout_fraction": ["nan", "inf", "-0.5", "1", "0", "x"],
+    "--hparams": ['{"cnn_width": 0}', '{"cnn_width": 1000000000}', "[1]", "nan", '{"lr": NaN}',
+                  '{"batch_size": -1}', '{"lr": Infinity}', '{"dropout": "x"}', "{"],
+    "--test_envs": [["-1"], ["99"], ["x"], ["0", "0"]],
+    "--dataset": ["", "NoSuchDataset", "a\x00b", "\ud800"],
+    "--output_dir": ["", "a\x00b"],
+    "--algorithm": ["", "NoSuchAlgorithm"],
+}
+TRAIN_CASES = 40
+
+
+def _train_cases() -> list[tuple[str, Any]]:
+    rng = random.Random(SEED)
+    flags = sorted(TRAIN_BAD)
+    return [(flag, rng.choice(TRAIN_BAD[flag])) for flag in (rng.choice(flags) for _ in range(TRAIN_CASES))]
+
+
+@pytest.mark.parametrize("case", range(TRAIN_CASES))
+def test_a_bad_train_flag_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    flag, value = _train_cases()[case]
+    values = dict(TRAIN_OK, **{"--output_dir": "run"}) | {flag: value}
+    argv = ["train"] + [item for key, v in values.items() for item in [key, *(v if isinstance(v, list) else [v])]]
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    where = f"train {flag} {value!r}"
+    assert code == 2, f"{where}: exit {code}\n{captured.out[-500:]}{captured.err[-500:]}"
+    assert len(lines) == 1 and "Traceback" not in captured.err and lines[0].startswith("drecycle train"), (where, lines)
+    assert list(tmp_path.iterdir()) == [], where
+
+
+def test_an_output_dir_that_is_not_utf8_is_a_path_like_any_other(tmp_path, capsys, monkeypatch):
+    """A byte such as 0xff in a folder name (Python's "\\udcff") names a folder the system can make: the run
+    trains, and its summary prints the name escaped (it once crashed after training)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["train"] + [item for key, v in TRAIN_OK.items() for item in [key, *(v if isinstance(v, list) else [v])]]
+    assert cli.main([*argv, "--no_progress", "--output_dir", "\udcff"]) == 0
+    assert "run folder: \\udcff" in capsys.readouterr().out
+    assert os.listdir(b".") == [b"\xff"] and (tmp_path / "\udcff" / "done").is_file()
