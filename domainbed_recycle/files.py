@@ -35,6 +35,12 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def describe_kind(path: str | os.PathLike[str]) -> str:
+    """What `path` is, in words ("a FIFO (named pipe)", "a folder", "a regular file"), links followed."""
+    mode = os.stat(path).st_mode
+    return "a regular file" if stat.S_ISREG(mode) else _kind(mode)
+
+
 def read_regular(path: str | os.PathLike[str], what: str = "file", limit: int = DEFAULT_LIMIT,
                  head: bool = False) -> bytes:
     """The bytes of the plain file `path` (with `head`, its first `limit` bytes at most). UserError (one

@@ -585,3 +585,18 @@ def test_a_garbage_lock_in_a_run_folder_is_one_line_naming_it_from_the_cli(tmp_p
     assert f"rm {run.lock_file}" in line and "?" not in line
     assert run.lock_file.read_text() == "garbage"
     assert sorted(os.listdir(run.path)) == sorted([rundir.LOCK, rundir.MADE_BY])
+
+
+def test_a_fifo_given_as_weights_is_refused_not_opened(tmp_path, capsys):
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)
+    good = _weights(tmp_path / "good.safetensors", 1.0)
+    for argv in (["train", *TRAIN, "--init", str(fifo), "--output_dir", str(tmp_path / "r1")],
+                 ["train", *TRAIN, "--pretrained", str(fifo), "--output_dir", str(tmp_path / "r2")],
+                 ["import", str(fifo), "--reference", str(good), "--output_dir", str(tmp_path / "out")],
+                 ["merge", str(fifo), str(good), "--method", "uniform", "--out", str(tmp_path / "m.safetensors")]):
+        codes: list[int] = []
+        _finishes(lambda argv=argv, codes=codes: codes.append(cli.main(argv)), fifo)
+        assert codes == [2], argv
+        assert f"{fifo} is a FIFO (named pipe), not a checkpoint file" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.safetensors", "weights.safetensors"]

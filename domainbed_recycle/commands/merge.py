@@ -58,6 +58,8 @@ def _resolve(model: str) -> Path:
         if checkpoint is None:
             raise UserError(f"{path}: a folder without a model checkpoint (expected a finished run folder)")
         return checkpoint
+    if path.exists() and not path.is_file():
+        return weights.resolve(path)  # one line: a FIFO or a device, never opened
     if not path.is_file():
         raise UserError(f"{path}: no such run folder or checkpoint file")
     return path
