@@ -24,15 +24,23 @@ from domainbed_recycle.algorithms import get_algorithm_class
 from domainbed_recycle.algorithms.base import OPTIMIZERS
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_spec import Define, Flag, HParam, Integer, OneOf, Real, choice, log_uniform
-from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.misc import domainbed_seed_hash, seed_hash
 from domainbed_recycle.networks import ARCHITECTURES
 
-PROFILES = ("small", "small_finetune", "resnet", "resnet_scratch")
+PROFILES = ("small", "small_finetune", "resnet", "resnet_scratch", "mnist")
 # The profile a run gets when none is named: its network, trained from scratch or from pre-trained
 # weights (`default_profile`). A dataset's own profile without such a pair is kept as it is.
 _PROFILE_OF = {("small_cnn", False): "small", ("small_cnn", True): "small_finetune",
                ("resnet", True): "resnet", ("resnet", False): "resnet_scratch"}
 _ARCH_OF = {"small": "small_cnn", "small_finetune": "small_cnn", "resnet": "resnet50", "resnet_scratch": "resnet50"}
+# Profiles whose random draws use DomainBed's own `seed_hash` (md5 of str), so that they equal DomainBed's
+# for the same (hparams seed, trial seed); the others keep this project's (md5 of JSON).
+DOMAINBED_DRAWS = ("mnist",)
+
+
+def _hash(profile: str) -> Any:
+    return domainbed_seed_hash if profile in DOMAINBED_DRAWS else seed_hash
+
 
 POSITIVE = Real(low=0, low_open=True)
 NON_NEGATIVE = Real(low=0)
@@ -85,6 +93,15 @@ def _common(define: Define, profile: str) -> None:
             define("batch_size", 64, lambda rng: int(2 ** rng.uniform(5, 7)), Integer(low=1, limit="batch"))
         else:  # the paper's batch: 32 images per training domain
             define("batch_size", 32, None, Integer(low=1, limit="batch"))
+    elif profile == "mnist":
+        # DomainBed's values for its small images (RotatedMNIST, ColoredMNIST) and its MNIST_CNN, drawn
+        # as DomainBed draws them (same names, so the same seeded draws): lr 1e-3 or 10^U(-4.5, -2.5),
+        # no weight decay, batch 64 or int(2^U(3, 9)); no dropout (DomainBed's is for ResNets only).
+        define("arch", "mnist_cnn", None, OneOf(ARCHITECTURES))
+        define("lr", 1e-3, log_uniform(-4.5, -2.5), POSITIVE)
+        define("dropout", 0.0, None, PROBABILITY)
+        define("weight_decay", 0.0, None, NON_NEGATIVE)
+        define("batch_size", 64, lambda rng: int(2 ** rng.uniform(3, 9)), Integer(low=1, limit="batch"))
     else:
         raise UserError(f"unknown hyper-parameter profile '{profile}'; known: {', '.join(PROFILES)}")
 
@@ -135,12 +152,12 @@ def _values(algorithm: str, profile: str, seed: int | None) -> dict[str, Any]:
         if seed is None or spec.sampler is None:
             values[name] = spec.default
         else:
-            values[name] = spec.sampler(np.random.RandomState(seed_hash(seed, name)))
+            values[name] = spec.sampler(np.random.RandomState(_hash(profile)(seed, name)))
     return values
 
 
 def default_hparams(algorithm: str, profile: str = "small") -> dict[str, Any]:
-    """Default hyper-parameters of `algorithm` for a profile ('small', 'small_finetune' or 'resnet')."""
+    """Default hyper-parameters of `algorithm` for a profile (one of `PROFILES`)."""
     return _values(algorithm, profile, None)
 
 
@@ -158,7 +175,7 @@ def get_hparams(
 
     Every value is checked against its declared kind and range (UserError naming the first bad one).
     """
-    hparams = _values(algorithm, profile, seed_hash(hparams_seed, trial_seed) if hparams_seed else None)
+    hparams = _values(algorithm, profile, _hash(profile)(hparams_seed, trial_seed) if hparams_seed else None)
     hparams.update(validate_overrides([algorithm], profile, overrides or {})[algorithm])
     declared = declarations(algorithm, profile)
     for name, value in hparams.items():

@@ -206,14 +206,25 @@ class Lock:
         self.release()
 
 
-def release_if_mine(path: str | os.PathLike[str]) -> bool:
-    """Delete the lock file `path` if this process (host and pid) holds it; True if it did. For a
-    process about to be requeued from a signal handler, whose `Lock` object is out of reach."""
+def release_if_mine(path: str | os.PathLike[str], children: bool = False) -> bool:
+    """Delete the lock file `path` if this process (host and pid) holds it, or with `children` one of
+    its child processes; True if it did. For a process about to be requeued from a signal handler,
+    whose `Lock` objects (or whose pool workers') are out of reach."""
     holder = Lock(path, "").read()
-    if holder and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+    mine = {os.getpid()} | (_child_pids() if children else set())
+    if holder and holder.get("host") == socket.gethostname() and holder.get("pid") in mine:
         Path(path).unlink(missing_ok=True)
         return True
     return False
+
+
+def _child_pids() -> set[int]:
+    """Pids of this process's children (Linux's /proc/self/task/*/children; empty elsewhere)."""
+    pids: set[int] = set()
+    for listing in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(pid) for pid in listing.read_text().split())
+    return pids
 
 
 FOLDER_LOCK = ".drecycle.lock"  # the lock of a sweep or recycle output folder

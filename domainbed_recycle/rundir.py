@@ -5,7 +5,8 @@ when the harness creates the folder or claims an empty one: the proof that the f
 harness's, without which nothing in it is ever deleted), `args.json` (the run's arguments
 and provenance), `results.jsonl` (one JSON record per evaluation, flushed line by line),
 `model_best.safetensors` (best training-domain validation accuracy), `model.safetensors` (last
-step), `out.txt`/`err.txt` (a launcher's copy of stdout/stderr), atomic-write temp files
+step), `model_step<N>.safetensors` (every evaluation, with `--save_model_every_checkpoint`),
+`out.txt`/`err.txt` (a launcher's copy of stdout/stderr), atomic-write temp files
 (`.<name>.<pid>.tmp`), `resume.pt` (what a killed run needs to continue, see `training`),
 `lock` (held while a process works on the run, see `locks`), `diverged` (JSON: step and reason,
 written when the loss or the weights stop being finite), and `done`, written last and atomically
@@ -37,6 +38,7 @@ from typing import IO, Any
 
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.files import read_regular, read_text
+from domainbed_recycle.performance import LOADER_SWITCHES
 
 RESULTS = "results.jsonl"
 ARGS = "args.json"
@@ -61,7 +63,7 @@ NOT_LAUNCHED = "not_launched"
 STATES = (STATE_DONE, STATE_DIVERGED, INCOMPLETE, NOT_LAUNCHED)
 
 # Arguments that say where or how a run executes, not what it computes: they never tell two runs apart.
-PLACEMENT_ARGS = ("output_dir", "progress", "threads")
+PLACEMENT_ARGS = ("output_dir", "progress", "threads", *LOADER_SWITCHES)
 
 
 def temp_name(name: str) -> str:
@@ -69,12 +71,21 @@ def temp_name(name: str) -> str:
     return f".{name}.{os.getpid()}.tmp"
 
 
+def step_checkpoint(step: int) -> str:
+    """The checkpoint of the evaluation at `step` (DomainBed's `--save_model_every_checkpoint`)."""
+    return f"model_step{step}.safetensors"
+
+
+def _is_step_checkpoint(name: str) -> bool:
+    return name.startswith("model_step") and name.endswith(".safetensors") and name[10:-12].isdigit()
+
+
 def _is_harness_file(name: str) -> bool:
-    if name in FILES:
+    if name in FILES or _is_step_checkpoint(name):
         return True
     if name.startswith(".") and name.endswith(".tmp"):  # `.<name>.<pid>.tmp`, left by a killed write
         core, _, pid = name[1:-len(".tmp")].rpartition(".")
-        return core in FILES and pid.isdigit()
+        return (core in FILES or _is_step_checkpoint(core)) and pid.isdigit()
     return False
 
 
@@ -375,15 +386,17 @@ class RunDir:
         """The run's stored arguments (`TrainConfig` fields, steps resolved, plus `environments`)."""
         return dict(self.read_static()["args"])
 
-    def differing_args(self, wanted: Mapping[str, Any]) -> list[str]:
+    def differing_args(self, wanted: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> list[str]:
         """Names of the arguments in `wanted` whose stored value differs (placement args ignored).
 
-        `wanted` is compared after a JSON round trip, as the stored values were written.
+        `wanted` is compared after a JSON round trip, as the stored values were written. An argument
+        the run did not store (it predates it) counts as its value in `defaults`, when given.
         """
         stored = self.args
         wanted = json.loads(json.dumps(dict(wanted), default=str))
+        fallback = json.loads(json.dumps(dict(defaults or {}), default=str))
         return sorted(key for key, value in wanted.items()
-                      if key not in PLACEMENT_ARGS and stored.get(key) != value)
+                      if key not in PLACEMENT_ARGS and stored.get(key, fallback.get(key)) != value)
 
 
 class RecordLog:

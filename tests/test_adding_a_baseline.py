@@ -116,7 +116,7 @@ def test_sweep_and_collect_as_the_section_says(plugin, capsys):
 
 
 def test_a_fresh_drecycle_sweep_accepts_the_plugin_algorithm(plugin):
-    command = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "RotatedMNIST",
+    command = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "RotatedDigits",
                "--algorithms", "LabelSmoothing", "--test_envs", "0", "--dry_run", "--output_dir", str(plugin / "d")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

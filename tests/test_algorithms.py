@@ -101,6 +101,28 @@ def test_coral_update_objective_matches_formula():
     assert out["penalty"] == pytest.approx(penalty, rel=1e-4)
 
 
+# --- IGA -----------------------------------------------------------------------------------------
+
+
+def test_iga_penalty_is_the_spread_of_per_domain_gradients_by_hand():
+    algorithm = _make("IGA", penalty=10.0)
+    batches = _batches()
+    params = list(algorithm.network.parameters())
+    per_domain = []
+    for x, y in batches:  # each domain's gradient, one flat vector
+        algorithm.network.zero_grad()
+        F.cross_entropy(algorithm.network(x), y).backward()
+        per_domain.append(torch.cat([p.grad.flatten() for p in params]).double())
+    mean = torch.stack(per_domain).mean(0)
+    penalty = sum(((g - mean) ** 2).sum().item() for g in per_domain)
+    with torch.no_grad():
+        loss = np.mean([F.cross_entropy(algorithm.network(x), y).item() for x, y in batches])
+    algorithm.network.zero_grad()
+    out = algorithm.train_step(batches)
+    assert out["loss"] == pytest.approx(loss, rel=1e-5)
+    assert out["penalty"] == pytest.approx(penalty, rel=1e-3)
+
+
 # --- GroupDRO ------------------------------------------------------------------------------------
 
 
@@ -319,15 +341,15 @@ def test_swad_average_freezes_once_the_valley_is_dead():
 
 @pytest.fixture(scope="module")
 def small_colored_mnist():
-    """ColoredMNIST cut to 100 images per domain (3 domains), so each run below takes about a second."""
+    """ColoredDigits cut to 100 images per domain (3 domains), so each run below takes about a second."""
     pytest.importorskip("domainbed_recycle.datasets.splits")
     pytest.importorskip("domainbed_recycle.datasets.builtin")
     from domainbed_recycle.datasets import get_dataset
 
     try:
-        dataset = get_dataset("ColoredMNIST", None, [2], {})
+        dataset = get_dataset("ColoredDigits", None, [2], {})
     except Exception as error:  # the built-in sources are not installed here
-        pytest.skip(f"ColoredMNIST unavailable: {error}")
+        pytest.skip(f"ColoredDigits unavailable: {error}")
     small = copy.copy(dataset)
     small.datasets = [domain.subset(torch.arange(100)) for domain in dataset.datasets]
     return small
@@ -343,7 +365,7 @@ def test_train_end_to_end(tmp_path, small_colored_mnist, name):
         hparams |= {"swad_n_converge": 1, "swad_n_tolerance": 2}
     if name == "VREx":
         hparams |= {"vrex_penalty_anneal_iters": 4}
-    config = TrainConfig(dataset="ColoredMNIST", output_dir=str(tmp_path / name), algorithm=name,
+    config = TrainConfig(dataset="ColoredDigits", output_dir=str(tmp_path / name), algorithm=name,
                          test_envs=[2], steps=8, checkpoint_freq=4, progress=False, hparams=hparams)
     run = train(config, dataset=small_colored_mnist)
     records = [json.loads(line) for line in (run / RunDir.RESULTS).read_text().splitlines()]

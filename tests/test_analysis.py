@@ -1,4 +1,4 @@
-"""analysis + `drecycle diversity` / `drecycle lmc` on three tiny real RotatedMNIST runs."""
+"""analysis + `drecycle diversity` / `drecycle lmc` on three tiny real RotatedDigits runs."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def run_dirs(tmp_path_factory):
     dirs = []
     for seed in range(3):
         config = TrainConfig(
-            dataset="RotatedMNIST", output_dir=str(root / f"run{seed}"), test_envs=[TEST_ENV], steps=20,
+            dataset="RotatedDigits", output_dir=str(root / f"run{seed}"), test_envs=[TEST_ENV], steps=20,
             checkpoint_freq=10, seed=seed, progress=False, hparams={"cnn_width": 8},
         )
         dirs.append(train(config))
@@ -65,7 +65,7 @@ def _copy_run(source, target, metadata=None, args=None):
 def test_load_run_reads_what_the_run_was_trained_on(runs, run_dirs):
     info = runs[0]
     assert info.checkpoint == run_dirs[0] / RunDir.BEST
-    assert (info.dataset, info.test_envs, info.trial_seed) == ("RotatedMNIST", [TEST_ENV], 0)
+    assert (info.dataset, info.test_envs, info.trial_seed) == ("RotatedDigits", [TEST_ENV], 0)
     assert info.holdout_fraction == 0.2 and info.data_dir is None and info.init_label == "random"
     assert info.arch["width"] == 8 and info.name == "run0" and 0.0 <= info.val_acc <= 1.0
     assert set(info.state) == set(checkpoints.load_checkpoint(info.checkpoint)[0])
@@ -92,7 +92,7 @@ def test_load_run_refuses_what_is_not_a_finished_run(tmp_path, run_dirs):
     ("field", "metadata", "args"),
     [
         ("trial_seed", {"trial_seed": 1}, None),
-        ("dataset", {"dataset": "ColoredMNIST"}, None),
+        ("dataset", {"dataset": "ColoredDigits"}, None),
         ("holdout_fraction", None, {"holdout_fraction": 0.3}),
         ("architecture", {"arch": {"featurizer": "small_cnn", "input_shape": [3, 28, 28], "num_classes": 10,
                                    "width": 16}}, None),

@@ -159,9 +159,9 @@ def test_shipped_recycling_specs_pass_the_spec_time_check():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    # RotatedMNIST and TextureMNIST are drawn from the same MNIST digits
-    ({"auxiliary": {"datasets": ["Glyphs", "RotatedMNIST"]}},
-     r"leakage: auxiliary dataset RotatedMNIST \(domain '0'\) shares \d+ source image\(s\) with test domain "
+    # RotatedDigits and TextureMNIST are drawn from the same MNIST digits
+    ({"auxiliary": {"datasets": ["Glyphs", "RotatedDigits"]}},
+     r"leakage: auxiliary dataset RotatedDigits \(domain '0'\) shares \d+ source image\(s\) with test domain "
      r"'plain' of target TextureMNIST \(e\.g\. "),
     ({"foundation": {"dataset": "TextureMNIST"}}, r"leakage: pre-training dataset TextureMNIST \(domain 'plain'\)"),
     # a target as its own auxiliary task: its fine-tuning saw the test domain

@@ -26,7 +26,7 @@ from domainbed_recycle.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = ROOT / "sweeps" / "recycle_tiny.toml"
-TRAIN = ["--dataset", "ColoredMNIST", "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "2",
+TRAIN = ["--dataset", "ColoredDigits", "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "2",
          "--hparams", '{"cnn_width": 8}', "--no_progress", "--threads", "1"]
 
 
@@ -117,7 +117,7 @@ def test_train_never_cleans_a_folder_it_did_not_make_whatever_its_file_names(tmp
 def test_a_sweep_job_never_cleans_a_folder_it_did_not_make(tmp_path):
     from domainbed_recycle.sweep import make_jobs, run_job
 
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
                        hparams={"cnn_width": 8})
     job.output_dir.mkdir()
     (job.output_dir / "out.txt").write_text("mine")
@@ -203,10 +203,10 @@ def test_the_total_of_planned_jobs_is_bounded_as_the_plan_grows(tmp_path, capsys
 
 def test_a_sweep_of_too_many_jobs_is_refused_before_it_is_made(tmp_path, capsys):
     start = time.time()
-    assert cli.main(["sweep", "launch", "--datasets", "ColoredMNIST", "--n_hparams", str(10**8),
+    assert cli.main(["sweep", "launch", "--datasets", "ColoredDigits", "--n_hparams", str(10**8),
                      "--output_dir", str(tmp_path / "s"), "--dry_run"]) == 2
     assert "DRECYCLE_MAX_JOBS" in _one_error_line(capsys)
-    assert cli.main(["sweep", "launch", "--datasets", "ColoredMNIST", "RotatedMNIST", "--n_hparams", "50000",
+    assert cli.main(["sweep", "launch", "--datasets", "ColoredDigits", "RotatedDigits", "--n_hparams", "50000",
                      "--output_dir", str(tmp_path / "s"), "--dry_run"]) == 2
     assert "the sweep's jobs" in _one_error_line(capsys)
     assert time.time() - start < 20 and not (tmp_path / "s").exists()
@@ -441,7 +441,7 @@ def test_former_tracebacks_of_a_recycle_spec_are_one_line(tmp_path, capsys, key,
 
 def test_former_tracebacks_of_a_sweep_spec_and_flags_are_one_line(tmp_path, capsys):
     spec = tmp_path / "sweep.json"
-    spec.write_text(json.dumps({"datasets": ["ColoredMNIST"], "output_dir": ["a"]}))
+    spec.write_text(json.dumps({"datasets": ["ColoredDigits"], "output_dir": ["a"]}))
     assert cli.main(["sweep", "launch", "--spec", str(spec), "--dry_run"]) == 2
     assert "'output_dir' must be a string" in _one_error_line(capsys)
     for seed in ("1e20", str(10**20)):
@@ -504,7 +504,8 @@ def test_sweep_delete_incomplete_never_cleans_a_job_folder_it_did_not_make(tmp_p
     from domainbed_recycle import sweep
 
     spec = tmp_path / "sweep.json"
-    spec.write_text(json.dumps({"datasets": ["ColoredMNIST"], "test_envs": [0], "n_hparams": 2, "steps": 2,
+    spec.write_text(json.dumps({"datasets": ["ColoredDigits"], "algorithms": ["ERM"], "test_envs": [0], "n_hparams": 2,
+                                "n_trials": 1, "steps": 2,
                                 "output_dir": str(tmp_path / "s")}))
     first, second = sweep.load_spec(spec).jobs()
     first.run.create()  # a killed attempt of the harness: deleted

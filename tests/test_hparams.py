@@ -50,7 +50,8 @@ def test_overrides_of_the_wrong_kind_are_rejected():
     assert hr.get_hparams("ERM", "small", 0, {"lr": 1})["lr"] == 1  # an int may stand for a float
     with pytest.raises(UserError, match="'lr' must be a finite number > 0, got \\[1\\]"):
         hr.get_hparams("ERM", "small", 0, {"lr": [1]})
-    with pytest.raises(UserError, match="'arch' must be one of 'small_cnn', 'resnet18', 'resnet50', got 3"):
+    with pytest.raises(UserError,
+                       match="'arch' must be one of 'small_cnn', 'mnist_cnn', 'resnet18', 'resnet50', got 3"):
         hr.get_hparams("ERM", "small", 0, {"arch": 3})
 
 

@@ -41,7 +41,7 @@ def test_report_summary_points_at_err_txt():
 
 
 def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 10, None, tmp_path, checkpoint_freq=10,
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 10, None, tmp_path, checkpoint_freq=10,
                        hparams=SMALL)
     job.run.create()  # a killed attempt of the harness (its marker is written first)
     (job.output_dir / RunDir.RESULTS).write_text('{"step": 10, "stale": true}\n')
@@ -56,7 +56,7 @@ def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
 
 
 def test_submitit_local_runs_real_jobs(tmp_path):
-    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 10, None, tmp_path / "sweep",
+    jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0], [1]], 1, 1, 10, None, tmp_path / "sweep",
                      checkpoint_freq=10, hparams=SMALL)
     report = launch(jobs, "submitit_local", n_workers=2, slurm=SlurmOptions(time_min=10), progress=False)
     assert report.ok and report.n_ran == 2, report.summary()
@@ -68,7 +68,7 @@ def test_submitit_local_runs_real_jobs(tmp_path):
 
 
 def test_a_pool_worker_that_dies_fails_only_its_job(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 100000, None, tmp_path, hparams=SMALL)
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 100000, None, tmp_path, hparams=SMALL)
     worker = launchers._PoolWorker(threads=1)
     assert worker.send(job, force=False)
     worker.proc.kill()

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _job(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
                        hparams={"cnn_width": 8})
     return job
 
@@ -94,7 +94,7 @@ def test_a_second_recycle_of_one_output_folder_is_refused_naming_the_first(tmp_p
 def test_a_second_launch_skips_the_job_another_process_trains_and_runs_the_rest(tmp_path):
     from domainbed_recycle.sweep import launch
 
-    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
+    jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0], [1]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
                      hparams={"cnn_width": 8})
     busy, free = jobs
     busy.run.create()

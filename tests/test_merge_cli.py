@@ -16,7 +16,7 @@ SMALL = {"cnn_width": 8}
 def runs(tmp_path_factory):
     """A base run, then two fine-tunings of it (different hparams seeds), and a wider run."""
     root = tmp_path_factory.mktemp("merge")
-    common = {"dataset": "ColoredMNIST", "test_envs": [2], "steps": 4, "checkpoint_freq": 2, "hparams": SMALL}
+    common = {"dataset": "ColoredDigits", "test_envs": [2], "steps": 4, "checkpoint_freq": 2, "hparams": SMALL}
     (base,) = jobs_from_configs([common], root / "base")
     assert launch([base], "inprocess", progress=False).ok
     start = str(base.run.best_checkpoint)

@@ -19,7 +19,7 @@ SPEC = {
     "auxiliary": {"datasets": ["Glyphs"], "steps": 10, "checkpoint_freq": 10,
                   "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
     "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
-    "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 2, "n_runs_small": 1,
+    "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_trials": 1, "n_runs": 2, "n_runs_small": 1,
                "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
                "hparams_profile": "small_finetune"},
 }

@@ -11,7 +11,7 @@ from domainbed_recycle.locks import Lock
 from domainbed_recycle.sweep import make_jobs, run_job
 from domainbed_recycle.sweep.launchers import ResumableJob
 
-TINY = ["--dataset", "ColoredMNIST", "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "2",
+TINY = ["--dataset", "ColoredDigits", "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "2",
         "--hparams", '{"cnn_width": 8}', "--no_progress", "--threads", "1"]
 
 
@@ -27,7 +27,7 @@ def test_an_output_dir_under_a_file_is_one_line_naming_it(tmp_path, capsys):
 def test_a_launcher_job_that_cannot_write_names_the_path(tmp_path):
     blocker = tmp_path / "sweep"
     blocker.write_text("mine")
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, blocker, checkpoint_freq=2,
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, blocker, checkpoint_freq=2,
                        hparams={"cnn_width": 8})
     outcome = run_job(job.args, threads=1, echo=False)
     assert outcome.status == "failed" and str(blocker) in outcome.error and "Not a directory" in outcome.error
@@ -40,7 +40,7 @@ def test_os_error_line_names_the_path_even_when_the_error_does_not():
 
 
 def test_a_requeued_job_continues_without_force_and_frees_its_run_folder(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
                        hparams={"cnn_width": 8})
     job.run.create()
     lock = Lock(job.run.lock_file, "run")

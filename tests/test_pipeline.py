@@ -25,7 +25,7 @@ TINY = {
     "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10,
                   "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
     "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
-    "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
+    "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
                "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
                "hparams_profile": "small_finetune", "lp_steps": 3},
 }
@@ -141,7 +141,7 @@ def test_spec_hparams_follow_the_one_override_rule():
 def test_target_objective_is_a_spec_key(tmp_path):
     spec = spec_from_dict(TINY | {"output_dir": str(tmp_path), "target": TINY["target"] | {"algorithm": "CORAL"}})
     listing, _ = Pipeline(spec).dry_run()
-    target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedMNIST")]
+    target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedDigits")]
     assert target_lines and all(" CORAL " in line or " MovingAverage " in line for line in target_lines)
     assert any(" CORAL " in line for line in target_lines)
 
@@ -206,10 +206,11 @@ def test_combine_runs_on_the_pool_in_parallel_workers_resumes_and_gives_the_same
 
 def test_a_task_job_runs_only_this_packages_functions(tmp_path):
     from domainbed_recycle.sweep import run_job
+    from domainbed_recycle.sweep.jobs import TASK_KEY
 
-    outcome = run_job({"task": "os:system", "output_dir": str(tmp_path / "job")}, echo=False)
+    outcome = run_job({TASK_KEY: "os:system", "output_dir": str(tmp_path / "job")}, echo=False)
     assert outcome.status == "failed" and "expected 'domainbed_recycle.<module>:<function>'" in outcome.error
-    outcome = run_job({"task": "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
+    outcome = run_job({TASK_KEY: "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
                       echo=False)
     assert outcome.status == "failed" and "not found" in outcome.error
 

@@ -115,7 +115,7 @@ def test_intertraining_selects_over_the_whole_auxiliary_pool_and_pooled_rows(tmp
     spec = spec_from_dict({
         "output_dir": str(tmp_path), "strategies": ["Soup", "InterTraining", "Ratatouille"],
         "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 2},
-        "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_runs": 6, "n_trials": 2},
+        "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_runs": 6, "n_trials": 2},
     })
     pipeline = Pipeline(spec)
     plan = pipeline.plan()
@@ -132,14 +132,14 @@ def test_intertraining_selects_over_the_whole_auxiliary_pool_and_pooled_rows(tmp
 @pytest.mark.parametrize("bad, message", [
     ({"output_dir": 42}, "'output_dir' must be a string, got 42"),
     ({"strategies": "ERM"}, "'strategies' must be a non-empty list of strings"),
-    ({"target": {"datasets": ["RotatedMNIST"], "n_runs": "three"}}, "'n_runs' must be an integer"),
-    ({"target": {"datasets": ["RotatedMNIST"], "steps": "many"}},
+    ({"target": {"datasets": ["RotatedDigits"], "n_runs": "three"}}, "'n_runs' must be an integer"),
+    ({"target": {"datasets": ["RotatedDigits"], "steps": "many"}},
      "'steps' must be an integer >= 1 and <= 10,000,000 (set DRECYCLE_MAX_STEPS to raise this limit) or a table"),
-    ({"target": {"datasets": ["RotatedMNIST"], "test_envs": 0}}, "'test_envs' must be a non-empty list of integers"),
+    ({"target": {"datasets": ["RotatedDigits"], "test_envs": 0}}, "'test_envs' must be a non-empty list of integers"),
 ])
 def test_spec_fields_of_the_wrong_type_are_one_clear_error(bad, message):
     from domainbed_recycle.errors import UserError
 
-    base = {"output_dir": "x", "strategies": ["ERM"], "target": {"datasets": ["RotatedMNIST"]}}
+    base = {"output_dir": "x", "strategies": ["ERM"], "target": {"datasets": ["RotatedDigits"]}}
     with pytest.raises(UserError, match=re.escape(message)):
         spec_from_dict(base | bad)

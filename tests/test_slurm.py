@@ -102,7 +102,8 @@ def slurm_env(cluster, monkeypatch):
 def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     out = tmp_path / "sweep"
     mem_gb = min(1.0, _node_memory_gb() / 2)  # asking more than the node's RealMemory is refused
-    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredMNIST",
+    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredDigits",
+            "--algorithms", "ERM", "--n_hparams", "1", "--n_trials", "1",
             "--test_envs", "0", "1", "2", "--single_test_envs", "--steps", "20", "--checkpoint_freq", "10",
             "--hparams", json.dumps({"cnn_width": 8}), "--output_dir", str(out), "--launcher", "slurm",
             "--slurm_partition", "debug", "--slurm_time_min", "10", "--slurm_mem_gb", str(mem_gb),
@@ -114,7 +115,7 @@ def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "submitted Slurm job array" in result.stderr and "3 ran, 0 already done, 0 failed" in result.stdout
 
-    jobs = sweep.make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1], [2]], 1, 1, 20, None, out,
+    jobs = sweep.make_jobs(["ColoredDigits"], ["ERM"], [[0], [1], [2]], 1, 1, 20, None, out,
                            checkpoint_freq=10, hparams={"cnn_width": 8})
     for job in jobs:
         assert sweep.job_state(job) == "done"
@@ -140,7 +141,7 @@ def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
 def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, tmp_path):
     """Without accounting, submitit would wait forever for a job killed before it returned: the sacct
     shim lets the launcher see CANCELLED and report the job failed."""
-    jobs = jobs_from_configs([{"dataset": "ColoredMNIST", "steps": 100000, "checkpoint_freq": 100000,
+    jobs = jobs_from_configs([{"dataset": "ColoredDigits", "steps": 100000, "checkpoint_freq": 100000,
                                "hparams": {"cnn_width": 8}}], tmp_path)
     reports = []
     options = SlurmOptions(partition="debug", time_min=10, poll_s=0.5)
@@ -172,7 +173,7 @@ def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
         "auxiliary": {"datasets": ["Glyphs"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10, "hparams": small,
                       "hparams_profile": "small_finetune"},
         "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": small},
-        "target": {"datasets": ["RotatedMNIST"], "test_envs": [4, 5], "n_trials": 1, "n_runs": 2, "steps": 10,
+        "target": {"datasets": ["RotatedDigits"], "test_envs": [4, 5], "n_trials": 1, "n_runs": 2, "steps": 10,
                    "checkpoint_freq": 10, "hparams": small, "hparams_profile": "small_finetune", "lp_steps": 2},
     }
     table = Pipeline(spec_from_dict(values)).run()
@@ -189,7 +190,7 @@ def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
 
 def test_slurm_options_account_sbatch_lines_and_setup_lines_reach_the_job(slurm_env, tmp_path):
     """Issue 16: a cluster's own options (account, any sbatch option, setup lines) pass through submitit."""
-    jobs = jobs_from_configs([{"dataset": "ColoredMNIST", "steps": 2, "checkpoint_freq": 2,
+    jobs = jobs_from_configs([{"dataset": "ColoredDigits", "steps": 2, "checkpoint_freq": 2,
                                "hparams": {"cnn_width": 8}}], tmp_path)
     options = SlurmOptions.from_dict({"partition": "debug", "time_min": 10, "poll_s": 0.5, "account": "drecycle-lab",
                                       "sbatch": {"comment": "drecycle-test"},

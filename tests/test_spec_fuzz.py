@@ -30,7 +30,7 @@ CASES = 160
 
 # Valid specs (their output folder read against the spec's folder: work/out), each key then spoilt in turn.
 BASE_RECYCLE = tomllib.loads((ROOT / "sweeps" / "recycle_tiny.toml").read_text()) | {"output_dir": "work/out"}
-BASE_SWEEP = {"datasets": ["ColoredMNIST"], "algorithms": ["ERM"], "test_envs": [0], "n_hparams": 1, "steps": 2,
+BASE_SWEEP = {"datasets": ["ColoredDigits"], "algorithms": ["ERM"], "test_envs": [0], "n_hparams": 1, "steps": 2,
               "output_dir": "work/out"}
 SKIPPED = {"source", "notes"}  # filled in by the harness, not read from a spec
 
@@ -136,7 +136,7 @@ def test_a_spec_file_that_is_not_utf8_is_one_line_exit_2(tmp_path, capsys, kind)
 
 # `drecycle train`'s flags: each case spoils one flag of a valid command (values refused by their type,
 # sign, size or encoding), chosen at random (seeded). Refused before anything is loaded or written.
-TRAIN_OK = {"--dataset": "ColoredMNIST", "--test_envs": ["0"], "--steps": "2", "--checkpoint_freq": "2",
+TRAIN_OK = {"--dataset": "ColoredDigits", "--test_envs": ["0"], "--steps": "2", "--checkpoint_freq": "2",
             "--hparams": '{"cnn_width": 8}', "--threads": "1"}
 TRAIN_BAD = {
     "--steps": ["-1", "0", str(10**12), "x", "1.5", "nan"],

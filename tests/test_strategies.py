@@ -12,7 +12,7 @@ from domainbed_recycle.strategies import STRATEGIES, Cell, Inits, TargetSettings
 from domainbed_recycle.strategies.base import AuxSource
 from domainbed_recycle.sweep import jobs_from_configs
 
-CELL = Cell("RotatedMNIST", 5, 0)
+CELL = Cell("RotatedDigits", 5, 0)
 SETTINGS = TargetSettings(n_runs=3, n_runs_small=2, steps=5, checkpoint_freq=5)
 INITS = Inits(foundation="f.safetensors", probe="p.safetensors",
               auxiliary=(AuxSource("aux:A", ("a0.safetensors", "a1.safetensors")),

@@ -9,7 +9,7 @@ from domainbed_recycle import cli
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import make_jobs, run_job
 
-TINY = ["--dataset", "ColoredMNIST", "--test_envs", "0", "--steps", "3", "--checkpoint_freq", "3",
+TINY = ["--dataset", "ColoredDigits", "--test_envs", "0", "--steps", "3", "--checkpoint_freq", "3",
         "--hparams", '{"cnn_width": 8}', "--no_progress", "--threads", "1"]
 
 
@@ -62,10 +62,10 @@ def test_same_arguments_show_the_finished_run_different_ones_are_refused(tmp_pat
     assert out.splitlines()[-4:] == first.splitlines()[-4:]  # the same table and step line
     assert _tree(run.path) == before
 
-    assert cli.main(["train", *TINY[2:], "--dataset", "RotatedMNIST", "--output_dir", str(run.path)]) == 2
+    assert cli.main(["train", *TINY[2:], "--dataset", "RotatedDigits", "--output_dir", str(run.path)]) == 2
     line = _one_error_line(capsys)
     assert str(run.path) in line and "--output_dir" in line
-    assert "dataset='ColoredMNIST' there, 'RotatedMNIST' now" in line
+    assert "dataset='ColoredDigits' there, 'RotatedDigits' now" in line
     assert _train(run.path, "--seed", "1") == 2
     assert "seed=0 there, 1 now" in _one_error_line(capsys)
     assert _tree(run.path) == before
@@ -88,7 +88,7 @@ def test_negative_steps_are_one_clear_line_and_write_nothing(tmp_path, capsys):
 
 
 def test_the_launcher_refuses_a_folder_holding_foreign_files(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
                        hparams={"cnn_width": 8})
     job.output_dir.mkdir()
     (job.output_dir / "mine.txt").write_text("keep me")

@@ -22,7 +22,7 @@ def _records(run_dir):
 
 
 def _config(tmp_path, name, **kwargs):
-    base = dict(dataset="RotatedMNIST", output_dir=str(tmp_path / name), test_envs=[5], steps=20,
+    base = dict(dataset="RotatedDigits", output_dir=str(tmp_path / name), test_envs=[5], steps=20,
                 checkpoint_freq=10, progress=False, hparams={"cnn_width": 8})
     return TrainConfig(**(base | kwargs))
 
@@ -39,7 +39,7 @@ def test_run_writes_domainbed_log_checkpoints_and_done(tmp_path):
         assert record["versions"]["torch"] and "git_commit" in record
     assert (run / RunDir.DONE).exists()
     state, meta = checkpoints.load_checkpoint(run / RunDir.BEST)
-    assert meta["arch"]["featurizer"] == "small_cnn" and meta["dataset"] == "RotatedMNIST"
+    assert meta["arch"]["featurizer"] == "small_cnn" and meta["dataset"] == "RotatedDigits"
     assert any(key.startswith("classifier.") for key in state)
     assert checkpoints.read_metadata(run / RunDir.LAST)["step"] == 20
 
@@ -92,7 +92,7 @@ def test_init_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     source = train(_config(tmp_path, "wide", hparams={"cnn_width": 4}))
     with pytest.raises(UserError, match="featurizer architecture"):
         train(_config(tmp_path, "bad", init=str(source / RunDir.LAST)))
-    other_classes = train(_config(tmp_path, "colored", dataset="ColoredMNIST", test_envs=[2]))
+    other_classes = train(_config(tmp_path, "colored", dataset="ColoredDigits", test_envs=[2]))
     with pytest.raises(UserError, match="classes|classifier"):
         train(_config(tmp_path, "bad2", init_classifier=str(other_classes / RunDir.LAST)))
 
@@ -102,9 +102,9 @@ def test_init_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     [
         (["--dataset", "PACS", "--data_dir", "/nonexistent"], "/nonexistent"),
         (["--dataset", "NoSuchData"], "unknown dataset 'NoSuchData'"),
-        (["--dataset", "RotatedMNIST", "--algorithm", "NoSuchAlgo"], "unknown algorithm 'NoSuchAlgo'"),
-        (["--dataset", "RotatedMNIST", "--test_envs", "9"], "test env 9 out of range"),
-        (["--dataset", "RotatedMNIST", "--hparams", "{bad json"], "--hparams is not valid JSON"),
+        (["--dataset", "RotatedDigits", "--algorithm", "NoSuchAlgo"], "unknown algorithm 'NoSuchAlgo'"),
+        (["--dataset", "RotatedDigits", "--test_envs", "9"], "test env 9 out of range"),
+        (["--dataset", "RotatedDigits", "--hparams", "{bad json"], "--hparams is not valid JSON"),
     ],
 )
 def test_cli_bad_input_exits_non_zero_with_one_clear_line(tmp_path, argv, message):

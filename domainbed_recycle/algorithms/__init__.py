@@ -7,7 +7,7 @@ Importing this package registers every built-in algorithm (each module registers
 import importlib
 import os
 
-from domainbed_recycle.algorithms import coral, erm, group_dro, mixup, swad, vrex  # noqa: F401
+from domainbed_recycle.algorithms import coral, erm, group_dro, iga, mixup, swad, vrex  # noqa: F401
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm
 from domainbed_recycle.errors import UserError
 

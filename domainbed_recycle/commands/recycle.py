@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "text; paths read from the current folder); repeatable")
     parser.add_argument("--dry_run", action="store_true",
                         help="validate the spec, list every stage's jobs and check every dataset folder and "
-                             "checkpoint (exit 1 if one is missing)")
+                             "checkpoint (exit 1 if one is missing), and what the jobs cost (GPU-hours)")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU kind the dry run estimates GPU-hours for (default: every measured kind)")
     parser.add_argument("--inits", action="store_true",
                         help="run stages 1-3 only and print the inits diagnostic (probe accuracy along "
                              "phi_0 -> each auxiliary featurizer, relative distances)")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = [(check_new_output(path, args.force, f"--{fmt}"), fmt)
                for path, fmt in ((args.markdown, "markdown"), (args.latex, "latex")) if path]
     if args.dry_run:
-        listing, checked = pipeline.dry_run()
+        listing, checked = pipeline.dry_run(args.gpu)
         print(listing)
         for note in spec.notes:
             print(f"note: {note}")

@@ -41,6 +41,7 @@ from domainbed_recycle.datasets.transforms import (
     domainbed_transform,
 )
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.misc import available_cores
 
 FOLDER_PREFIX = "folder:"
 OPTIONS = {"resolution": "side R of the square images, in pixels (default 224)",
@@ -87,9 +88,8 @@ def _report_skipped(trees: list[ImageTree], domains: list[str] = ()) -> None:
 def loader_workers(limit: int = 8) -> int:
     """DataLoader workers decoding images: the cores torch's training threads leave free, at most
     `limit` (with a GPU the training threads barely use the cores: all but one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     busy = 1 if torch.cuda.is_available() else torch.get_num_threads()
-    return max(0, min(limit, cores - busy))
+    return max(0, min(limit, available_cores() - busy))
 
 
 class ImageFiles(Dataset):

@@ -47,11 +47,16 @@ class Pipeline:
     def variants(self) -> list[str]:
         return combine.variants(self.strategies, self.spec.pooled)
 
-    def dry_run(self) -> tuple[str, inputs.InputCheck]:
-        """Every stage's jobs, one line per job, and the check of every input (dataset folders, the
-        foundation's weights); nothing is run or written."""
+    def dry_run(self, gpu: str | None = None) -> tuple[str, inputs.InputCheck]:
+        """Every stage's jobs, one line per job, then what they cost (steps, images, GPU-hours on `gpu` or
+        on every measured GPU kind); and the check of every input (dataset folders, the foundation's
+        weights). Nothing is run or written."""
+        from domainbed_recycle.sweep import cost
+
         plan = self.plan()
-        return stages.describe(plan, self.variants()), inputs.check_inputs(self.spec, plan)
+        estimate = cost.estimate(stages.training_jobs(plan))
+        listing = stages.describe(plan, self.variants()) + "\n" + cost.describe(estimate, gpu)
+        return listing, inputs.check_inputs(self.spec, plan)
 
     def table(self, fmt: str = "text") -> str:
         """The strategy table of what is combined so far."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+from domainbed_recycle import performance as switches
 from domainbed_recycle import weights
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.collect.selection import METHODS
@@ -119,6 +120,7 @@ class RecycleSpec:
     pooled: bool = True  # add the † rows: strategies' variants pooled over trial seeds
     analysis: bool = True
     slurm: dict[str, Any] = field(default_factory=dict)
+    performance: dict[str, Any] = field(default_factory=dict)  # speed switches of every training job
     source: str = "spec"
     notes: list[str] = field(default_factory=list)  # what validation noticed but did not refuse
 
@@ -206,6 +208,7 @@ def _absolute_paths(values: dict[str, Any], base: Path) -> None:
 def validate(spec: RecycleSpec) -> None:
     """Check every name the spec uses against the registries; raise one UserError listing the problem."""
     where = spec.source
+    switches.check(spec.performance, f"{where} [performance]")
     if not spec.target.datasets:
         raise UserError(f"{where} [target]: 'datasets' is empty")
     needs_aux = [name for name in spec.strategies if STRATEGIES.get(name).needs_auxiliary]
@@ -224,6 +227,10 @@ def validate(spec: RecycleSpec) -> None:
         if method not in METHODS:
             raise UserError(f"{where}: unknown selection '{method}'; known: {', '.join(METHODS)}")
     for name in spec.target.datasets:
+        if getattr(get_dataset_class(name), "SHUFFLED_BY_SEED", False):  # DomainBed's MNIST datasets
+            raise UserError(f"{where} [target]: {name} deals its digits into domains by each run's seed (DomainBed's "
+                            f"protocol), so runs of one cell see different domains and cannot be combined; the "
+                            f"built-in {name.replace('MNIST', 'Digits')} has one fixed deal")
         n_envs = len(get_dataset_class(name).ENVIRONMENTS)
         bad = [e for e in (spec.target.test_envs or []) if not 0 <= e < n_envs]
         if bad:

@@ -138,7 +138,7 @@ def foundation_job(spec: RecycleSpec, out: Path) -> Job | None:
     config = {"dataset": f.dataset, "test_envs": [], "steps": f.steps, "checkpoint_freq": f.checkpoint_freq,
               "hparams": dict(f.hparams), "seed": seed_hash("foundation", f.dataset),
               "data_dir": spec.data_dir, "init_label": "random"}
-    return jobs_from_configs([config], out / FOUNDATION)[0]
+    return jobs_from_configs([config | spec.performance], out / FOUNDATION)[0]
 
 
 def foundation_checkpoint(spec: RecycleSpec, out: Path) -> str:
@@ -160,7 +160,8 @@ def auxiliary_probe_jobs(spec: RecycleSpec, out: Path, foundation: str) -> dict[
         "checkpoint_freq": per_dataset(p.checkpoint_freq, dataset),
         "hparams": dict(p.hparams), "hparams_profile": p.hparams_profile, "seed": seed_hash("probe", dataset),
         "data_dir": spec.data_dir, "init_featurizer": str(foundation), "linear_probe": True,
-        "init_label": f"{PHI0}/probe"}], out / AUXILIARY)[0] for dataset in spec.auxiliary_datasets()}
+        "init_label": f"{PHI0}/probe"} | spec.performance], out / AUXILIARY)[0]
+        for dataset in spec.auxiliary_datasets()}
 
 
 def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: str) -> dict[str, list[Job]]:
@@ -175,7 +176,7 @@ def auxiliary_jobs(spec: RecycleSpec, out: Path, foundation: str) -> dict[str, l
                     "hparams": dict(a.hparams), "hparams_profile": a.hparams_profile, "hparams_seed": h,
                     "seed": seed_hash("auxiliary", dataset, h), "data_dir": spec.data_dir,
                     "init_featurizer": str(foundation), "init_classifier": str(probes[dataset].run.best_checkpoint),
-                    "init_label": f"{PHI0}/probe"} for h in range(a.n_runs)]
+                    "init_label": f"{PHI0}/probe"} | spec.performance for h in range(a.n_runs)]
         jobs[dataset] = jobs_from_configs(configs, out / AUXILIARY)
     return jobs
 
@@ -212,7 +213,7 @@ def probe_jobs(spec: RecycleSpec, out: Path, foundation: str) -> dict[tuple[str,
                   "seed": seed_hash("probe", cell.dataset, cell.test_env),
                   "holdout_fraction": spec.target.holdout_fraction, "data_dir": spec.data_dir,
                   "init_featurizer": str(foundation), "linear_probe": True, "init_label": f"{PHI0}/probe"}
-        jobs[key] = jobs_from_configs([config], out / PROBES)[0]
+        jobs[key] = jobs_from_configs([config | spec.performance], out / PROBES)[0]
     return jobs
 
 
@@ -243,7 +244,8 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
         for strategy in strategies:
             for init in strategy.derived_inits(cell, inits, settings):
                 derived.setdefault(init.path, init)
-            pools = strategy.pools(cell, inits, settings)
+            pools = {name: [config | spec.performance for config in pool]  # the spec's speed switches
+                     for name, pool in strategy.pools(cell, inits, settings).items()}
             per_cell[cell][strategy.name] = {name: [_run_ref(config, out) for config in pool]
                                              for name, pool in pools.items()}
             for refs in per_cell[cell][strategy.name].values():
@@ -284,3 +286,11 @@ def describe(plan: Plan, variants: list[str]) -> str:
     lines += [f"  {job.describe()}" for job in plan.target_jobs]
     lines.append(f"stage 5 combine: {len(plan.cells)} cell(s) x variants {', '.join(variants)}")
     return "\n".join(lines)
+
+
+def training_jobs(plan: Plan) -> list[Job]:
+    """Every training job of a plan, stage by stage (what the dry run's cost estimate sums)."""
+    jobs = [plan.foundation_job] if plan.foundation_job is not None else []
+    jobs += list(plan.auxiliary_probe_jobs.values())
+    jobs += [job for runs in plan.auxiliary_jobs.values() for job in runs]
+    return jobs + list(plan.probe_jobs.values()) + plan.target_jobs

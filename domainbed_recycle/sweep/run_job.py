@@ -33,6 +33,7 @@ from domainbed_recycle import provenance
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import RunDiverged, UserError, os_error_line
 from domainbed_recycle.locks import Lock, LockHeld, release_if_mine
+from domainbed_recycle.misc import available_cores
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep.jobs import TASK_KEY, Job
 from domainbed_recycle.training import TrainConfig, can_resume, train
@@ -57,14 +58,6 @@ class JobOutcome:
     status: str  # "done", "skipped", "diverged", "running_elsewhere", "stale" or "failed"
     seconds: float = 0.0
     error: str | None = None  # one line: exception type and message (details in err.txt)
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask, else os.cpu_count())."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(n_workers: int, cores: int | None = None) -> int:

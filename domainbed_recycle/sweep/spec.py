@@ -14,12 +14,14 @@ from typing import Annotated, Any
 
 import tomllib
 
+from domainbed_recycle import performance as switches
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.files import read_text
 from domainbed_recycle.sweep.jobs import Job, make_jobs, test_env_combinations
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
+from domainbed_recycle.training import TASKS
 from domainbed_recycle.validation import (
     Bounds,
     Count,
@@ -35,25 +37,37 @@ from domainbed_recycle.validation import (
     is_text,
 )
 
+# DomainBed's sweep defaults: its datasets (its DATASETS without the Debug ones; those this project has:
+# not SVIRO, the WILDS and Spawrious ones), every algorithm, 20 hparams seeds, 3 trial seeds.
+DOMAINBED_SWEEP_DATASETS = ("ColoredMNIST", "RotatedMNIST", "VLCS", "PACS", "OfficeHome", "TerraIncognita",
+                            "DomainNet")
+# Launchers that run nothing: DomainBed's `dummy` prints each job's command line.
+PRINT_ONLY_LAUNCHERS = ("dummy",)
+
 
 @dataclasses.dataclass
 class SweepSpec:
     """What a sweep spec file (TOML, in `sweeps/`) or the equivalent CLI flags describe; each field's
     type and range is checked by `validation.build` (the validator of recycle specs and runs too).
 
+    Defaults and meanings are DomainBed's sweep's: all its datasets, every algorithm, hparams seeds
+    `range(n_hparams_from, n_hparams)` = 0..19, 3 trial seeds, every single and pair of test domains.
+
     `test_envs`: None (every domain, and pairs unless `single_test_envs`), a list of domain indices
     (the domains that may be held out, combined the same way) or a list of lists (explicit sets).
     `slurm`: keys of `sweep.launchers.SlurmOptions` (partition, time_min, mem_gb, account, qos, gres,
-    setup lines, ...), the same keys as a recycle spec's `[slurm]` table.
+    setup lines, runs_per_task, ...), the same keys as a recycle spec's `[slurm]` table.
+    `performance`: speed switches given to every job (`performance`: precision, channels_last, ...).
     """
 
-    datasets: Names
-    algorithms: Names = dataclasses.field(default_factory=lambda: ["ERM"])
+    datasets: Names = dataclasses.field(default_factory=lambda: list(DOMAINBED_SWEEP_DATASETS))
+    algorithms: Names = dataclasses.field(default_factory=lambda: list(ALGORITHMS.names()))
     test_envs: Domains | Annotated[list[Domains], NonEmpty(), Unique()] | None = None
     single_test_envs: bool = False
-    n_hparams: Count = 1
+    n_hparams: Count = 20  # the end of the hparams seeds' range (DomainBed's meaning), not a count
     n_hparams_from: Annotated[int, Bounds(0, 2**31 - 1)] = 0
-    n_trials: Count = 1
+    n_trials: Count = 3
+    task: str = "domain_generalization"
     steps: Steps | None = None
     checkpoint_freq: Steps | None = None
     holdout_fraction: Fraction | None = None
@@ -63,6 +77,7 @@ class SweepSpec:
     launcher: str = "pool"
     n_workers: Workers | None = None
     slurm: dict[str, Any] = dataclasses.field(default_factory=dict)
+    performance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def test_envs_list(self) -> list[list[int]] | None:
         """Explicit test-domain sets for `make_jobs` (None: every domain of each dataset)."""
@@ -76,7 +91,10 @@ class SweepSpec:
         """The spec's jobs (its `output_dir` must be set)."""
         if not self.output_dir:
             raise UserError("no output folder: pass --output_dir or set output_dir in the spec file")
-        extra = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction is not None else {}
+        extra: dict[str, Any] = {"holdout_fraction": self.holdout_fraction} if self.holdout_fraction is not None else {}
+        if self.task != "domain_generalization":  # the default stays out of the job ids (as before it existed)
+            extra["task"] = self.task
+        extra |= self.performance
         return make_jobs(
             self.datasets, self.algorithms, self.test_envs_list(), self.n_hparams, self.n_trials,
             self.steps, self.data_dir, self.output_dir, self.n_hparams_from, extra,
@@ -160,9 +178,14 @@ def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> Swe
         SlurmOptions.from_dict(dict(slurm))
     except UserError as error:
         raise UserError(f"{source}: [slurm] {error}") from None
-    if not values.get("datasets"):
-        raise UserError(f"{source}: no datasets (set 'datasets' or pass --datasets)")
+    switches.check(values.get("performance") or {}, f"{source} [performance]")
     spec = build(SweepSpec, values, source)
+    if spec.n_hparams_from >= spec.n_hparams:
+        raise UserError(f"{source}: no hparams seeds: they are range(n_hparams_from, n_hparams) = "
+                        f"range({spec.n_hparams_from}, {spec.n_hparams}), as in DomainBed (n_hparams is the end of "
+                        "the range, not a count)")
+    if spec.task not in TASKS:
+        raise UserError(f"{source}: task must be one of {', '.join(TASKS)}, got {spec.task!r}")
     _check_names(spec, source)
     return spec
 
@@ -192,8 +215,9 @@ def _check_names(spec: SweepSpec, source: str) -> None:
     if bad_algorithms:
         problems.append(f"unknown algorithm(s) {', '.join(bad_algorithms)} "
                         f"(known: {', '.join(ALGORITHMS.names())})")
-    if spec.launcher not in LAUNCHERS:
-        problems.append(f"unknown launcher '{spec.launcher}' (known: {', '.join(LAUNCHERS.names())})")
+    if spec.launcher not in LAUNCHERS and spec.launcher not in PRINT_ONLY_LAUNCHERS:
+        known = [*LAUNCHERS.names(), *PRINT_ONLY_LAUNCHERS]
+        problems.append(f"unknown launcher '{spec.launcher}' (known: {', '.join(known)})")
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
 
@@ -212,8 +236,8 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None,
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key == "slurm":
-            values["slurm"] = dict(values.get("slurm") or {}) | dict(value)
+        if key in ("slurm", "performance"):  # tables: a flag overrides one key of the file's table
+            values[key] = dict(values.get(key) or {}) | dict(value)
         else:
             values[key] = value
     return spec_from_dict(values, source=str(path))
