@@ -500,7 +500,7 @@ def test_a_garbage_lock_names_its_file_and_how_to_remove_it(tmp_path, content):
 # ------------------------------------------------------------------ more cases (issue 21, second pass)
 
 
-def test_sweep_delete_incomplete_never_cleans_a_job_folder_it_did_not_make(tmp_path, capsys):
+def test_sweep_deletes_never_clean_a_job_folder_they_did_not_make(tmp_path, capsys):
     from domainbed_recycle import sweep
 
     spec = tmp_path / "sweep.json"
@@ -514,10 +514,11 @@ def test_sweep_delete_incomplete_never_cleans_a_job_folder_it_did_not_make(tmp_p
     (second.output_dir / rundir.RESULTS).write_text("the user's own results\n")
     (second.output_dir / rundir.OUT).write_text("the user's own log\n")
     before = _tree(tmp_path / "s")
-    assert cli.main(["sweep", "delete_incomplete", "--spec", str(spec), "--skip_confirmation"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "was not made by this harness" in err[0] and str(second.output_dir) in err[0]
-    assert _tree(tmp_path / "s") == before  # refused before any folder was touched, the harness's one included
+    for action in ("delete_incomplete", "delete_all"):
+        assert cli.main(["sweep", action, "--spec", str(spec), "--skip_confirmation"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was not made by this harness" in err[0] and str(second.output_dir) in err[0]
+        assert _tree(tmp_path / "s") == before  # refused before any folder was touched, the harness's included
 
 
 def test_a_fifo_named_like_an_image_is_skipped_and_reported_not_read(tmp_path, capsys, isolated_caches):

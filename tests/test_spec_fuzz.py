@@ -152,14 +152,19 @@ TRAIN_BAD = {
     "--dataset": ["", "NoSuchDataset", "a\x00b", "\ud800"],
     "--output_dir": ["", "a\x00b"],
     "--algorithm": ["", "NoSuchAlgorithm"],
+    "--uda_holdout_fraction": ["nan", "1", "-0.1", "inf"],
+    "--loader_workers": ["-1", str(10**6)],
+    "--prefetch_factor": ["0", str(10**6)],
+    "--precision": ["fp8", ""],
 }
-TRAIN_CASES = 40
+TRAIN_CASES = 50
 
 
 def _train_cases() -> list[tuple[str, Any]]:
     rng = random.Random(SEED)
-    flags = sorted(TRAIN_BAD)
-    return [(flag, rng.choice(TRAIN_BAD[flag])) for flag in (rng.choice(flags) for _ in range(TRAIN_CASES))]
+    flags = sorted(TRAIN_BAD)  # each flag once, then flags at random
+    chosen = flags + [rng.choice(flags) for _ in range(TRAIN_CASES - len(flags))]
+    return [(flag, rng.choice(TRAIN_BAD[flag])) for flag in chosen]
 
 
 @pytest.mark.parametrize("case", range(TRAIN_CASES))
