@@ -602,3 +602,12 @@ def test_a_fifo_given_as_weights_is_refused_not_opened(tmp_path, capsys):
         assert codes == [2], argv
         assert f"{fifo} is a FIFO (named pipe), not a checkpoint file" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.safetensors", "weights.safetensors"]
+
+
+@pytest.mark.parametrize("points, message", [("100000", "DRECYCLE_MAX_POINTS"),
+                                             ("1", "--points must be an integer >= 2")])
+def test_lmc_points_are_bounded_before_any_run_is_read(tmp_path, capsys, points, message):
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]  # never read: the flags are checked first
+    assert cli.main(["lmc", *runs, "--points", points]) == 2
+    assert message in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
