@@ -108,9 +108,9 @@ def test_one_selection_method(sweep, capsys):
 
 
 def test_formats_are_exclusive(sweep, capsys):
-    with pytest.raises(SystemExit) as error:
-        main(["collect", "--input_dir", sweep, "--csv", "--json"])
-    assert error.value.code == 2
+    assert main(["collect", "--input_dir", sweep, "--csv", "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not allowed with argument" in err[0] and "drecycle collect --help" in err[0]
 
 
 def test_warning_on_stderr_tables_on_stdout(tmp_path, capsys):

@@ -74,22 +74,17 @@ def test_same_arguments_show_the_finished_run_different_ones_are_refused(tmp_pat
 def test_negative_steps_are_one_clear_line_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", *TINY, "--output_dir", str(out), "--steps", "-5"]) == 2
-    assert "steps must be an integer >= 0, got -5" in _one_error_line(capsys)
+    assert "steps must be an integer >= 1 and <= 10,000,000" in _one_error_line(capsys)
+    assert not out.exists()
+    assert _train(out, "--steps", "0") == 2  # refused like -5 (it once wrote `done` after no step)
+    assert "steps must be an integer >= 1" in _one_error_line(capsys)
     assert not out.exists()
     assert _train(out, "--checkpoint_freq", "0") == 2
     assert "checkpoint_freq must be an integer >= 1" in _one_error_line(capsys)
     assert not out.exists()
     assert _train(out, "--threads", "-1") == 2
-    assert "threads must be an integer >= 1, got -1" in _one_error_line(capsys)
+    assert "threads must be an integer >= 1 and <= 1,024 (set DRECYCLE_MAX_THREADS" in _one_error_line(capsys)
     assert not out.exists()
-
-
-def test_zero_steps_reports_no_speed(tmp_path, capsys):
-    run = RunDir(tmp_path / "run")
-    assert _train(run.path, "--steps", "0") == 0
-    out = capsys.readouterr().out
-    assert "steps/s" not in out and "step 0, no training step" in out
-    assert [r["step"] for r in run.read_records()] == [0] and run.is_done
 
 
 def test_the_launcher_refuses_a_folder_holding_foreign_files(tmp_path):

@@ -58,6 +58,8 @@ def _resolve(model: str) -> Path:
         if checkpoint is None:
             raise UserError(f"{path}: a folder without a model checkpoint (expected a finished run folder)")
         return checkpoint
+    if path.exists() and not path.is_file():
+        return weights.resolve(path)  # one line: a FIFO or a device, never opened
     if not path.is_file():
         raise UserError(f"{path}: no such run folder or checkpoint file")
     return path
@@ -96,9 +98,9 @@ def merge(method: str, models: list[dict[str, Any]], base: dict[str, Any] | None
 
 def run(args: argparse.Namespace) -> int:
     """Load, check, merge, write; optionally evaluate."""
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists: choose another --out, or pass --force to overwrite it")
+    from domainbed_recycle.files import check_new_output
+
+    out = check_new_output(args.out, args.force, "--out")
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out.name}")
     if args.method != "uniform" and args.base is None:
