@@ -13,6 +13,7 @@ and the override rule; each algorithm declares its own in `Algorithm.define_hpar
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,7 +50,8 @@ PROBABILITY = Real(low=0, high=1, high_open=True)  # dropout: 1 would drop every
 def _common(define: Define, profile: str) -> None:
     """Hyper-parameters of every run: optimiser, batch, regularisation, architecture, LP warm-up."""
     define("optimizer", "adam", None, OneOf(OPTIMIZERS))
-    define("lp_steps", LP_STEPS, None, Integer(low=0))  # steps training the head alone before everything (LP-FT)
+    # steps training the head alone before everything (LP-FT)
+    define("lp_steps", LP_STEPS, None, Integer(low=0, limit="steps"))
     if profile == "resnet":
         # The paper's ResNet-50 setting (Ramé et al. 2023, DiWA): Adam, batch 32, frozen BatchNorm.
         define("arch", "resnet50", None, OneOf(ARCHITECTURES))
@@ -58,7 +60,7 @@ def _common(define: Define, profile: str) -> None:
         define("lr", 5e-5, choice([1e-5, 3e-5, 5e-5]), POSITIVE)
         define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
         define("weight_decay", 0.0, choice([1e-4, 1e-6]), NON_NEGATIVE)
-        define("batch_size", 32, None, Integer(low=1))
+        define("batch_size", 32, None, Integer(low=1, limit="batch"))
     elif profile == "resnet_scratch":
         # A ResNet trained from a random init (`--pretrained none`): BatchNorm learns its statistics
         # (frozen random statistics would never become the data's), and the step sizes of DomainBed's
@@ -69,7 +71,7 @@ def _common(define: Define, profile: str) -> None:
         define("lr", 1e-3, log_uniform(-4.5, -2.5), POSITIVE)
         define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
         define("weight_decay", 0.0, log_uniform(-6, -2), NON_NEGATIVE)
-        define("batch_size", 32, None, Integer(low=1))
+        define("batch_size", 32, None, Integer(low=1, limit="batch"))
     elif profile in ("small", "small_finetune"):
         # CPU scale: the small CNN on 3x28x28 built-ins. Fine-tuning a pre-trained featurizer
         # ("small_finetune") mirrors the shape of the paper's ResNet-50 ranges: a narrow learning-rate
@@ -79,7 +81,7 @@ def _common(define: Define, profile: str) -> None:
         # best were the 5e-4 ones (regime notes in README's built-in benchmark section). Batch 32 per
         # domain, as the paper's.
         define("arch", "small_cnn", None, OneOf(ARCHITECTURES))
-        define("cnn_width", 16, None, Integer(low=1))
+        define("cnn_width", 16, None, Integer(low=1, limit="width"))
         define("data_augmentation", False, None, Flag())
         if profile == "small":
             define("lr", 1e-3, log_uniform(-3.5, -2.5), POSITIVE)
@@ -88,9 +90,9 @@ def _common(define: Define, profile: str) -> None:
         define("dropout", 0.0, choice([0.0, 0.1, 0.5]), PROBABILITY)
         define("weight_decay", 0.0, choice([0.0, 1e-6, 1e-4]), NON_NEGATIVE)
         if profile == "small":
-            define("batch_size", 64, lambda rng: int(2 ** rng.uniform(5, 7)), Integer(low=1))
+            define("batch_size", 64, lambda rng: int(2 ** rng.uniform(5, 7)), Integer(low=1, limit="batch"))
         else:  # the paper's batch: 32 images per training domain
-            define("batch_size", 32, None, Integer(low=1))
+            define("batch_size", 32, None, Integer(low=1, limit="batch"))
     elif profile == "mnist":
         # DomainBed's values for its small images (RotatedMNIST, ColoredMNIST) and its MNIST_CNN, drawn
         # as DomainBed draws them (same names, so the same seeded draws): lr 1e-3 or 10^U(-4.5, -2.5),
@@ -99,7 +101,7 @@ def _common(define: Define, profile: str) -> None:
         define("lr", 1e-3, log_uniform(-4.5, -2.5), POSITIVE)
         define("dropout", 0.0, None, PROBABILITY)
         define("weight_decay", 0.0, None, NON_NEGATIVE)
-        define("batch_size", 64, lambda rng: int(2 ** rng.uniform(3, 9)), Integer(low=1))
+        define("batch_size", 64, lambda rng: int(2 ** rng.uniform(3, 9)), Integer(low=1, limit="batch"))
     else:
         raise UserError(f"unknown hyper-parameter profile '{profile}'; known: {', '.join(PROFILES)}")
 
@@ -126,15 +128,21 @@ def default_profile(dataset_profile: str, arch: str | None, pretrained: bool) ->
 
 def declarations(algorithm: str, profile: str) -> dict[str, HParam]:
     """Every hyper-parameter of `algorithm` under `profile`, in declaration order (common ones first)."""
+    return dict(_declarations(get_algorithm_class(algorithm), profile))
+
+
+@functools.lru_cache(maxsize=256)
+def _declarations(algorithm_class: type, profile: str) -> dict[str, HParam]:
+    """`declarations`, made once per (class, profile): a plan of thousands of runs asks for them per run."""
     declared: dict[str, HParam] = {}
 
     def define(name: str, default: Any, sampler: Any, kind: Any) -> None:
         if name in declared:
-            raise ValueError(f"hyper-parameter '{name}' defined twice ({algorithm}, profile {profile})")
+            raise ValueError(f"hyper-parameter '{name}' defined twice ({algorithm_class.__name__}, profile {profile})")
         declared[name] = HParam(name, default, sampler, kind)
 
     _common(define, profile)
-    get_algorithm_class(algorithm).define_hparams(define, profile)
+    algorithm_class.define_hparams(define, profile)
     return declared
 
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -48,30 +48,9 @@ from domainbed_recycle.evaluation import Inference, SplitEvaluator, accuracy_of_
 from domainbed_recycle.misc import available_cores, seed_hash
 from domainbed_recycle.networks import architecture, same_featurizer
 from domainbed_recycle.rundir import RunDir, step_checkpoint, write_atomic
+from domainbed_recycle.validation import Bounds, Fraction, Seed, Steps, Text, Threads, Unique, check_fields
 
 TASKS = ("domain_generalization", "domain_adaptation")  # DomainBed's --task
-
-
-# A run's training length and evaluation period: the least value of each (0 steps: evaluate the start only)
-LENGTHS = {"steps": 0, "checkpoint_freq": 1}
-
-
-def length_problem(name: str, value: Any) -> str | None:
-    """The one rule for `steps` and `checkpoint_freq` (`LENGTHS`), which `TrainConfig.check`, the sweep spec
-    and the recycle spec (each value of a per-dataset table) apply: None (the dataset's default) or an
-    integer >= its least value. None when `value` follows it, else one line naming `name`."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= LENGTHS[name]):
-        return None
-    return f"{name} must be an integer >= {LENGTHS[name]}, got {value!r}"
-
-
-def holdout_problem(name: str, value: Any) -> str | None:
-    """The one rule for the size of a run's validation split, which `TrainConfig.check`, the sweep spec and
-    the recycle spec apply: a fraction in (0, 1) (0 leaves no validation example to select a model with, 1
-    no training example). None when `value` follows it, else one line naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
-        return f"{name} must be in (0, 1), got {value!r}"
-    return None
 
 
 @dataclass
@@ -82,19 +61,19 @@ class TrainConfig:
     behaviour; at their default they are left out of the stored arguments (`to_args`) and of job ids.
     """
 
-    dataset: str
-    output_dir: str
+    dataset: Text
+    output_dir: Text
     algorithm: str = "ERM"
-    test_envs: list[int] = field(default_factory=lambda: [0])
+    test_envs: Annotated[list[Annotated[int, Bounds(0)]], Unique()] = field(default_factory=lambda: [0])
     data_dir: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the registry's values
-    hparams_seed: int = 0
+    hparams_seed: Seed = 0
     hparams_profile: str | None = None  # None: the dataset's ('small', 'small_finetune', 'resnet')
-    trial_seed: int = 0
-    seed: int = 0
-    steps: int | None = None  # None: the dataset's N_STEPS
-    checkpoint_freq: int | None = None  # None: the dataset's CHECKPOINT_FREQ
-    holdout_fraction: float = 0.2
+    trial_seed: Seed = 0
+    seed: Seed = 0
+    steps: Steps | None = None  # None: the dataset's N_STEPS
+    checkpoint_freq: Steps | None = None  # None: the dataset's CHECKPOINT_FREQ
+    holdout_fraction: Fraction = 0.2
     init: str | None = None  # checkpoint giving featurizer and classifier
     init_featurizer: str | None = None  # checkpoint giving the featurizer (overrides `init`'s)
     init_classifier: str | None = None  # checkpoint giving the classifier (overrides `init`'s)
@@ -106,19 +85,21 @@ class TrainConfig:
     init_label: str | None = None  # short name of the initialisation (e.g. 'phi0', 'aux:Glyphs')
     skip_model_save: bool = False
     progress: bool = True
-    threads: int | None = None
+    threads: Threads | None = None
     # DomainBed's train.py flags, with its meanings and defaults:
     task: str = "domain_generalization"  # or "domain_adaptation": test domains' unlabeled splits are trained on
-    uda_holdout_fraction: float = 0.0  # part of each test domain's `in` split given unlabeled to the algorithm
+    # part of each test domain's `in` split given unlabeled to the algorithm
+    uda_holdout_fraction: Annotated[float, Bounds(0, 1, high_open=True)] = 0.0
     save_model_every_checkpoint: bool = False  # also write model_step<N>.safetensors at every evaluation
     precision: str = "fp32"  # "bf16" / "fp16": autocast (fp16 with a gradient scaler)
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = False
-    loader_workers: int | None = None  # None: sized to the node (see `resolve_loader`)
+    # None: sized to the node (see `resolve_loader`); each worker is a process: bounded as n_workers
+    loader_workers: Annotated[int, Bounds(0, limit="workers")] | None = None
     pin_memory: bool | None = None
     persistent_workers: bool | None = None
-    prefetch_factor: int | None = None
+    prefetch_factor: Annotated[int, Bounds(1, 1024)] | None = None  # batches held ahead by each worker
 
     def to_args(self) -> dict[str, Any]:
         """The arguments as a dict, without the speed switches left at their default."""
@@ -128,23 +109,16 @@ class TrainConfig:
         """{name: value} of every speed switch."""
         return {name: getattr(self, name) for name in performance.DEFAULTS}
 
-    def check(self) -> None:
-        """UserError (one line) for a training length, evaluation period, thread count or switch that cannot run."""
-        for name in LENGTHS:
-            if problem := length_problem(name, getattr(self, name)):
-                raise UserError(problem)
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise UserError(f"threads must be an integer >= 1, got {self.threads!r}")
+    def check(self, where: str = "") -> None:
+        """UserError (one line, each field named after `where`) for a value of the wrong type or out of
+        its range (a training length, evaluation period, seed or thread count that cannot run), checked
+        by the validator of the specs (`validation`), so a dry run refuses what a run would."""
+        check_fields(self, where)
         if self.pretrained is not None and (self.init or self.init_featurizer):
             raise UserError("give the featurizer's weights once: --pretrained, or --init/--init_featurizer")
         if self.task not in TASKS:
-            raise UserError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if problem := holdout_problem("holdout_fraction", self.holdout_fraction):
-            raise UserError(problem)
-        if not 0.0 <= self.uda_holdout_fraction < 1.0:
-            raise UserError(f"uda_holdout_fraction must be in [0, 1), got {self.uda_holdout_fraction!r}")
-        performance.check(self.switches(), "training switches")
+            raise UserError(f"{where}task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        performance.check(self.switches(), f"{where}training switches")
 
     @classmethod
     def field_defaults(cls) -> dict[str, Any]:
@@ -604,9 +578,7 @@ def train(config: TrainConfig, dataset: MultipleDomainDataset | None = None) -> 
         algorithm.end_of_evaluation(record)
         return val
 
-    with log, _closing(streams, evaluator):
-        if steps == 0:
-            log_evaluation(0, last=True)
+    with log, _closing(streams, evaluator):  # steps >= 1 (`TrainConfig.check`)
         for step in bar:
             start = time.time()
             minibatches, unlabeled = draw()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.files import describe_kind
 
 NONE = "none"  # a random initialisation, on purpose
 TORCHVISION, TIMM, HF = "torchvision", "timm", "hf"
@@ -76,6 +77,8 @@ def resolve(ref: str | os.PathLike) -> Path:
     if kind is None:
         path = Path(ref).expanduser()
         if not path.is_file():
+            if path.exists():  # a folder, a FIFO, a device: never opened (a FIFO would block the reader)
+                raise UserError(f"{path} is {describe_kind(path)}, not a checkpoint file")
             raise UserError(f"checkpoint not found: {path}")
         return path
     name = str(ref)[len(kind) + 1:]

@@ -25,6 +25,7 @@ def sweep(tmp_path_factory) -> str:
     """A copy of DomainBed's test sweep: collect writes its tables into the input folder, as DomainBed's."""
     copy = tmp_path_factory.mktemp("vlcs") / "sweep"
     shutil.copytree(FIXTURE / "sweep", copy)
+    (copy / "results.txt").unlink()  # the one DomainBed's collector wrote: collect would keep it
     return str(copy)
 
 
@@ -108,9 +109,9 @@ def test_one_selection_method(sweep, capsys):
 
 
 def test_formats_are_exclusive(sweep, capsys):
-    with pytest.raises(SystemExit) as error:
-        main(["collect", "--input_dir", sweep, "--csv", "--json"])
-    assert error.value.code == 2
+    assert main(["collect", "--input_dir", sweep, "--csv", "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not allowed with argument" in err[0] and "drecycle collect --help" in err[0]
 
 
 def test_warning_on_stderr_tables_on_stdout(tmp_path, capsys):
@@ -174,17 +175,36 @@ def test_parser_and_collect_wing_do_not_import_torch():
     assert int(done.stdout) >= 4
 
 
-def test_tables_are_written_into_the_input_folder_as_domainbed_does(sweep, capsys, tmp_path):
-    folder = Path(sweep)
-    _, out, _ = run_cli(capsys, "--input_dir", sweep, "--domainbed")
+def test_tables_are_written_into_the_input_folder_as_domainbed_does(capsys, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(FIXTURE / "sweep", folder)
+    (folder / "results.txt").unlink()  # the fixture holds the one DomainBed's collector wrote
+    _, out, _ = run_cli(capsys, "--input_dir", str(folder), "--domainbed")
     assert (folder / "results.txt").read_text() == out == (FIXTURE / "expected_tables.txt").read_text()
-    _, latex, _ = run_cli(capsys, "--input_dir", sweep, "--latex")
+    _, latex, _ = run_cli(capsys, "--input_dir", str(folder), "--latex")
     assert (folder / "results.tex").read_text() == latex
-    copy = tmp_path / "copy"
-    shutil.copytree(FIXTURE / "sweep", copy)
-    (copy / "results.txt").unlink()  # the fixture holds the one DomainBed's collector wrote
-    run_cli(capsys, "--input_dir", str(copy), "--print_only")
-    assert not (copy / "results.txt").exists()
+    _, text, _ = run_cli(capsys, "--input_dir", str(folder))  # its own earlier file: replaced
+    assert (folder / "results.txt").read_text() == text != out
+    (folder / "results.txt").unlink()
+    run_cli(capsys, "--input_dir", str(folder), "--print_only")
+    assert not (folder / "results.txt").exists()
+
+
+def test_collect_never_writes_over_a_results_file_it_did_not_write(capsys, tmp_path):
+    """Issue 21: DomainBed's own results.txt, or one edited since collect wrote it, is kept (a note says
+    so, the tables are still printed); --force overwrites it."""
+    folder = tmp_path / "copy"
+    shutil.copytree(FIXTURE / "sweep", folder)
+    theirs = (folder / "results.txt").read_bytes()
+    code, out, err = run_cli(capsys, "--input_dir", str(folder))
+    assert code == 0 and out.startswith("Total records: 200")
+    assert (folder / "results.txt").read_bytes() == theirs
+    assert err.count("\n") == 1 and "was not written by drecycle collect" in err and "--force" in err
+    code, out, _ = run_cli(capsys, "--input_dir", str(folder), "--force")
+    assert code == 0 and (folder / "results.txt").read_text() == out
+    (folder / "results.txt").write_text(out + "my own notes\n")  # edited by hand after collect wrote it
+    run_cli(capsys, "--input_dir", str(folder))
+    assert (folder / "results.txt").read_text().endswith("my own notes\n")
 
 
 def test_a_folder_where_the_tables_cannot_be_written_still_prints_them(tmp_path, capsys):

@@ -42,7 +42,7 @@ def test_report_summary_points_at_err_txt():
 def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
     (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 10, None, tmp_path, checkpoint_freq=10,
                        hparams=TINY_NET)
-    job.output_dir.mkdir()
+    job.run.create()  # a killed attempt of the harness (its marker is written first)
     (job.output_dir / RunDir.RESULTS).write_text('{"step": 10, "stale": true}\n')
     (job.output_dir / RunDir.OUT).write_text("old attempt\n")
     outcome = run_job(job.args, echo=False)

@@ -60,7 +60,7 @@ def test_overrides_go_to_the_algorithms_that_declare_them_and_ids_stay(tmp_path)
     with pytest.raises(UserError, match="unknown hyper-parameter.*mmd_gamma for ERM, MovingAverage"):
         make_jobs(["ColoredDigits"], ["ERM", "MovingAverage"], [[0]], 1, 1, 20, None, tmp_path,
                   hparams={"mmd_gamma": 2})
-    with pytest.raises(UserError, match="'batch_size' must be an integer >= 1, got 2.5"):
+    with pytest.raises(UserError, match="'batch_size' must be an integer >= 1 and <= 16,384 .*, got 2.5"):
         make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 20, None, tmp_path, hparams={"batch_size": 2.5})
 
 
@@ -103,10 +103,10 @@ def test_jobs_from_configs_keeps_extra_keys_dedups_and_rejects_unknown_keys(tmp_
 
 def test_status_and_delete_incomplete(tmp_path):
     jobs = make_jobs(["ColoredDigits"], ["ERM"], None, 1, 1, 5, None, tmp_path)  # 6 jobs
-    jobs[0].output_dir.mkdir()
+    jobs[0].run.create()
     (jobs[0].output_dir / RunDir.DONE).write_text("done\n")
     for job in jobs[1:3]:
-        job.output_dir.mkdir()
+        job.run.create()
         (job.output_dir / RunDir.RESULTS).write_text("{}\n")
     counts = sweep.status(jobs)[("ColoredDigits", "ERM")]
     assert (counts["done"], counts["incomplete"], counts["not_launched"]) == (1, 2, 3)
@@ -139,7 +139,7 @@ def test_spec_test_envs_forms(tmp_path):
 
     assert test_envs([0, 2]) == [[0], [0, 2], [2]]
     assert test_envs([[1, 2]]) == [[1, 2]]
-    with pytest.raises(UserError, match="test_envs must be"):
+    with pytest.raises(UserError, match="'test_envs' must be"):
         sweep.spec_from_dict(base | {"test_envs": "0"})
 
 

@@ -27,6 +27,8 @@ import pandas as pd
 from domainbed_recycle import rundir
 from domainbed_recycle.collect.flatten import DOMAINBED_ENVIRONMENTS, flatten_records
 from domainbed_recycle.collect.jsonl import parse_lines
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.files import read_regular
 from domainbed_recycle.performance import describe
 
 RESULTS_FILE = rundir.RESULTS
@@ -39,7 +41,7 @@ PROBLEMS: dict[str, str] = {
     "not_text": "line of binary garbage (not UTF-8 text)",
     "bad_json": "line that is not a JSON object",
     "missing_keys": "record missing required keys or with invalid values",
-    "unreadable": "file that could not be read",
+    "unreadable": "file that could not be read (or is a FIFO, a device or a folder)",
     "diverged": "record(s) of diverged runs (loss or weights not finite; never selected)",
 }
 
@@ -195,13 +197,12 @@ def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[t
         path = folder + results
         done_path = folder + done_file
         try:
-            with open(path, "rb") as file:
-                data = file.read()
+            data = read_regular(path, RESULTS_FILE)  # a FIFO or a device would block or never end
         except (FileNotFoundError, IsADirectoryError):
             if os.path.exists(done_path):  # a finished run without its results
                 report.empty_done_runs.append(folder)
             continue  # else: not a run folder
-        except OSError:
+        except (OSError, UserError):
             report.n_files += 1
             report.add_problem("unreadable", path)
             continue

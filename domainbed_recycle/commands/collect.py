@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--print_only", action="store_true",
                         help="print the tables only (DomainBed always writes them into --input_dir too)")
+    parser.add_argument("--force", action="store_true",
+                        help="write the tables over a results file that drecycle collect did not write (by default "
+                             "such a file, e.g. DomainBed's own results.txt, is kept)")
     parser.add_argument("--auto_lr", action="store_true",
                         help="DomainBed's 'auto lr training-domain validation set' selection, which reads the "
                              "full-data accuracies (fd_env<i>_in_acc) that only DomainBed's train_autolr.py "
@@ -98,17 +101,43 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(text)
     if not args.print_only:
         sys.stdout.flush()
-        _write_results(Path(args.input_dir) / RESULTS_FILES[args.format], text)
+        _write_results(Path(args.input_dir) / RESULTS_FILES[args.format], text, args.force)
     return 0
 
 
-def _write_results(path: Path, text: str) -> None:
-    """Write the printed tables into the input folder, as DomainBed does; a folder that cannot be
-    written (read-only copies of published sweeps) gets a note on stderr, not an error."""
+OWN_RESULTS = ".drecycle_results.json"  # {file name: sha256 of what collect last wrote there}
+
+
+def _write_results(path: Path, text: str, force: bool = False) -> None:
+    """Write the printed tables into the input folder, as DomainBed does, but never over a file this
+    command did not write (DomainBed's own results.txt, a user's notes, one edited since): that file is
+    kept and a note says so (`--force` overwrites it). A folder that cannot be written (read-only
+    copies of published sweeps) gets a note on stderr, not an error."""
+    import hashlib
+    import json
+
     from domainbed_recycle.rundir import write_atomic
 
+    ledger_path = path.parent / OWN_RESULTS
+    try:
+        ledger = json.loads(ledger_path.read_text(encoding="utf-8")) if ledger_path.is_file() else {}
+    except (OSError, ValueError):
+        ledger = {}
+    if not isinstance(ledger, dict):
+        ledger = {}
+    if path.is_file() and not force:
+        try:
+            mine = ledger.get(path.name) == hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            mine = False
+        if not mine:
+            print(f"note: tables not written: {path} exists and was not written by drecycle collect (or was "
+                  f"edited since); it is kept (--force overwrites it, --print_only skips writing)", file=sys.stderr)
+            return
     try:
         write_atomic(path, text)
+        ledger[path.name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        write_atomic(ledger_path, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
     except OSError as error:
         print(f"note: tables not written to {path} ({error.strerror or error}); --print_only skips writing",
               file=sys.stderr)

@@ -104,6 +104,8 @@ def _resolve(model: str) -> Path:
         if checkpoint is None:
             raise UserError(f"{path}: a folder without a model checkpoint (expected a finished run folder)")
         return checkpoint
+    if path.exists() and not path.is_file():
+        return weights.resolve(path)  # one line: a FIFO or a device, never opened
     if not path.is_file():
         raise UserError(f"{path}: no such run folder or checkpoint file")
     return path
@@ -121,6 +123,8 @@ def _load(model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     """Check the request, load and check the models, merge, write; optionally evaluate."""
+    from domainbed_recycle.files import check_new_output
+
     if args.list:
         print(merge_ops.markdown_table(merge_ops.operators()))
         return 0
@@ -128,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
     op = merge_ops.get(job.method)
     if not args.out:
         raise UserError("--out OUT.safetensors is required")
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists: choose another --out, or pass --force to overwrite it")
+    out = check_new_output(args.out, args.force, "--out")
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out.name}")
     if op.needs_base and job.base is None:

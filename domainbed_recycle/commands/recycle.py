@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table_only", action="store_true", help="print the table of what is already combined")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     parser.add_argument("--latex", type=Path, default=None, help="also write the table as LaTeX here")
+    parser.add_argument("--force", action="store_true", help="overwrite the --markdown/--latex files if they exist")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
                  "n_workers": args.n_workers, "selection": args.selection}
     spec = load_recycle_spec(args.spec, overrides, args.settings)
     pipeline = Pipeline(spec)
+    from domainbed_recycle.files import check_new_output
+
+    outputs = [(check_new_output(path, args.force, f"--{fmt}"), fmt)
+               for path, fmt in ((args.markdown, "markdown"), (args.latex, "latex")) if path]
     if args.dry_run:
         listing, checked = pipeline.dry_run(args.gpu)
         print(listing)
@@ -60,15 +65,17 @@ def run(args: argparse.Namespace) -> int:
         text = pipeline.table()
     else:  # one recycle per output folder at a time: a second one is refused, naming the first
         from domainbed_recycle.locks import folder_lock
+        from domainbed_recycle.recycle.stages import claim_output_dir
 
+        pipeline.check()  # nothing is written before the spec, the folder and the inputs pass
+        claim_output_dir(pipeline.out)
         with folder_lock(pipeline.out, f"recycle output folder {pipeline.out}"):
             text = pipeline.run()
     print(text)
     claims = pipeline.reading()
     if claims:
         print(claims)
-    for path, fmt in ((args.markdown, "markdown"), (args.latex, "latex")):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(pipeline.table(fmt))
+    for path, fmt in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(pipeline.table(fmt))
     return 0

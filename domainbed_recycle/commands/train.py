@@ -152,9 +152,9 @@ def _train_locked(run: RunDir, config: TrainConfig) -> None:
     except OSError as error:  # e.g. disk full while writing, where the error may not name the file
         raise UserError(os_error_line(error, run.path)) from None
     finally:
-        if created:  # refused before writing anything: leave no empty folder behind
+        if created:  # refused before writing anything: leave no folder behind
             with contextlib.suppress(OSError):
-                run.path.rmdir()
+                run.remove_if_empty()
 
 
 def _check_same_run(run: RunDir, config: TrainConfig) -> None:

@@ -2,7 +2,8 @@
 
 Every image of a domain is decoded and resized to R x R once, into a uint8 [N, 3, R, R] `.npy` file
 opened memory-mapped; the file name carries a hash of the domain's file list (relative paths, sizes,
-mtimes), labels and R, so any change to the folder or the resolution makes a new cache. Batches are
+mtimes, ctimes and inodes: `ImageTree.fingerprint` says why), labels and R, so any change to the folder
+or the resolution makes a new cache. Batches are
 gathered from the map, augmented (training draws of training domains only) and normalised as
 DomainBed's transforms do: training reads no image file after the first run.
 
@@ -35,7 +36,7 @@ from domainbed_recycle.datasets.transforms import augment_batch, imagenet_normal
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.misc import available_cores
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key holds ctimes and inodes (a replaced image of the same size and mtime)
 FREE_MARGIN = 2**30  # bytes a cache build leaves free on its disk
 
 

@@ -9,10 +9,9 @@ tables are merged key by key into the other's; each file's paths are read agains
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any
 
 from domainbed_recycle import performance as switches
 from domainbed_recycle import weights
@@ -22,10 +21,23 @@ from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import PROFILES, declarations, validate_overrides
 from domainbed_recycle.strategies import STRATEGIES
-from domainbed_recycle.strategies.base import TargetRunSettings
+from domainbed_recycle.strategies.base import PerDataset, TargetRunSettings
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 from domainbed_recycle.sweep.spec import apply_settings, read_spec_file
-from domainbed_recycle.training import LENGTHS, TrainConfig, holdout_problem, length_problem
+from domainbed_recycle.training import TrainConfig
+from domainbed_recycle.validation import (
+    Count,
+    Domains,
+    Names,
+    Steps,
+    Text,
+    Unique,
+    Workers,
+    build,
+    is_text,
+)
+
+# Field types with their ranges are checked by `validation.build`, the validator of sweep specs and runs too.
 
 
 @dataclass
@@ -35,8 +47,8 @@ class FoundationSpec:
 
     dataset: str | None = "FashionPretrain"
     checkpoint: str | None = None
-    steps: int = 1500
-    checkpoint_freq: int = 500
+    steps: Steps = 1500
+    checkpoint_freq: Steps = 500
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,11 +60,11 @@ class AuxiliarySpec:
     [probe] table's recipe), then `n_runs` fine-tunings from it with hparams seeds 0..n_runs-1.
     """
 
-    datasets: list[str] = field(default_factory=list)
-    n_runs: int = 4  # fine-tunings per auxiliary task (the reference: 4)
+    datasets: Annotated[list[str], Unique()] = field(default_factory=list)
+    n_runs: Count = 4  # fine-tunings per auxiliary task (the reference: 4)
     checkpoint: str = "last"  # which featurizer target runs start from: "last" (the reference) or "best"
-    steps: int | dict[str, int] | None = 300  # a number, or a table {dataset: steps}; None: the dataset's
-    checkpoint_freq: int | dict[str, int] | None = 100  # likewise
+    steps: PerDataset = 300  # a number, or a table {dataset: steps}; None: the dataset's
+    checkpoint_freq: PerDataset = 100  # likewise
     hparams_profile: str | None = None  # e.g. "small_finetune" (default: the network's, pre-trained)
     hparams: dict[str, Any] = field(default_factory=dict)
     exclude_target: bool = True  # a target dataset is never its own auxiliary task (the paper's rule)
@@ -63,8 +75,8 @@ class ProbeSpec:
     """Stage 3 (and the LP of stage 2's LP-FT). Linear probe on a dataset's training domains, featurizer
     frozen. The reference's recipe: the dataset's default hyper-parameters and training length."""
 
-    steps: int | dict[str, int] | None = 200  # a number, or a table {dataset: steps}; None: the dataset's
-    checkpoint_freq: int | dict[str, int] | None = 100  # likewise
+    steps: PerDataset = 200  # a number, or a table {dataset: steps}; None: the dataset's
+    checkpoint_freq: PerDataset = 100  # likewise
     hparams_profile: str | None = None  # e.g. "small_finetune" (default: the network's, pre-trained)
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -74,23 +86,24 @@ class TargetSpec(TargetRunSettings):
     """Stage 4. Target runs: datasets, held-out domains, trials, and the run settings (runs per pool,
     objective, length, ...) that `strategies.base.TargetRunSettings` declares."""
 
-    datasets: list[str] = field(default_factory=list)
-    test_envs: list[int] | None = None  # default: every domain, one at a time
-    n_trials: int = 3
+    datasets: Names = field(default_factory=list)
+    # default: every domain, one at a time
+    test_envs: Domains | None = None
+    n_trials: Count = 3
 
 
 @dataclass
 class RecycleSpec:
-    output_dir: str
-    strategies: list[str]
+    output_dir: Text
+    strategies: Names
     foundation: FoundationSpec
     auxiliary: AuxiliarySpec
     probe: ProbeSpec
     target: TargetSpec
-    data_dir: str | None = None
+    data_dir: Text | None = None
     launcher: str = "pool"
-    n_workers: int | None = None
-    selection: list[str] = field(default_factory=lambda: ["iid"])
+    n_workers: Workers | None = None
+    selection: Names = field(default_factory=lambda: ["iid"])
     pooled: bool = True  # add the † rows: strategies' variants pooled over trial seeds
     analysis: bool = True
     slurm: dict[str, Any] = field(default_factory=dict)
@@ -108,63 +121,16 @@ class RecycleSpec:
 _SECTIONS = {"foundation": FoundationSpec, "auxiliary": AuxiliarySpec, "probe": ProbeSpec, "target": TargetSpec}
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    hints = get_type_hints(cls)
-    for key, value in values.items():
-        if not _matches(value, hints[key]):
-            raise UserError(f"{where}: '{key}' must be {_describe(hints[key])}, got {value!r}")
-    return cls(**values)
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a TOML value fits a field's type (lists are lists, numbers are numbers, tables tables)."""
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any or (isinstance(hint, type) and is_dataclass(hint)):
-        return True
-    if origin in (Union, UnionType):
-        return any(_matches(value, arg) for arg in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) and _matches(v, args[1]) for k, v in value.items())
-    return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, UnionType):
-        return " or ".join(_describe(arg) for arg in args)
-    if hint is type(None):
-        return "absent"
-    if origin is list:
-        return f"a list of {_plural(args[0])}"
-    if origin is dict:
-        return f"a table of {_plural(args[1])}" if args[1] is not Any else "a table"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
-
-
-def _plural(hint: Any) -> str:
-    return {int: "integers", float: "numbers", str: "strings"}.get(hint, _describe(hint))
-
-
 def spec_from_dict(values: dict[str, Any], source: str = "spec") -> RecycleSpec:
     """Build and validate a RecycleSpec (names of datasets, algorithms, strategies, selections)."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: a recycle spec must be a table of keys, got {type(values).__name__}")
     values = dict(values)
-    sections = {name: _build(cls, dict(values.pop(name, {})), f"{source} [{name}]")
-                for name, cls in _SECTIONS.items()}
-    if "output_dir" not in values or "strategies" not in values:
-        raise UserError(f"{source}: 'output_dir' and 'strategies' are required")
-    spec = _build(RecycleSpec, values | sections | {"source": source}, source)
+    sections = {name: build(cls, values.pop(name, {}), f"{source} [{name}]") for name, cls in _SECTIONS.items()}
+    for key in ("output_dir", "strategies"):
+        if key not in values:
+            raise UserError(f"{source}: '{key}' is required")
+    spec = build(RecycleSpec, values | sections | {"source": source}, source)
     validate(spec)
     return spec
 
@@ -196,7 +162,7 @@ def _read_with_bases(path: Path, seen: list[Path]) -> dict[str, Any]:
     base = values.pop("extends", None)
     if base is None:
         return values
-    if not isinstance(base, str) or not base:
+    if not isinstance(base, str) or not base or not is_text(base):
         raise UserError(f"{path}: 'extends' must be the path of another spec file, got {base!r}")
     base_path = (path.resolve().parent / Path(base).expanduser()).resolve()
     if base_path in seen or base_path == path.resolve():
@@ -219,11 +185,11 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 def _absolute_paths(values: dict[str, Any], base: Path) -> None:
     """Make the path keys of `values` absolute against `base`, in place (names such as
-    "torchvision:..." and non-strings are left for validation)."""
+    "torchvision:...", non-strings and impossible paths are left for validation)."""
     for section, key in PATH_KEYS:
         table = values.get(section) if section else values
-        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
-            table[key] = weights.normalize(table[key], base)
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key] and is_text(table[key]):
+            table[key] = weights.normalize(table[key], base)  # else: refused by validation
 
 
 def validate(spec: RecycleSpec) -> None:
@@ -295,23 +261,14 @@ def validate(spec: RecycleSpec) -> None:
                          f"its own auxiliary task (exclude_target)")
     if needs_aux and not spec.auxiliary_datasets():
         raise UserError(f"{where}: strategies {needs_aux} need [auxiliary] datasets other than the target")
-    for key in ("n_trials", "n_runs", "n_runs_small"):
-        if getattr(spec.target, key) < 1:
-            raise UserError(f"{where} [target]: '{key}' must be >= 1")
     for title, section, names in (("auxiliary", spec.auxiliary, spec.auxiliary.datasets),
                                   ("probe", spec.probe, spec.target.datasets + spec.auxiliary.datasets),
                                   ("target", spec.target, spec.target.datasets)):
-        for key in LENGTHS:
+        for key in ("steps", "checkpoint_freq"):
             _check_per_dataset(f"{where} [{title}]", key, getattr(section, key), names)
-    if spec.auxiliary.n_runs < 1:
-        raise UserError(f"{where} [auxiliary]: 'n_runs' must be >= 1")
     if spec.auxiliary.checkpoint not in ("last", "best"):
         raise UserError(f"{where} [auxiliary]: 'checkpoint' must be \"last\" or \"best\", "
                         f"got {spec.auxiliary.checkpoint!r}")
-    if problem := holdout_problem("'holdout_fraction'", spec.target.holdout_fraction):
-        raise UserError(f"{where} [target]: {problem}")
-    if spec.target.lp_steps < 0 or spec.target.fusing_range < 0:
-        raise UserError(f"{where} [target]: 'lp_steps' and 'fusing_range' must be >= 0")
     if spec.foundation.checkpoint is not None and not spec.foundation.checkpoint.strip():
         raise UserError(f"{where} [foundation]: 'checkpoint' is empty")
     spec.notes = notes
@@ -327,12 +284,13 @@ def _profile(section: Any, name: str, from_weights: bool) -> str:
 
 
 def _check_per_dataset(where: str, key: str, value: Any, datasets: list[str]) -> None:
-    """UserError unless `value` is None, a positive integer, or a table of them keyed by `datasets`
-    (with or without their options) or by other registered datasets (unused, e.g. once `--set` narrowed
-    the datasets: a misspelt name is still refused)."""
-    table = value if isinstance(value, dict) else {"": value}
-    known = set(datasets) | {d.partition("?")[0] for d in datasets} | {""} | set(load_all_datasets().names())
-    unknown = sorted(set(table) - known)
-    if unknown or any(length_problem(key, v) for v in table.values()):
-        raise UserError(f"{where}: '{key}' must be an integer >= {LENGTHS[key]} or a table of them per dataset"
-                        f"{f' (unknown: {unknown})' if unknown else ''}")
+    """UserError unless a table `value` (its numbers are checked with the field's type) is keyed by
+    `datasets` (with or without their options) or by other registered datasets (unused, e.g. once
+    `--set` narrowed the datasets: a misspelt name is still refused)."""
+    if not isinstance(value, dict):
+        return
+    known = set(datasets) | {d.partition("?")[0] for d in datasets} | set(load_all_datasets().names())
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise UserError(f"{where}: '{key}' is a table of numbers per dataset, and names unknown dataset(s) "
+                        f"{', '.join(unknown)}")

@@ -13,15 +13,19 @@ without running or writing anything, so the dry run and the real run cannot disa
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.datasets.leakage import check_no_leakage
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.files import read_text
 from domainbed_recycle.misc import per_dataset, seed_hash
 from domainbed_recycle.recycle.spec import RecycleSpec
-from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.rundir import RunDir, claim, is_made_by_harness, not_ours_message
 from domainbed_recycle.strategies.base import (
     PHI0,
     AuxSource,
@@ -34,12 +38,39 @@ from domainbed_recycle.strategies.base import (
     TargetSettings,
 )
 from domainbed_recycle.sweep import Job, job_id_of, jobs_from_configs
+from domainbed_recycle.validation import check_limit
 
 # Sub-folders of a pipeline's output folder, one per stage.
 FOUNDATION, AUXILIARY, IMPORTED, PROBES, INITS, TARGET = (
     "foundation", "auxiliary", "imported", "probes", "inits", "target")
 
 CellPools = dict[str, dict[str, list[RunRef]]]  # strategy name -> pool name -> runs
+
+
+SPEC = "spec.json"  # the validated spec, in the output folder
+
+
+def _is_our_output(out: Path) -> bool:
+    """Whether `out` was made by an older version of the harness, before folders were marked: its
+    `spec.json` is a spec this harness wrote (`dataclasses.asdict` of a RecycleSpec)."""
+    try:
+        written = json.loads(read_text(out / SPEC, SPEC, limit=1 << 24))
+    except (OSError, ValueError, UserError):
+        return False
+    return isinstance(written, dict) and {"output_dir", "strategies", "foundation", "target", "source"} <= set(written)
+
+
+def check_output_dir(out: Path) -> None:
+    """UserError (one line, nothing written) unless `out` is missing, empty or made by the harness."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out} is not a folder")
+    if out.is_dir() and os.listdir(out) and not (is_made_by_harness(out) or _is_our_output(out)):
+        raise UserError(not_ours_message(out, "the recycling pipeline's output"))
+
+
+def claim_output_dir(out: Path) -> None:
+    """Make `out` the harness's output folder (`rundir.claim`), after `check_output_dir`."""
+    claim(out, "the recycling pipeline's output", legacy=lambda: _is_our_output(out))
 
 
 @dataclass
@@ -66,7 +97,11 @@ def target_settings(spec: RecycleSpec) -> TargetSettings:
 
 
 def cells(spec: RecycleSpec) -> list[Cell]:
-    """Target cells in (dataset, test domain, trial seed) order."""
+    """Target cells in (dataset, test domain, trial seed) order. UserError, before any is made, if
+    there are more than the jobs limit (each cell is at least one combine job)."""
+    n_cells = sum(len(spec.target.test_envs or get_dataset_class(dataset).ENVIRONMENTS)
+                  for dataset in spec.target.datasets) * spec.target.n_trials
+    check_limit("jobs", n_cells, f"{spec.source}: the target cells (datasets x test domains x n_trials)")
     result = []
     for dataset in spec.target.datasets:
         n_envs = len(get_dataset_class(dataset).ENVIRONMENTS)
@@ -185,18 +220,23 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
     aux_probes = auxiliary_probe_jobs(spec, out, foundation)
     aux_jobs = auxiliary_jobs(spec, out, foundation)
     imported = imported_finetunings(out)
+    all_cells = cells(spec)
     probes = probe_jobs(spec, out, foundation)
     derived: dict[Path, DerivedInit] = {}
+    projected: set[str] = set()  # datasets whose total of jobs was projected from their first cell
     per_cell: dict[Cell, CellPools] = {}
     cell_inits: dict[Cell, Inits] = {}
     configs: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    for cell in cells(spec):
+    earlier = 1 + len(aux_probes) + sum(map(len, aux_jobs.values())) + len(probes)
+    unique: set[str] = set()  # the target jobs' ids: runs shared by strategies train once
+    for cell in all_cells:
         probe = probes[(cell.dataset, cell.test_env)]
         inits = Inits(foundation=foundation, probe=str(probe.run.best_checkpoint),
                       auxiliary=auxiliary_sources(spec, aux_jobs, cell.dataset, imported), work_dir=out / INITS)
         cell_inits[cell] = inits
         per_cell[cell] = {}
+        before = len(unique)
         for strategy in strategies:
             for init in strategy.derived_inits(cell, inits, settings):
                 derived.setdefault(init.path, init)
@@ -204,9 +244,18 @@ def plan(spec: RecycleSpec, strategies: list[Strategy], out: Path) -> Plan:
                      for name, pool in strategy.pools(cell, inits, settings).items()}
             per_cell[cell][strategy.name] = {name: [_run_ref(config, out) for config in pool]
                                              for name, pool in pools.items()}
+            for refs in per_cell[cell][strategy.name].values():
+                unique.update(ref.run.name for ref in refs)
             for pool in pools.values():
                 configs.extend(pool)
                 counts[strategy.name] = counts.get(strategy.name, 0) + len(pool)
+            check_limit("jobs", earlier + len(unique), f"{spec.source}: the jobs planned (so far)")
+        if cell.dataset not in projected:  # its other cells plan as many jobs (no run is shared by two cells)
+            projected.add(cell.dataset)
+            others = sum(c.dataset == cell.dataset for c in all_cells) - 1
+            check_limit("jobs", earlier + len(unique) + others * (len(unique) - before),
+                        f"{spec.source}: the jobs this plan makes ({len(unique) - before} target job(s) per cell "
+                        f"of {cell.dataset}, {others + 1} cells)")
     return Plan(foundation_job(spec, out), foundation, aux_probes, aux_jobs, imported, probes,
                 list(derived.values()), per_cell, cell_inits, jobs_from_configs(configs, out / TARGET), counts)
 

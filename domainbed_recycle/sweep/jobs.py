@@ -37,6 +37,7 @@ from domainbed_recycle.misc import args_hash, domainbed_seed_hash, seed_hash
 from domainbed_recycle.performance import is_default
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, resolved_hparams
+from domainbed_recycle.validation import check_limit
 
 # Arguments that say where or how a job runs, not what it computes: left out of its id.
 UNHASHED_ARGS = rundir.PLACEMENT_ARGS
@@ -149,6 +150,11 @@ def test_env_combinations(n_envs: int, single_test_envs: bool = False,
     return combos
 
 
+def _n_combinations(n_envs: int, single_test_envs: bool) -> int:
+    """How many test-domain sets `test_env_combinations(n_envs, single_test_envs)` makes."""
+    return n_envs if single_test_envs else n_envs + n_envs * (n_envs - 1) // 2
+
+
 def dataset_environments(name: str) -> list[str]:
     """Domain names of dataset `name`, read from its class (no data is loaded)."""
     return list(get_dataset_class(name).ENVIRONMENTS)
@@ -190,6 +196,12 @@ def make_jobs(
                         f"{n_hparams}) and trial seeds range({n_trials}); need 0 <= n_hparams_from < n_hparams "
                         f"and n_trials >= 1")
     envs_of = {dataset: dataset_environments(dataset) for dataset in datasets}
+    n_seeds = n_hparams - n_hparams_from
+    n_jobs = len(algorithms) * n_seeds * n_trials * sum(
+        len(test_envs_list) if test_envs_list is not None else _n_combinations(len(envs), single_test_envs)
+        for envs in envs_of.values())
+    check_limit("jobs", n_jobs, f"the sweep's jobs ({len(datasets)} dataset(s) x {len(algorithms)} algorithm(s) x "
+                                f"test domains x {n_seeds} hparams seed(s) x {n_trials} trial(s))")
     if test_envs_list is not None:
         for dataset, envs in envs_of.items():
             bad = sorted({e for combo in test_envs_list for e in combo if not 0 <= e < len(envs)})
@@ -203,6 +215,7 @@ def make_jobs(
     hash_of = {dataset: domainbed_seed_hash if get_dataset_class(dataset).DOMAINBED_PROTOCOL else seed_hash
                for dataset in datasets}
     jobs = []
+    checked: set[str] = set()
     for trial_seed in range(n_trials):
         for dataset in datasets:
             for algorithm in algorithms:
@@ -223,6 +236,7 @@ def make_jobs(
                             "data_dir": data_dir,
                         }
                         jobs.append(Job(args, output_dir))
+                        check_values(jobs[-1], checked)
     return jobs
 
 
@@ -240,6 +254,7 @@ def jobs_from_configs(configs: Iterable[Mapping[str, Any]], output_dir: str | Pa
     """
     known = train_config_fields()
     jobs: dict[str, Job] = {}
+    checked: set[str] = set()
     for index, config in enumerate(configs):
         unknown = sorted(set(config) - known)
         if unknown:
@@ -248,8 +263,32 @@ def jobs_from_configs(configs: Iterable[Mapping[str, Any]], output_dir: str | Pa
         if "dataset" not in config:
             raise UserError(f"job config {index}: missing 'dataset'")
         job = Job(config, output_dir)
+        if job.job_id not in jobs:
+            check_values(job, checked)
         jobs.setdefault(job.job_id, job)
     return list(jobs.values())
+
+
+def check_values(job: Job, checked: set[str]) -> None:
+    """UserError (one line) if a training job's arguments would fail `TrainConfig.check` when it runs,
+    so a dry run refuses what a run would. Jobs differing only in their seeds, init files or labels
+    (values the harness derives) are checked once: `checked` holds what was seen."""
+    if job.args.get(TASK_KEY):
+        return
+    key = json.dumps({k: v for k, v in job.args.items() if k not in _DERIVED_ARGS}, sort_keys=True, default=str)
+    if key in checked:
+        return
+    checked.add(key)
+    try:
+        config = TrainConfig(**{k: v for k, v in job.args.items() if k not in ("progress", "threads")})
+    except TypeError as error:
+        raise UserError(f"job {job.describe()}: {error}") from None
+    config.check(f"job {job.describe()}: ")
+
+
+# Arguments the harness derives (bounded by construction): left out of `check_values`'s key.
+_DERIVED_ARGS = ("seed", "hparams_seed", "trial_seed", "init", "init_featurizer", "init_classifier", "init_label",
+                 "output_dir")
 
 
 # ----------------------------------------------------------------------------------------- state
@@ -338,5 +377,5 @@ def delete_jobs(jobs: Iterable[Job]) -> list[Job]:
         with Lock(job.run.lock_file, f"run folder {job.run.path}"):
             job.run.reset()
         with contextlib.suppress(OSError):  # emptied: remove it (a lock taken meanwhile keeps it)
-            job.run.path.rmdir()
+            job.run.remove_if_empty()
     return incomplete

@@ -50,6 +50,7 @@ from domainbed_recycle.sweep.run_job import (
     run_job,
     threads_per_worker,
 )
+from domainbed_recycle.validation import Annotated, Bounds, check
 
 
 @dataclasses.dataclass
@@ -121,25 +122,36 @@ _SLURM_COUNTS = {"time_min": 1, "cpus_per_task": 1, "gpus_per_node": 0, "array_p
                  "runs_per_task": 1}
 
 
+def _one_line(value: Any) -> bool:
+    """A string without line breaks or NUL bytes (a value written into one line of the job script)."""
+    return isinstance(value, str) and not any(c in value for c in "\n\r\x00")
+
+
 def _slurm_value_problem(key: str, value: Any) -> str | None:
     """Why `value` cannot be Slurm option `key` (None when it can)."""
     def number(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
+        return isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
-    if key in _SLURM_TEXT:
-        return None if isinstance(value, str) and value.strip() else "expected a non-empty string"
+    if key in _SLURM_TEXT:  # one line: each becomes an `#SBATCH` line of the job script
+        return None if _one_line(value) and value.strip() else "expected a non-empty string on one line"
+    if key == "cpus_per_task":  # also each job's torch threads: bounded as --threads is
+        try:
+            check(value, Annotated[int, Bounds(1, limit="threads")], "cpus_per_task")
+        except UserError as error:
+            return str(error).partition(" must be ")[2].rpartition(", got ")[0] or str(error)
+        return None
     if key in _SLURM_COUNTS:
         low = _SLURM_COUNTS[key]
         return None if isinstance(value, int) and not isinstance(value, bool) and value >= low else \
             f"expected an integer >= {low}"
     if key in ("mem_gb", "poll_s"):
-        return None if number(value) and value > 0 else "expected a number > 0"
+        return None if number(value) and value > 0 else "expected a finite number > 0"
     if key == "sbatch":
-        ok = isinstance(value, dict) and all(isinstance(k, str) and k and (isinstance(v, str | bool) or number(v))
+        ok = isinstance(value, dict) and all(_one_line(k) and k and (_one_line(v) or isinstance(v, bool) or number(v))
                                               for k, v in value.items())
         return None if ok else 'expected a table of sbatch options, e.g. {"mail-type" = "END"}'
     if key == "setup":
-        ok = isinstance(value, list) and all(isinstance(line, str) for line in value)
+        ok = isinstance(value, list) and all(_one_line(line) for line in value)
         return None if ok else "expected a list of shell lines"
     return None
 
@@ -582,8 +594,8 @@ def launch(
     from tqdm import tqdm
 
     launch_fn = LAUNCHERS.get(launcher)
-    if n_workers is not None and n_workers < 1:
-        raise UserError(f"n_workers must be >= 1, got {n_workers}")
+    if n_workers is not None:  # each pool worker is a process importing torch: bounded
+        check(n_workers, Annotated[int, Bounds(1, limit="workers")], "n_workers")
     start = time.time()
     jobs = list(jobs)
     outcomes: dict[str, JobOutcome] = {}

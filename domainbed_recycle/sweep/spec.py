@@ -10,7 +10,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tomllib
 
@@ -18,9 +18,24 @@ from domainbed_recycle import performance as switches
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.files import read_text
 from domainbed_recycle.sweep.jobs import Job, make_jobs, test_env_combinations
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
-from domainbed_recycle.training import LENGTHS, TASKS, holdout_problem, length_problem
+from domainbed_recycle.training import TASKS
+from domainbed_recycle.validation import (
+    Bounds,
+    Count,
+    Domains,
+    Fraction,
+    Names,
+    NonEmpty,
+    Steps,
+    Text,
+    Unique,
+    Workers,
+    build,
+    is_text,
+)
 
 # DomainBed's sweep defaults: its datasets (its DATASETS without the Debug ones; those this project has:
 # not SVIRO, the WILDS and Spawrious ones), every algorithm, 20 hparams seeds, 3 trial seeds.
@@ -32,7 +47,8 @@ PRINT_ONLY_LAUNCHERS = ("dummy",)
 
 @dataclasses.dataclass
 class SweepSpec:
-    """What a sweep spec file (TOML, in `sweeps/`) or the equivalent CLI flags describe.
+    """What a sweep spec file (TOML, in `sweeps/`) or the equivalent CLI flags describe; each field's
+    type and range is checked by `validation.build` (the validator of recycle specs and runs too).
 
     Defaults and meanings are DomainBed's sweep's: all its datasets, every algorithm, hparams seeds
     `range(n_hparams_from, n_hparams)` = 0..19, 3 trial seeds, every single and pair of test domains.
@@ -44,22 +60,22 @@ class SweepSpec:
     `performance`: speed switches given to every job (`performance`: precision, channels_last, ...).
     """
 
-    datasets: list[str] = dataclasses.field(default_factory=lambda: list(DOMAINBED_SWEEP_DATASETS))
-    algorithms: list[str] = dataclasses.field(default_factory=lambda: list(ALGORITHMS.names()))
-    test_envs: list[int] | list[list[int]] | None = None
+    datasets: Names = dataclasses.field(default_factory=lambda: list(DOMAINBED_SWEEP_DATASETS))
+    algorithms: Names = dataclasses.field(default_factory=lambda: list(ALGORITHMS.names()))
+    test_envs: Domains | Annotated[list[Domains], NonEmpty(), Unique()] | None = None
     single_test_envs: bool = False
-    n_hparams: int = 20  # the end of the hparams seeds' range (DomainBed's meaning), not a count
-    n_hparams_from: int = 0
-    n_trials: int = 3
+    n_hparams: Count = 20  # the end of the hparams seeds' range (DomainBed's meaning), not a count
+    n_hparams_from: Annotated[int, Bounds(0, 2**31 - 1)] = 0
+    n_trials: Count = 3
     task: str = "domain_generalization"
-    steps: int | None = None
-    checkpoint_freq: int | None = None
-    holdout_fraction: float | None = None
+    steps: Steps | None = None
+    checkpoint_freq: Steps | None = None
+    holdout_fraction: Fraction | None = None
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
-    data_dir: str | None = None
-    output_dir: str | None = None
+    data_dir: Text | None = None
+    output_dir: Text | None = None
     launcher: str = "pool"
-    n_workers: int | None = None
+    n_workers: Workers | None = None
     slurm: dict[str, Any] = dataclasses.field(default_factory=dict)
     performance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -95,11 +111,11 @@ def read_spec_file(path: str | Path, what: str = "sweep spec") -> dict[str, Any]
     """The raw key/value table of a TOML (or, for a `.json` name, JSON) spec file.
 
     `what` names the file in errors. Raises UserError if it is missing, unreadable, unparsable or
-    not a table at its top level.
+    not a table at its top level (a FIFO, a device or a file that is not UTF-8 included).
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, what, limit=1 << 24)  # a FIFO, a device or a non-UTF-8 file: one line
     except OSError as error:
         raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
     if path.suffix == ".json":
@@ -154,9 +170,7 @@ def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> Swe
 
     Raises UserError naming unknown keys, unknown datasets or algorithms, and values of a wrong type.
     """
-    unknown = sorted(set(values) - set(SPEC_KEYS))
-    if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(SPEC_KEYS)}")
+    values = {key: value for key, value in values.items() if value is not None}  # None: not given
     slurm = values.get("slurm") or {}
     if not isinstance(slurm, Mapping):
         raise UserError(f"{source}: 'slurm' must be a table of {', '.join(SLURM_KEYS)}")
@@ -165,49 +179,15 @@ def spec_from_dict(values: Mapping[str, Any], source: str = "sweep spec") -> Swe
     except UserError as error:
         raise UserError(f"{source}: [slurm] {error}") from None
     switches.check(values.get("performance") or {}, f"{source} [performance]")
-    spec = SweepSpec(**{key: value for key, value in values.items() if value is not None})
-    _check_types(spec, source)
+    spec = build(SweepSpec, values, source)
+    if spec.n_hparams_from >= spec.n_hparams:
+        raise UserError(f"{source}: no hparams seeds: they are range(n_hparams_from, n_hparams) = "
+                        f"range({spec.n_hparams_from}, {spec.n_hparams}), as in DomainBed (n_hparams is the end of "
+                        "the range, not a count)")
+    if spec.task not in TASKS:
+        raise UserError(f"{source}: task must be one of {', '.join(TASKS)}, got {spec.task!r}")
     _check_names(spec, source)
     return spec
-
-
-def _check_types(spec: SweepSpec, source: str) -> None:
-    def is_str_list(value: Any) -> bool:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-    problems = []
-    for key in ("datasets", "algorithms"):
-        if not is_str_list(getattr(spec, key)) or not getattr(spec, key):
-            problems.append(f"{key} must be a non-empty list of names")
-    for key in ("n_hparams", "n_trials"):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 1:
-            problems.append(f"{key} must be an integer >= 1")
-    for key in ("n_hparams_from",):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 0:
-            problems.append(f"{key} must be an integer >= 0")
-    if not problems and spec.n_hparams_from >= spec.n_hparams:
-        problems.append(f"no hparams seeds: they are range(n_hparams_from, n_hparams) = range({spec.n_hparams_from}, "
-                        f"{spec.n_hparams}), as in DomainBed (n_hparams is the end of the range, not a count)")
-    if spec.task not in TASKS:
-        problems.append(f"task must be one of {', '.join(TASKS)}")
-    problems += filter(None, (length_problem(key, getattr(spec, key)) for key in LENGTHS))
-    if spec.n_workers is not None and (not isinstance(spec.n_workers, int) or spec.n_workers < 1):
-        problems.append("n_workers must be a positive integer")
-    if spec.holdout_fraction is not None and (problem := holdout_problem("holdout_fraction", spec.holdout_fraction)):
-        problems.append(problem)
-    if not isinstance(spec.hparams, dict):
-        problems.append("hparams must be a table (JSON object) of overrides")
-    if not isinstance(spec.single_test_envs, bool):
-        problems.append("single_test_envs must be true or false")
-    envs = spec.test_envs
-    if envs is not None and not (
-        isinstance(envs, list) and envs and (
-            all(isinstance(e, int) for e in envs)
-            or all(isinstance(c, list) and c and all(isinstance(e, int) for e in c) for c in envs))
-    ):
-        problems.append("test_envs must be a list of domain indices or a list of lists of them")
-    if problems:
-        raise UserError(f"{source}: " + "; ".join(problems))
 
 
 def _is_dataset(name: str) -> bool:
@@ -250,7 +230,7 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None,
     values = read_spec_file(path)
     base = Path(path).resolve().parent
     for key in ("output_dir", "data_dir"):
-        if isinstance(values.get(key), str) and values[key]:
+        if isinstance(values.get(key), str) and values[key] and is_text(values[key]):  # else: refused below
             values[key] = str((base / Path(values[key]).expanduser()).resolve())
     values = apply_settings(values, settings or [], str(path))
     for key, value in (overrides or {}).items():
