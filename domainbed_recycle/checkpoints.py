@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from domainbed_recycle.errors import UserError, write_error_reason
-from domainbed_recycle.weights import resolve
+from domainbed_recycle.weights import HARNESS, KEY_FORMATS, resolve
 
 FORMAT = "domainbed_recycle/1"
 _META_KEY = "drecycle"
+KEY_FORMAT_FIELD = "key_format"  # the metadata field naming a file's key names (weights.KEY_FORMATS)
 
 
 # Integer buffers a state dict may hold (BatchNorm's step counter, transformers' position ids); every other
@@ -132,6 +133,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             raise UserError(f"{path}: not a readable safetensors file ({error})") from None
         metadata = read_metadata(path)
         check_weights(state, path)
+        if metadata.get(KEY_FORMAT_FIELD, HARNESS) != HARNESS:  # one of ours, exported under other names
+            return import_keys(state), metadata
         return (state if metadata else to_model_keys(state)), metadata
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -175,6 +178,32 @@ def to_model_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
         return {f"featurizer.network.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     return dict(state)
+
+
+def export_keys(state: Mapping[str, torch.Tensor], key_format: str) -> dict[str, torch.Tensor]:
+    """`state` (our names) under `key_format`'s names: "harness" unchanged; "torchvision" and "timm" (their
+    ResNet-18/50 use the same names) the ResNet's own keys (`conv1.weight`, `layer1.0.bn1.*`, ...) and our
+    classifier as its `fc` head, so `torchvision.models.resnet50(num_classes=C).load_state_dict` or timm's
+    `create_model("resnet50", num_classes=C).load_state_dict` takes the file as it is.
+
+    Raises:
+        UserError: an unknown format, or torchvision/timm names asked for a model that is not a ResNet.
+    """
+    if key_format not in KEY_FORMATS:
+        raise UserError(f"unknown key format '{key_format}'; known: {', '.join(KEY_FORMATS)}")
+    if key_format == HARNESS:
+        return dict(state)
+    featurizer, classifier = split_state(state)
+    if "network.conv1.weight" not in featurizer or not all(k.startswith("network.") for k in featurizer):
+        raise UserError(f"{key_format} key names exist for a ResNet featurizer (resnet18, resnet50); this model's "
+                        f"featurizer has keys such as '{next(iter(featurizer), '(none)')}'")
+    return {**{k[len("network."):]: v for k, v in featurizer.items()}, **{f"fc.{k}": v for k, v in classifier.items()}}
+
+
+def import_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `export_keys` for torchvision/timm names: `fc.*` is our classifier, the rest our
+    ResNet featurizer."""
+    return {(f"classifier.{k[3:]}" if k.startswith("fc.") else f"featurizer.network.{k}"): v for k, v in state.items()}
 
 
 def _map_domainbed_keys(model_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from domainbed_recycle.algorithms import get_algorithm_class
-from domainbed_recycle.algorithms.base import OPTIMIZERS
+from domainbed_recycle.algorithms.base import LP_STEPS, OPTIMIZERS
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_spec import Define, Flag, HParam, Integer, OneOf, Real, choice, log_uniform
 from domainbed_recycle.misc import domainbed_seed_hash, seed_hash
@@ -51,7 +51,7 @@ def _common(define: Define, profile: str) -> None:
     """Hyper-parameters of every run: optimiser, batch, regularisation, architecture, LP warm-up."""
     define("optimizer", "adam", None, OneOf(OPTIMIZERS))
     # steps training the head alone before everything (LP-FT)
-    define("lp_steps", 0, None, Integer(low=0, limit="steps"))
+    define("lp_steps", LP_STEPS, None, Integer(low=0, limit="steps"))
     if profile == "resnet":
         # The paper's ResNet-50 setting (Ramé et al. 2023, DiWA): Adam, batch 32, frozen BatchNorm.
         define("arch", "resnet50", None, OneOf(ARCHITECTURES))

@@ -37,6 +37,9 @@ DEFAULT_WEIGHTS = {
     "resnet50": "torchvision:ResNet50_Weights.IMAGENET1K_V1",
 }
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's and transformers' repos hold
+HARNESS = "harness"
+# key names a model file can be written with (`drecycle merge --format`): ours, or a library's own
+KEY_FORMATS = (HARNESS, TORCHVISION, TIMM)
 
 
 class WeightsNotCached(UserError):

@@ -1,12 +1,23 @@
-"""Shared test helpers: tiny DomainBed-layout image folders written here (no dataset is downloaded)."""
+"""Shared test settings and helpers: the tiny network every training test uses, tiny DomainBed-layout image
+folders written here (no dataset is downloaded), isolated caches.
+
+`make test-fast` (pytest -m "not slow") runs every test not marked `slow`; mark `@pytest.mark.slow` a test
+that trains for more than a few seconds.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Hyper-parameters of the tiny network of training tests: the small CNN at width 8 (a 20-step run takes a
+# few seconds on 2 cores). Tests take copies (`TINY_NET | {...}`) and never modify it.
+TINY_NET = {"cnn_width": 8}
 
 # DomainBed's folder layout, written out independently of the package: dataset -> (folder, domain folders)
 DOMAINBED_FOLDERS = {
@@ -39,6 +50,23 @@ def make_domainbed_dataset(data_dir: Path, name: str, classes: list[str], per_cl
     folder, domains = DOMAINBED_FOLDERS[name]
     make_tree(data_dir / folder, domains, classes, per_class=per_class, seed=seed)
     return data_dir / folder
+
+
+@functools.cache
+def package_literals() -> tuple[tuple[str, int, str], ...]:
+    """(module path inside the package, line, value) of every string literal in `domainbed_recycle`, f-strings'
+    literal parts included, docstrings and other bare string statements left out: what a test checks for
+    names that only one module may spell (parsed once per session)."""
+    import domainbed_recycle
+
+    package = Path(domainbed_recycle.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        bare = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        found += [(path.relative_to(package).as_posix(), node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare]
+    return tuple(found)
 
 
 @pytest.fixture

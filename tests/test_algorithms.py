@@ -59,6 +59,7 @@ def _record(val_acc: float, test_envs=(2,), n_envs: int = 3) -> dict:
 # --- every registered algorithm steps -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_update_returns_finite_floats_and_moves_parameters(name):
     algorithm = _make(name)
@@ -218,6 +219,7 @@ def test_mixup_update_equals_hand_formula_for_fixed_lambda():
     assert algorithm.train_step(batches)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mixup_is_reproducible_under_the_global_torch_seed():
     losses = [[_make("Mixup").train_step(_batches(seed=s))["loss"] for s in range(3)] for _ in range(2)]
     assert losses[0] == losses[1]
@@ -294,6 +296,7 @@ def test_training_validation_loss_reads_training_domains_only():
     assert training_validation_loss(record) == pytest.approx(0.4)
 
 
+@pytest.mark.slow
 def test_swad_eval_state_dict_is_mean_of_iterates_in_window():
     algorithm = _make("SWAD")
     accs = [0.0, 0.2, 0.5, 0.48, 0.4, 0.45, 0.42]  # losses 1 - acc: valley at segment 2 (evaluation 4)
@@ -355,6 +358,7 @@ def small_colored_mnist():
     return small
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["CORAL", "GroupDRO", "Mixup", "VREx", "SWAD"])
 def test_train_end_to_end(tmp_path, small_colored_mnist, name):
     from domainbed_recycle import checkpoints
@@ -374,3 +378,20 @@ def test_train_end_to_end(tmp_path, small_colored_mnist, name):
     assert (run / RunDir.DONE).exists()
     state, meta = checkpoints.load_checkpoint(run / RunDir.LAST)
     assert meta["algorithm"] == name and all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_the_lp_warm_up_follows_the_registry_declared_lp_steps():
+    """lp_steps has one default, `algorithms.base.LP_STEPS` (0: the featurizer trains from the first step), the
+    registry's and the algorithm's when hparams lack it; a run's value freezes the featurizer that many steps."""
+    from domainbed_recycle.algorithms.base import LP_STEPS
+
+    assert hparams_registry.default_hparams("ERM")["lp_steps"] == LP_STEPS == 0
+    assert not _make("ERM").featurizer_frozen()
+    partial = {k: v for k, v in hparams_registry.default_hparams("ERM").items() if k != "lp_steps"}
+    assert not get_algorithm_class("ERM")(ARCH, 3, partial).featurizer_frozen()
+    algorithm = _make("ERM", lp_steps=2)
+    frozen = []
+    for _ in range(3):
+        frozen.append(algorithm.featurizer_frozen())
+        algorithm.train_step(_batches())
+    assert frozen == [True, True, False]

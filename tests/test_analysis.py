@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import analysis, checkpoints, diversity
 from domainbed_recycle.averaging import uniform_average
@@ -15,6 +16,8 @@ from domainbed_recycle.cli import main
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # its module fixture trains the runs every test reads
 
 TEST_ENV = 5
 
@@ -27,7 +30,7 @@ def run_dirs(tmp_path_factory):
     for seed in range(3):
         config = TrainConfig(
             dataset="RotatedDigits", output_dir=str(root / f"run{seed}"), test_envs=[TEST_ENV], steps=20,
-            checkpoint_freq=10, seed=seed, progress=False, hparams={"cnn_width": 8},
+            checkpoint_freq=10, seed=seed, progress=False, hparams=TINY_NET,
         )
         dirs.append(train(config))
     return dirs

@@ -185,6 +185,7 @@ def test_every_class_in_every_domain_roughly_balanced(name: str, loaded: dict):
 # --- cache ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic_byte_for_byte(cache_root: Path, tmp_path: Path):
     for name in BUILTIN_DATASETS:
         cls = DATASETS.get(name)

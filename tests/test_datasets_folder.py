@@ -288,6 +288,7 @@ def test_corrupt_image_named_in_one_line_when_first_read_by_a_worker(tmp_path: P
     assert message.startswith(f"corrupt image {bad}: ") and "\n" not in message
 
 
+@pytest.mark.slow
 def test_train_cli_on_a_cached_folder(tmp_path: Path, capsys: pytest.CaptureFixture):
     from domainbed_recycle.cli import main
 

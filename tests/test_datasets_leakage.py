@@ -117,6 +117,7 @@ def test_recycling_specs_use_no_target_source_before_the_target(spec: Path, decl
     assert _leaks(declared, before, targets) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUILTIN_DATASETS)
 def test_declared_sources_are_what_the_generator_reads(name: str, declared: Declared):
     cls = DATASETS.get(name)

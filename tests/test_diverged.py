@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle import cli
 from domainbed_recycle.averaging import check_finite, first_nonfinite
@@ -68,7 +69,7 @@ def test_the_collector_skips_diverged_runs_with_one_warning(tmp_path):
     from domainbed_recycle.collect import load_records
 
     jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1,
-                     hparams={"cnn_width": 8})
+                     hparams=TINY_NET)
     assert run_job(jobs[0].args, threads=1, echo=False).status == "done"
     bad = RunDir(tmp_path / "bad").create()
     bad.results_file.write_text(jobs[0].run.results_file.read_text())  # records that look valid

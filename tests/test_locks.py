@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import cli
 from domainbed_recycle.locks import FOLDER_LOCK, Lock, LockHeld, folder_lock
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _job(tmp_path):
     (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
-                       hparams={"cnn_width": 8})
+                       hparams=TINY_NET)
     return job
 
 
@@ -95,7 +96,7 @@ def test_a_second_launch_skips_the_job_another_process_trains_and_runs_the_rest(
     from domainbed_recycle.sweep import launch
 
     jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0], [1]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
-                     hparams={"cnn_width": 8})
+                     hparams=TINY_NET)
     busy, free = jobs
     busy.run.create()
     other = _holder_process(busy.run.lock_file)

@@ -20,6 +20,8 @@ import torch
 import torchvision
 from conftest import PACS_CLASSES, VLCS_CLASSES, make_domainbed_dataset
 
+pytestmark = pytest.mark.slow  # runs a recycling pipeline (every stage trains)
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "sweeps" / "recycle_paper.toml"
 SMALL = ["PACS?resolution=32,cache=yes", "VLCS?resolution=32,cache=yes"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle.collect import load_records
 from domainbed_recycle.errors import UserError
@@ -21,12 +22,12 @@ from domainbed_recycle.rundir import RunDir
 TINY = {
     "launcher": "inprocess",
     "strategies": ["ERM", "LP-FT", "MovingAverage", "Soup", "Ensemble", "InterTraining", "Fusing", "Ratatouille"],
-    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": {"cnn_width": 8}},
+    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": TINY_NET},
     "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10,
-                  "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
-    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
+                  "hparams": TINY_NET, "hparams_profile": "small_finetune"},
+    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET},
     "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
-               "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
+               "steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET | {"ma_start_step": 4},
                "hparams_profile": "small_finetune", "lp_steps": 3},
 }
 
@@ -40,6 +41,7 @@ def finished(tmp_path_factory):
     return pipeline, table
 
 
+@pytest.mark.slow
 def test_every_strategy_variant_gets_a_number(finished):
     pipeline, table = finished
     rows = {line.split()[0]: line for line in table.splitlines() if line and line.split()[0] in pipeline.variants()}
@@ -50,6 +52,7 @@ def test_every_strategy_variant_gets_a_number(finished):
         assert 0.0 <= float(cell[0]) <= 100.0
 
 
+@pytest.mark.slow
 def test_shared_runs_train_once_and_a_rerun_trains_nothing(finished):
     pipeline, _ = finished
     target_runs = sorted((pipeline.out / "target").glob("*/done"))
@@ -62,6 +65,7 @@ def test_shared_runs_train_once_and_a_rerun_trains_nothing(finished):
     assert "Ratatouille-greedy" in table_again
 
 
+@pytest.mark.slow
 def test_combined_records_are_readable_by_the_collector_cli(finished):
     pipeline, _ = finished
     result = subprocess.run([sys.executable, "-m", "domainbed_recycle.cli", "collect", "--input_dir",
@@ -72,6 +76,7 @@ def test_combined_records_are_readable_by_the_collector_cli(finished):
     json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_import_checks_architecture_and_refuses_code(finished, tmp_path):
     pipeline, _ = finished
     foundation = pipeline.foundation_checkpoint()
@@ -157,6 +162,7 @@ def _combine(pipeline, cells):
     return len(jobs)
 
 
+@pytest.mark.slow
 def test_a_changed_plan_is_recombined_and_the_old_answer_removed(finished):
     """Issue: a marker keyed only by (cell, strategy) kept showing the old runs' table for a new spec."""
     pipeline, _ = finished
@@ -175,6 +181,7 @@ def test_a_changed_plan_is_recombined_and_the_old_answer_removed(finished):
     assert {p.parent.name for p in (pipeline.out / "table").glob("*/done")} == before  # and back
 
 
+@pytest.mark.slow
 def test_combine_runs_on_the_pool_in_parallel_workers_resumes_and_gives_the_same_table(finished, capsys):
     """Issue 10: the combine stage is one job per (cell, strategy) on the spec's launcher."""
     import shutil
@@ -215,6 +222,7 @@ def test_a_task_job_runs_only_this_packages_functions(tmp_path):
     assert outcome.status == "failed" and "not found" in outcome.error
 
 
+@pytest.mark.slow
 def test_a_run_the_registry_now_resolves_differently_stops_the_pipeline(finished):
     pipeline, table = finished
     run = RunDir(next((pipeline.out / "target").glob("*/done")).parent)

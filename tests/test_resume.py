@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 from safetensors.torch import load_file
 
 from domainbed_recycle.rundir import RunDir
@@ -42,10 +43,10 @@ run_job(args, threads=1, echo=False)
 """
 
 HPARAMS = {
-    "ERM": {"cnn_width": 8, "dropout": 0.3},
-    "SWAD": {"cnn_width": 8, "swad_n_converge": 1, "swad_n_tolerance": 2},
-    "Mixup": {"cnn_width": 8},
-    "MovingAverage": {"cnn_width": 8, "ma_start_step": 3},
+    "ERM": TINY_NET | {"dropout": 0.3},
+    "SWAD": TINY_NET | {"swad_n_converge": 1, "swad_n_tolerance": 2},
+    "Mixup": TINY_NET,
+    "MovingAverage": TINY_NET | {"ma_start_step": 3},
 }
 
 
@@ -70,6 +71,7 @@ def _same_weights(a: dict, b: dict) -> bool:
         ((a[n], b[n]) for n in a))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", sorted(HPARAMS))
 def test_a_run_killed_at_a_random_step_resumes_to_the_identical_result(tmp_path, algorithm):
     reference = _job(tmp_path / "reference", algorithm)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import package_literals
 
 from domainbed_recycle import rundir
 from domainbed_recycle.errors import UserError
@@ -157,3 +158,13 @@ def test_rundir_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_run_folder_file_names_are_spelled_in_rundir_only():
+    """The run folder's file names (those with an extension: `done`, `diverged` and `lock` are also the
+    words of states and outcomes) appear as literals in rundir.py only, and in weights.py, whose
+    "model.safetensors" is the file of a Hugging Face Hub repository, not of a run folder."""
+    names = {name for name in rundir.FILES if "." in name}
+    modules = {path for path, _, value in package_literals() if value in names}
+    assert {rundir.BEST, rundir.RESULTS, rundir.ARGS} <= names  # the check looks for the real names
+    assert modules <= {"rundir.py", "weights.py"} and "rundir.py" in modules, modules

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import cli, sweep
 from domainbed_recycle.errors import UserError
@@ -21,7 +22,6 @@ from domainbed_recycle.sweep import Job, jobs_from_configs, make_jobs
 from domainbed_recycle.sweep.launchers import JobOutcome, LaunchReport, launch, threads_per_worker
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"cnn_width": 8}  # a narrower CNN: each 20-step run takes a few seconds on 2 cores
 
 
 def _steps(run_dir: Path) -> list[int]:
@@ -49,14 +49,14 @@ def test_overrides_go_to_the_algorithms_that_declare_them_and_ids_stay(tmp_path)
     # Every override applies to every algorithm: the ids are those of the commit before the rule (with the
     # dataset then named ColoredMNIST: 00a8d36c..., 7989d9b5..., bb10b3d8..., f145b69e...).
     jobs = make_jobs(["ColoredDigits"], ["ERM", "CORAL"], [[0]], 2, 1, 20, None, tmp_path,
-                     hparams={"cnn_width": 8, "lr": 0.01}, checkpoint_freq=10)
+                     hparams=TINY_NET | {"lr": 0.01}, checkpoint_freq=10)
     assert [j.job_id for j in jobs] == ["b372c78e0ae5ccdf7b5d7abea89d44c2", "a0ff741490b85fd4b5d84454e6043b24",
                                         "78d7e8e5385fabf0e82ccff81549f513", "f262c284fa12800dacd51f86f819c79b"]
     # mmd_gamma is CORAL's only: ERM jobs do not get it (they used to, and failed in their workers).
     jobs = make_jobs(["ColoredDigits"], ["ERM", "CORAL"], [[0]], 1, 1, 20, None, tmp_path,
-                     hparams={"mmd_gamma": 2, "cnn_width": 8})
+                     hparams=TINY_NET | {"mmd_gamma": 2})
     assert {j.args["algorithm"]: j.args["hparams"] for j in jobs} == {
-        "ERM": {"cnn_width": 8}, "CORAL": {"mmd_gamma": 2, "cnn_width": 8}}
+        "ERM": TINY_NET, "CORAL": TINY_NET | {"mmd_gamma": 2}}
     with pytest.raises(UserError, match="unknown hyper-parameter.*mmd_gamma for ERM, MovingAverage"):
         make_jobs(["ColoredDigits"], ["ERM", "MovingAverage"], [[0]], 1, 1, 20, None, tmp_path,
                   hparams={"mmd_gamma": 2})
@@ -143,13 +143,12 @@ def test_spec_test_envs_forms(tmp_path):
         sweep.spec_from_dict(base | {"test_envs": "0"})
 
 
-def test_bad_spec_key_exits_2_with_one_line(tmp_path):
+def test_bad_spec_key_exits_2_with_one_line(tmp_path, capsys):
     spec = tmp_path / "bad.toml"
     spec.write_text('datasets = ["ColoredDigits", "NoSuchData"]\nbogus_key = 1\n')
-    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "status", "--spec", str(spec)]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "unknown key(s) bogus_key" in result.stderr
+    assert cli.main(["sweep", "status", "--spec", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown key(s) bogus_key" in err
     spec.write_text('datasets = ["ColoredDigits", "NoSuchData"]\nalgorithms = ["ERM", "Nope"]\n')
     with pytest.raises(UserError, match="unknown dataset.*NoSuchData.*unknown algorithm.*Nope"):
         sweep.load_spec(spec, {"output_dir": str(tmp_path)})
@@ -158,7 +157,7 @@ def test_bad_spec_key_exits_2_with_one_line(tmp_path):
 def _sweep_argv(action, out, *extra):
     return ["sweep", action, "--datasets", "ColoredDigits", "--algorithms", "ERM", "--n_hparams", "1", "--n_trials",
             "1", "--test_envs", "0", "1", "--single_test_envs",
-            "--steps", "20", "--checkpoint_freq", "10", "--hparams", json.dumps(SMALL),
+            "--steps", "20", "--checkpoint_freq", "10", "--hparams", json.dumps(TINY_NET),
             "--output_dir", str(out), *extra]
 
 
@@ -199,9 +198,10 @@ def test_inprocess_launcher_lets_exceptions_propagate(tmp_path):
     assert "Traceback" in (bad[0].output_dir / RunDir.ERR).read_text()
 
 
+@pytest.mark.slow
 def test_pool_runs_jobs_records_failures_and_skips_done(tmp_path):
     good = make_jobs(["ColoredDigits"], ["ERM"], [[0], [1]], 1, 1, 20, None, tmp_path, checkpoint_freq=10,
-                     hparams=SMALL)
+                     hparams=TINY_NET)
     bad = jobs_from_configs([{"dataset": "ColoredDigits", "test_envs": [7], "steps": 20}], tmp_path)
     report = launch(good + bad, "pool", n_workers=2, progress=False)
 
@@ -226,6 +226,7 @@ def test_pool_runs_jobs_records_failures_and_skips_done(tmp_path):
     assert sweep.job_state(bad[0]) == "not_launched"
 
 
+@pytest.mark.slow
 def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path):
     """Kill a pool sweep (the CLI and its workers) mid-way, relaunch it, and check every run."""
     out = tmp_path / "sweep"
@@ -233,10 +234,10 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates_or_losses(tmp_path
     argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredDigits",
             "--algorithms", "ERM", "--n_trials", "1",
             "--test_envs", "0", "1", "--single_test_envs", "--n_hparams", "2", "--steps", str(steps),
-            "--checkpoint_freq", str(freq), "--hparams", json.dumps(SMALL), "--output_dir", str(out),
+            "--checkpoint_freq", str(freq), "--hparams", json.dumps(TINY_NET), "--output_dir", str(out),
             "--n_workers", "2", "--skip_confirmation", "--no_progress"]
     jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0], [1]], 2, 1, steps, None, out, checkpoint_freq=freq,
-                     hparams=SMALL)
+                     hparams=TINY_NET)
     assert len(jobs) == 4
 
     def started(job: Job) -> bool:
@@ -285,10 +286,10 @@ def test_a_finished_job_the_registry_now_resolves_differently_is_stale_not_done(
     registry's defaults or ranges, its old runs must not pass for this registry's results."""
     argv = ["sweep", "launch", "--datasets", "ColoredDigits", "--algorithms", "ERM", "--n_hparams", "1", "--n_trials",
             "1", "--test_envs", "0", "--single_test_envs", "--steps", "2",
-            "--checkpoint_freq", "1", "--hparams", json.dumps(SMALL), "--output_dir", str(tmp_path),
+            "--checkpoint_freq", "1", "--hparams", json.dumps(TINY_NET), "--output_dir", str(tmp_path),
             "--launcher", "inprocess", "--skip_confirmation", "--no_progress"]
     assert cli.main(argv) == 0
-    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1, hparams=SMALL)
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1, hparams=TINY_NET)
     assert sweep.changed_hparams(job) == [] and launch([job], "inprocess", progress=False).n_skipped == 1
     # The run folder as a registry with another default learning rate would have left it.
     static = json.loads(job.run.args_file.read_text())

@@ -5,12 +5,18 @@ Every run here is tiny (3 steps)."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from conftest import TINY_NET
+
 from domainbed_recycle import cli
+from domainbed_recycle.errors import UserError
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import make_jobs, run_job
 
 TINY = ["--dataset", "ColoredDigits", "--test_envs", "0", "--steps", "3", "--checkpoint_freq", "3",
-        "--hparams", '{"cnn_width": 8}', "--no_progress", "--threads", "1"]
+        "--hparams", json.dumps(TINY_NET), "--no_progress", "--threads", "1"]
 
 
 def _train(out, *extra):
@@ -89,9 +95,32 @@ def test_negative_steps_are_one_clear_line_and_write_nothing(tmp_path, capsys):
 
 def test_the_launcher_refuses_a_folder_holding_foreign_files(tmp_path):
     (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
-                       hparams={"cnn_width": 8})
+                       hparams=TINY_NET)
     job.output_dir.mkdir()
     (job.output_dir / "mine.txt").write_text("keep me")
     outcome = run_job(job.args, echo=False)
     assert outcome.status == "failed" and "did not write ('mine.txt'" in outcome.error
     assert [p.name for p in job.output_dir.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize("key, value, rule", [
+    ("holdout_fraction", 0, "a finite number > 0 and < 1"), ("holdout_fraction", 1.5, "a finite number > 0 and < 1"),
+    ("steps", -1, "an integer >= 1"), ("checkpoint_freq", 0, "an integer >= 1"),
+])
+def test_holdout_fraction_steps_and_checkpoint_freq_have_one_rule_for_runs_sweep_and_recycle_specs(
+        tmp_path, capsys, key, value, rule):
+    """One validator (`validation`, from the fields' types) for a run, a sweep spec and a recycle spec's
+    [target] (whose run settings `strategies.base.TargetRunSettings` declares once): the same rule in each,
+    and the train command refuses it in one line, exit 2, nothing written."""
+    from pathlib import Path
+
+    from domainbed_recycle.recycle.spec import load_recycle_spec
+    from domainbed_recycle.sweep.spec import spec_from_dict
+
+    assert _train(tmp_path / "run", f"--{key}", str(value)) == 2
+    assert f"{key} must be {rule}" in _one_error_line(capsys) and not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match=f"'{key}' must be {rule}"):
+        spec_from_dict({"datasets": ["ColoredDigits"], key: value})
+    paper = Path(__file__).resolve().parents[1] / "sweeps" / "recycle_paper.toml"
+    with pytest.raises(UserError, match=rf"\[target\]: '{key}' must be {rule}"):
+        load_recycle_spec(paper, {"output_dir": str(tmp_path / "r")}, [f"target.{key}={value}"])

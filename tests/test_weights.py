@@ -111,6 +111,7 @@ def _last_record(run: Path) -> dict:
     return json.loads((run / "results.jsonl").read_text().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_real_dataset_trains_from_imagenet_v1_by_default_and_random_only_when_asked(isolated_caches):
     """`drecycle train --dataset PACS` offline: one line naming the file without it; with it in the cache,
     trains from it and records it; `--pretrained none` trains a random featurizer on purpose."""

@@ -25,6 +25,7 @@ Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
 OPTIMIZERS = ("adam", "sgd")  # what `make_optimizer` builds
+LP_STEPS = 0  # default LP warm-up of a run (steps training the head alone first): none
 
 
 def make_optimizer(params: Any, hparams: dict[str, Any]) -> torch.optim.Optimizer:
@@ -78,8 +79,9 @@ class Algorithm(nn.Module):
         to keep its parent's. `profile` is one of `hparams_registry.PROFILES`. Default: none."""
 
     def featurizer_frozen(self) -> bool:
-        """True during a linear probe and during the first `lp_steps` steps (LP warm-up)."""
-        return self.linear_probe or self.update_count < int(self.hparams.get("lp_steps", 0))
+        """True during a linear probe and during the first `lp_steps` steps (LP warm-up): one of every run's
+        hyper-parameters, whose default `LP_STEPS` `hparams_registry` declares too."""
+        return self.linear_probe or self.update_count < int(self.hparams.get("lp_steps", LP_STEPS))
 
     def train_step(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
         """One optimisation step: [(x [B, C, H, W], y [B]) per training domain] -> logged floats.

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="TOML spec file (see sweeps/)")
     parser.add_argument("--output_dir", default=None, help="override the spec's output_dir")
     parser.add_argument("--data_dir", default=None, help="override the spec's data_dir")
-    parser.add_argument("--launcher", default=None, help="inprocess | pool | submitit_local | slurm")
+    parser.add_argument("--launcher", default=None, help="inprocess | pool | submitit_local | slurm | multi_gpu")
     parser.add_argument("--n_workers", type=int, default=None)
     parser.add_argument("--selection", nargs="+", default=None, help="iid | loo | oracle (default: the spec's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",

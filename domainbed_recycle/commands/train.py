@@ -105,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
     from domainbed_recycle.hparams_registry import parse_overrides
 
     overrides = parse_overrides(args.hparams)
-    if not 0.0 < args.holdout_fraction < 1.0:
-        raise UserError(f"--holdout_fraction must be in (0, 1), got {args.holdout_fraction}")
 
     from domainbed_recycle.training import TrainConfig
 

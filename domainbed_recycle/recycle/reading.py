@@ -11,6 +11,14 @@ import math
 from typing import Any
 
 from domainbed_recycle.collect import CollectResult
+from domainbed_recycle.strategies.claims import (
+    ABOVE_BASELINE,
+    ABOVE_BASELINE_CLAIM,
+    BASELINE,
+    BEST_SOUP,
+    OTHER_INITS,
+    RECYCLING_VS_SOUPS,
+)
 
 
 def _averages(result: CollectResult, dataset: str) -> dict[str, float]:
@@ -34,21 +42,21 @@ def reading(result: CollectResult, analysis: dict[str, Any]) -> str:
     for dataset, entry in analysis.items():
         row = _averages(result, dataset).get
         claims: list[tuple[str, bool, str]] = []
-        for kind in ("uniform", "greedy"):
-            rata, soup = row(f"Ratatouille-{kind}"), row(f"Soup-{kind}")
+        for kind, recycled_row, soup_row in RECYCLING_VS_SOUPS:
+            rata, soup = row(recycled_row), row(soup_row)
             if rata is not None and soup is not None:
                 claims.append((f"recycling >= soups ({kind})", rata >= soup, f"{rata:.1f} vs {soup:.1f}"))
-        soup = row("Soup-greedy")
-        others = {name: row(name) for name in ("InterTraining", "Fusing") if row(name) is not None}
+        soup = row(BEST_SOUP)
+        others = {name: row(name) for name in OTHER_INITS if row(name) is not None}
         if soup is not None and others:
             claims.append(("soups > inter-training and fusing", all(soup > v for v in others.values()),
-                           f"Soup-greedy {soup:.1f} vs " + ", ".join(f"{k} {v:.1f}" for k, v in others.items())))
-        erm = row("ERM")
+                           f"{BEST_SOUP} {soup:.1f} vs " + ", ".join(f"{k} {v:.1f}" for k, v in others.items())))
+        erm = row(BASELINE)
         if erm is not None:
-            above = {name: row(name) for name in ("LP-FT", "InterTraining", "Fusing") if row(name) is not None}
+            above = {name: row(name) for name in ABOVE_BASELINE if row(name) is not None}
             if above:
-                claims.append(("LP-FT, inter-training and fusing > ERM", all(v > erm for v in above.values()),
-                               f"ERM {erm:.1f} vs " + ", ".join(f"{k} {v:.1f}" for k, v in above.items())))
+                claims.append((f"{ABOVE_BASELINE_CLAIM} > {BASELINE}", all(v > erm for v in above.values()),
+                               f"{BASELINE} {erm:.1f} vs " + ", ".join(f"{k} {v:.1f}" for k, v in above.items())))
         premise = entry.get("premise") or {}
         cross, same = premise.get("mean_ratio_error_cross_init"), premise.get("mean_ratio_error_same_init")
         if cross is not None and same is not None:

@@ -21,14 +21,13 @@ from domainbed_recycle.datasets import get_dataset_class, load_all_datasets
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import PROFILES, declarations, validate_overrides
 from domainbed_recycle.strategies import STRATEGIES
+from domainbed_recycle.strategies.base import PerDataset, TargetRunSettings
 from domainbed_recycle.sweep.launchers import LAUNCHERS, SlurmOptions
 from domainbed_recycle.sweep.spec import apply_settings, read_spec_file
 from domainbed_recycle.training import TrainConfig
 from domainbed_recycle.validation import (
-    Bounds,
     Count,
     Domains,
-    Fraction,
     Names,
     Steps,
     Text,
@@ -39,7 +38,6 @@ from domainbed_recycle.validation import (
 )
 
 # Field types with their ranges are checked by `validation.build`, the validator of sweep specs and runs too.
-PerDataset = Steps | dict[str, Steps | None] | None  # a number, or a table {dataset: number}; None: the dataset's
 
 
 @dataclass
@@ -84,25 +82,14 @@ class ProbeSpec:
 
 
 @dataclass
-class TargetSpec:
-    """Stage 4. Target runs: datasets, held-out domains, trials, runs per pool, objective."""
+class TargetSpec(TargetRunSettings):
+    """Stage 4. Target runs: datasets, held-out domains, trials, and the run settings (runs per pool,
+    objective, length, ...) that `strategies.base.TargetRunSettings` declares."""
 
     datasets: Names = field(default_factory=list)
     # default: every domain, one at a time
     test_envs: Domains | None = None
     n_trials: Count = 3
-    n_runs: Count = 4
-    n_runs_small: Count = 2
-    steps: PerDataset = None  # a number, or a table {dataset: steps}; None: the dataset's
-    checkpoint_freq: PerDataset = None  # likewise
-    holdout_fraction: Fraction = 0.2
-    algorithm: str = "ERM"
-    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the network's, pre-trained)
-    hparams: dict[str, Any] = field(default_factory=dict)
-    # kappa_i ~ exp(r U(0,1)); the reference README's value. At most 700: exp(r) must stay a float64
-    fusing_range: Annotated[float, Bounds(0, 700)] = 4.0
-    # head-only warm-up of runs from a foreign featurizer (the reference's lp_steps)
-    lp_steps: Annotated[int, Bounds(0, limit="steps")] = 200
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from domainbed_recycle.strategies.base import (
     Inits,
     RunRef,
     Strategy,
+    TargetRunSettings,
     TargetSettings,
 )
 from domainbed_recycle.sweep import Job, job_id_of, jobs_from_configs
@@ -91,13 +92,8 @@ class Plan:
 
 def target_settings(spec: RecycleSpec) -> TargetSettings:
     """The spec's [target] table as the settings strategies plan with."""
-    t = spec.target
-    return TargetSettings(
-        algorithm=t.algorithm, n_runs=t.n_runs, n_runs_small=t.n_runs_small, steps=t.steps,
-        checkpoint_freq=t.checkpoint_freq, holdout_fraction=t.holdout_fraction, data_dir=spec.data_dir,
-        hparams=dict(t.hparams), hparams_profile=t.hparams_profile, fusing_range=t.fusing_range,
-        lp_steps=t.lp_steps,
-    )
+    shared = {f.name: getattr(spec.target, f.name) for f in fields(TargetRunSettings)}
+    return TargetSettings(**shared | {"hparams": dict(spec.target.hparams)}, data_dir=spec.data_dir)
 
 
 def cells(spec: RecycleSpec) -> list[Cell]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 from domainbed_recycle import hparams_registry
 from domainbed_recycle.algorithms import ALGORITHMS
@@ -27,8 +27,12 @@ from domainbed_recycle.evaluation import Evaluator
 from domainbed_recycle.misc import per_dataset, seed_hash
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.validation import Bounds, Count, Fraction, Steps
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+# A number, or a table {dataset: number}; None: the dataset's (steps and checkpoint_freq of a spec's stage)
+PerDataset = Steps | dict[str, Steps | None] | None
 
 PHI0 = "phi0"  # init label of runs starting from the foundation featurizer
 
@@ -96,20 +100,30 @@ class DerivedInit(Protocol):
 
 
 @dataclass
-class TargetSettings:
-    """Target-run settings shared by every strategy of a pipeline (from the spec's [target] table)."""
+class TargetRunSettings:
+    """The [target] settings every target run is planned with, declared once: the spec's [target] table
+    (`recycle.spec.TargetSpec`) extends them with the cells, `TargetSettings` with the data folder."""
 
     algorithm: str = "ERM"  # training objective of target runs (any registered Algorithm)
-    n_runs: int = 4  # M: runs per pool (LP-FT pool, auxiliary pool)
-    n_runs_small: int = 2  # runs of the strategies that need runs of their own (MovingAverage, Fusing)
-    steps: int | dict[str, int] | None = None  # None: the dataset's N_STEPS; a table: per dataset
-    checkpoint_freq: int | dict[str, int] | None = None  # None: the dataset's CHECKPOINT_FREQ
-    holdout_fraction: float = 0.2
-    data_dir: str | None = None
+    n_runs: Count = 4  # M: runs per pool (LP-FT pool, auxiliary pool)
+    n_runs_small: Count = 2  # runs of the strategies that need runs of their own (MovingAverage, Fusing)
+    steps: PerDataset = None  # a number, or a table {dataset: steps}; None: the dataset's N_STEPS
+    checkpoint_freq: PerDataset = None  # likewise; None: the dataset's CHECKPOINT_FREQ
+    holdout_fraction: Fraction = 0.2
+    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the network's, pre-trained)
     hparams: dict[str, Any] = field(default_factory=dict)
-    hparams_profile: str | None = None
-    fusing_range: float = 4.0  # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing (reference README: 4)
-    lp_steps: int = 200  # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
+    # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing (reference README: 4). At most 700: exp(r) must stay a float64
+    fusing_range: Annotated[float, Bounds(0, 700)] = 4.0
+    # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
+    lp_steps: Annotated[int, Bounds(0, limit="steps")] = 200
+
+
+@dataclass
+class TargetSettings(TargetRunSettings):
+    """Target-run settings shared by every strategy of a pipeline: the spec's [target] run settings and
+    its data folder."""
+
+    data_dir: str | None = None
 
     def steps_for(self, dataset: str) -> int | None:
         return per_dataset(self.steps, dataset)
