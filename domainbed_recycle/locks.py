@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.files import read_text
 
 MAX_AGE_ENV = "DRECYCLE_LOCK_MAX_AGE_H"
 DEFAULT_MAX_AGE_H = 24.0
@@ -96,18 +97,21 @@ class Lock:
         self._mine: dict[str, Any] | None = None
 
     def read(self) -> dict[str, Any] | None:
-        """The holder's JSON; None if there is no lock; {} if it is unreadable (being written?)."""
+        """The holder's JSON; None if there is no lock; {} if it is unreadable or not a lock's JSON (being
+        written, or not written by this harness)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_text(self.path, "lock", limit=1 << 16)  # a FIFO or a huge file is no lock of ours
         except FileNotFoundError:
             return None
-        except OSError:
+        except (OSError, UserError):
             return {}
         try:
             holder = json.loads(text)
         except ValueError:
             return {}
-        return holder if isinstance(holder, dict) else {}
+        # what `_me` writes, at least a host and a pid: anything else is no lock of ours ({})
+        ok = isinstance(holder, dict) and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int)
+        return holder if ok else {}
 
     def _stale(self, holder: dict[str, Any]) -> bool:
         if not holder:  # empty: its creator was killed between create and write, or is writing now
@@ -142,8 +146,8 @@ class Lock:
         except FileNotFoundError:
             return
         try:
-            moved = json.loads(aside.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError):
+            moved = json.loads(read_text(aside, "lock", limit=1 << 16) or "{}")
+        except (OSError, ValueError, UserError):
             moved = {}
         if moved != stale and moved and is_alive(moved):  # someone else's fresh lock: give it back
             with contextlib.suppress(OSError):
@@ -164,6 +168,17 @@ class Lock:
         raise LockHeld(f"{self.what} is locked ({self.path}) and the lock keeps changing hands", {})
 
     def _held_message(self, holder: dict[str, Any]) -> str:
+        if not holder:  # empty (a creator still writing it) or holding something that is no lock of ours
+            try:
+                size = self.path.stat().st_size
+            except OSError:
+                size = 0
+            if size == 0:
+                return (f"{self.what} is being locked by another process right now ({self.path} is still empty): "
+                        f"try again in a minute; if it stays empty, no process is writing it: delete it")
+            return (f"{self.what} is locked by {self.path}, which is not a lock this harness wrote (its content "
+                    f"is not a lock's JSON): if no drecycle process is working there, delete that file "
+                    f"(rm {self.path}) and try again")
         message = f"{self.what} is in use by {describe(holder)} (lock {self.path})"
         started = holder.get("started")
         if holder.get("host") != socket.gethostname() and isinstance(started, int | float):
@@ -191,14 +206,25 @@ class Lock:
         self.release()
 
 
-def release_if_mine(path: str | os.PathLike[str]) -> bool:
-    """Delete the lock file `path` if this process (host and pid) holds it; True if it did. For a
-    process about to be requeued from a signal handler, whose `Lock` object is out of reach."""
+def release_if_mine(path: str | os.PathLike[str], children: bool = False) -> bool:
+    """Delete the lock file `path` if this process (host and pid) holds it, or with `children` one of
+    its child processes; True if it did. For a process about to be requeued from a signal handler,
+    whose `Lock` objects (or whose pool workers') are out of reach."""
     holder = Lock(path, "").read()
-    if holder and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+    mine = {os.getpid()} | (_child_pids() if children else set())
+    if holder and holder.get("host") == socket.gethostname() and holder.get("pid") in mine:
         Path(path).unlink(missing_ok=True)
         return True
     return False
+
+
+def _child_pids() -> set[int]:
+    """Pids of this process's children (Linux's /proc/self/task/*/children; empty elsewhere)."""
+    pids: set[int] = set()
+    for listing in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(pid) for pid in listing.read_text().split())
+    return pids
 
 
 FOLDER_LOCK = ".drecycle.lock"  # the lock of a sweep or recycle output folder

@@ -1,4 +1,5 @@
-"""Featurizers and classifiers: a small CNN for the built-in 28x28 datasets, ResNet-18/50 for real ones.
+"""Featurizers and classifiers: a small CNN for the built-in 28x28 datasets, DomainBed's MNIST_CNN for its
+MNIST datasets, ResNet-18/50 for real ones.
 
 A model is `Model(featurizer, classifier)`; its state dict keys start with `featurizer.` and
 `classifier.`, so featurizers and heads can be swapped between checkpoints (recycling needs that).
@@ -7,6 +8,7 @@ The architecture is described by a small JSON-able dict (`arch`), stored in ever
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -14,7 +16,15 @@ from torch import nn
 
 from domainbed_recycle.errors import UserError
 
-ARCHITECTURES = ("small_cnn", "resnet18", "resnet50")  # the featurizers `build_featurizer` knows
+ARCHITECTURES = ("small_cnn", "mnist_cnn", "resnet18", "resnet50")  # the featurizers `build_featurizer` knows
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision name -> autocast dtype
+
+
+def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to `precision` ("bf16", "fp16") on `device_type` ("cpu", "cuda"); "fp32" changes nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[precision])
 
 
 class SmallCNN(nn.Module):
@@ -37,6 +47,36 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.layers(x)).flatten(1)
+
+
+class MNISTCNN(nn.Module):
+    """DomainBed's `MNIST_CNN` (372k parameters with its 10-class head): four 3x3 convolutions (64, 128
+    stride 2, 128, 128 channels), each followed by ReLU then GroupNorm(8), and a global average pool.
+
+    Input [B, C, 28, 28] (DomainBed: 1 channel for RotatedMNIST, 2 for ColoredMNIST) -> features [B, 128].
+    Same layers, names and creation order as DomainBed's, so a run seeded alike starts from the same
+    weights, and DomainBed's checkpoints load by renaming their keys only.
+    """
+
+    n_outputs = 128
+
+    def __init__(self, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(input_shape[0], 64, 3, 1, padding=1)
+        self.conv2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.conv4 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.bn0 = nn.GroupNorm(8, 64)
+        self.bn1 = nn.GroupNorm(8, 128)
+        self.bn2 = nn.GroupNorm(8, 128)
+        self.bn3 = nn.GroupNorm(8, 128)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, norm in ((self.conv1, self.bn0), (self.conv2, self.bn1), (self.conv3, self.bn2),
+                           (self.conv4, self.bn3)):
+            x = norm(torch.relu(conv(x)))
+        return self.avgpool(x).flatten(1)
 
 
 class ResNetFeaturizer(nn.Module):
@@ -92,6 +132,8 @@ def architecture(input_shape: tuple[int, int, int], num_classes: int, hparams: d
     arch: dict[str, Any] = {"featurizer": name, "input_shape": list(input_shape), "num_classes": num_classes}
     if name == "small_cnn":
         arch["width"] = int(hparams.get("cnn_width", 16))
+    elif name == "mnist_cnn":
+        pass  # fixed architecture: the input shape says it all
     elif name in ("resnet18", "resnet50"):
         arch["freeze_bn"] = bool(hparams.get("freeze_bn", True))
     else:
@@ -104,6 +146,8 @@ def build_featurizer(arch: dict[str, Any]) -> nn.Module:
     name = arch["featurizer"]
     if name == "small_cnn":
         return SmallCNN(tuple(arch["input_shape"]), width=arch.get("width", 16))
+    if name == "mnist_cnn":
+        return MNISTCNN(tuple(arch["input_shape"]))
     if name in ("resnet18", "resnet50"):
         return ResNetFeaturizer(depth=int(name[len("resnet"):]), freeze_bn=arch.get("freeze_bn", True))
     raise UserError(f"unknown architecture '{name}'; known: {', '.join(ARCHITECTURES)}")

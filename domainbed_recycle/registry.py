@@ -1,7 +1,10 @@
-"""A tiny name -> object registry with a decorator, used for datasets, algorithms and strategies."""
+"""A tiny name -> object registry with a decorator, used for datasets, algorithms, strategies and merging
+operators; and `import_plugins`, which imports the user's modules that register more of them."""
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -52,3 +55,16 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def import_plugins() -> None:
+    """Import every module named in $DRECYCLE_PLUGINS (comma-separated, importable from sys.path): user
+    code outside the package registers its algorithms and merging operators there. Pool and Slurm
+    workers inherit the variable, so they import the modules too. Importing twice is free."""
+    for module in filter(None, (m.strip() for m in os.environ.get("DRECYCLE_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if not f"{module}.".startswith(f"{error.name}."):  # a missing import inside the module
+                raise
+            raise UserError(f"DRECYCLE_PLUGINS: no module named '{module}' (is its folder on PYTHONPATH?)") from None

@@ -54,11 +54,15 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically (synced temp file in the same folder, then rename)."""
+    """Write `state` to `path` atomically (synced temp file in the same folder, then rename); a failed
+    write is an OSError or one UserError line naming `path`, and leaves no temp file."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
+            try:
+                torch.save({"format": FORMAT, **state}, handle)
+            except RuntimeError as error:  # torch's writer wraps the system's error (no space left...)
+                raise UserError(f"cannot write {path}: {(str(error).splitlines() or ['write failed'])[0]}") from None
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

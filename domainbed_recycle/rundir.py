@@ -1,9 +1,12 @@
 """The run folder: the one contract between training, launchers, strategies, analysis and collect.
 
-A run folder holds only files the harness writes (names below): `args.json` (the run's arguments
+A run folder holds only files the harness writes (names below): `.made_by_drecycle` (written first,
+when the harness creates the folder or claims an empty one: the proof that the folder is the
+harness's, without which nothing in it is ever deleted), `args.json` (the run's arguments
 and provenance), `results.jsonl` (one JSON record per evaluation, flushed line by line),
 `model_best.safetensors` (best training-domain validation accuracy), `model.safetensors` (last
-step), `out.txt`/`err.txt` (a launcher's copy of stdout/stderr), atomic-write temp files
+step), `model_step<N>.safetensors` (every evaluation, with `--save_model_every_checkpoint`),
+`out.txt`/`err.txt` (a launcher's copy of stdout/stderr), atomic-write temp files
 (`.<name>.<pid>.tmp`), `resume.pt` (what a killed run needs to continue, see `training`),
 `lock` (held while a process works on the run, see `locks`), `diverged` (JSON: step and reason,
 written when the loss or the weights stop being finite), and `done`, written last and atomically
@@ -11,8 +14,11 @@ once everything else succeeded.
 
 States: `done` (holds `done`), `diverged` (holds `diverged`: final, never selected or averaged),
 `incomplete` (exists without either: killed, failed or running), `not_launched` (no folder).
-`reset()` deletes only the harness's own files and refuses a folder
-holding anything else, so a mistyped `--output_dir` never costs a user's files.
+`reset()` deletes only the harness's own files, only in a folder the harness made, and refuses a
+folder holding anything else, so a mistyped `--output_dir` never costs a user's files (not even
+files that happen to be named `out.txt` or `results.jsonl`). A folder made by an older version,
+without the marker, counts as the harness's when its `args.json` or first record carries the
+harness's provenance (`versions` and `git_commit`), which no other tool writes.
 
 Torch-free on purpose: the collector, `sweep status` and the launchers' parent process use it.
 
@@ -24,12 +30,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.files import read_regular, read_text
+from domainbed_recycle.performance import LOADER_SWITCHES
 
 RESULTS = "results.jsonl"
 ARGS = "args.json"
@@ -42,8 +51,9 @@ LAST = "model.safetensors"
 OUT = "out.txt"
 ERR = "err.txt"
 LOGS = (OUT, ERR)  # what a launcher opens in the folder before training starts
+MADE_BY = ".made_by_drecycle"  # written first into a folder the harness makes: its proof of ownership
 # Everything the harness writes (besides temp files).
-FILES = (ARGS, RESULTS, BEST, LAST, OUT, ERR, DONE, DIVERGED, RESUME, LOCK)
+FILES = (ARGS, RESULTS, BEST, LAST, OUT, ERR, DONE, DIVERGED, RESUME, LOCK, MADE_BY)
 
 # States.
 STATE_DONE = "done"
@@ -53,7 +63,7 @@ NOT_LAUNCHED = "not_launched"
 STATES = (STATE_DONE, STATE_DIVERGED, INCOMPLETE, NOT_LAUNCHED)
 
 # Arguments that say where or how a run executes, not what it computes: they never tell two runs apart.
-PLACEMENT_ARGS = ("output_dir", "progress", "threads")
+PLACEMENT_ARGS = ("output_dir", "progress", "threads", *LOADER_SWITCHES)
 
 
 def temp_name(name: str) -> str:
@@ -61,13 +71,51 @@ def temp_name(name: str) -> str:
     return f".{name}.{os.getpid()}.tmp"
 
 
+def step_checkpoint(step: int) -> str:
+    """The checkpoint of the evaluation at `step` (DomainBed's `--save_model_every_checkpoint`)."""
+    return f"model_step{step}.safetensors"
+
+
+def _is_step_checkpoint(name: str) -> bool:
+    return name.startswith("model_step") and name.endswith(".safetensors") and name[10:-12].isdigit()
+
+
 def _is_harness_file(name: str) -> bool:
-    if name in FILES:
+    if name in FILES or _is_step_checkpoint(name):
         return True
     if name.startswith(".") and name.endswith(".tmp"):  # `.<name>.<pid>.tmp`, left by a killed write
         core, _, pid = name[1:-len(".tmp")].rpartition(".")
-        return core in FILES and pid.isdigit()
+        return (core in FILES or _is_step_checkpoint(core)) and pid.isdigit()
     return False
+
+
+def is_made_by_harness(folder: Path) -> bool:
+    """Whether `folder` holds the harness's marker (`MADE_BY`, a plain file)."""
+    return (Path(folder) / MADE_BY).is_file()
+
+
+def claim(folder: Path, what: str, legacy: Callable[[], bool] | None = None) -> None:
+    """Make `folder` (and its parents) if missing and mark it as the harness's (`MADE_BY`), unless it
+    is marked already. UserError, writing nothing, for an existing folder without the marker that holds
+    anything, unless `legacy()` proves another way that an older version of the harness made it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is not a folder ({what} expected there)")
+    if is_made_by_harness(folder):
+        return
+    if folder.is_dir() and os.listdir(folder) and not (legacy and legacy()):
+        raise UserError(not_ours_message(folder, what))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / MADE_BY, json.dumps({"made_by": "domainbed_recycle", "what": what,
+                                               "created": time.time(), "pid": os.getpid()}) + "\n")
+
+
+def not_ours_message(folder: Path, what: str) -> str:
+    """One line refusing to write into or delete from a folder the harness did not make."""
+    names = sorted(os.listdir(folder))
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{folder} already holds files ({shown}) and was not made by this harness (no {MADE_BY} marker); "
+            f"refusing to write {what} there or delete anything in it: choose a new or empty folder")
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -191,8 +239,8 @@ class RunDir:
     def diverged_info(self) -> dict[str, Any]:
         """The `diverged` marker's content ({'step', 'reason'}); {} if absent or unreadable."""
         try:
-            info = json.loads(self.diverged_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            info = json.loads(read_text(self.diverged_file, DIVERGED, limit=1 << 20))
+        except (OSError, ValueError, UserError):
             return {}
         return info if isinstance(info, dict) else {}
 
@@ -211,18 +259,39 @@ class RunDir:
 
     @property
     def is_fresh(self) -> bool:
-        """True if the folder is missing, or holds at most a launcher's `out.txt`/`err.txt`."""
+        """True if the folder is missing or empty, or is the harness's and holds at most a launcher's
+        `out.txt`/`err.txt` (and the lock)."""
         if not self.path.exists():
             return True
         self._check_is_dir()
-        return all(name in (*LOGS, LOCK) and not (self.path / name).is_dir() for name in os.listdir(self.path))
+        names = os.listdir(self.path)
+        return not names or (self.is_ours and all(name in (*LOGS, LOCK, MADE_BY) and not (self.path / name).is_dir()
+                                                  for name in names))
+
+    @property
+    def is_ours(self) -> bool:
+        """Whether the harness made this folder: it holds `MADE_BY`, or (made by an older version) its
+        `args.json` or first record carries the harness's provenance (see the module docstring)."""
+        return is_made_by_harness(self.path) or self._has_legacy_provenance()
+
+    def _has_legacy_provenance(self) -> bool:
+        for source in (self.args_file, self.results_file):
+            try:
+                data = read_regular(source, source.name, limit=1 << 24, head=source == self.results_file)
+                obj = json.loads(data.split(b"\n", 1)[0] if source == self.results_file else data)
+            except (OSError, ValueError, UserError):
+                continue
+            if isinstance(obj, dict) and "versions" in obj and "git_commit" in obj:
+                return True
+        return False
 
     def _check_is_dir(self) -> None:
         if not self.path.is_dir():
             raise UserError(f"{self.path} is not a folder (a run folder is expected there)")
 
     def check_is_run(self) -> None:
-        """UserError (one line) unless the folder is missing or holds only the harness's files."""
+        """UserError (one line) unless the folder is missing, empty, or made by the harness and holding
+        only the harness's files."""
         foreign = self.foreign_entries()
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -230,6 +299,8 @@ class RunDir:
                 f"{self.path} holds files this harness did not write ({foreign[0]!r}{more}); refusing to "
                 f"touch it: choose a new or empty output folder"
             )
+        if self.path.exists() and os.listdir(self.path) and not self.is_ours:
+            raise UserError(not_ours_message(self.path, "a run"))
 
     def reset(self) -> None:
         """Delete the harness's files, so a run starts afresh (the folder itself stays, and so does
@@ -241,19 +312,30 @@ class RunDir:
         if not self.path.exists():
             return
         for name in os.listdir(self.path):
-            if name != LOCK:
+            if name not in (LOCK, MADE_BY):
                 (self.path / name).unlink(missing_ok=True)
 
     def remove(self) -> None:
         """`reset()`, then remove the emptied folder (the run becomes `not_launched`); a folder whose
         `lock` is still there (held, or left by a dead process) is kept, emptied."""
         self.reset()
-        if self.path.exists() and not self.lock_file.exists():
-            self.path.rmdir()
+        self.remove_if_empty()
+
+    def remove_if_empty(self) -> None:
+        """Remove the folder if it holds nothing but the harness's marker (e.g. a run refused before it
+        wrote anything); otherwise leave it as it is."""
+        if self.path.is_dir() and not self.path.is_symlink() and set(os.listdir(self.path)) <= {MADE_BY}:
+            (self.path / MADE_BY).unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:  # something appeared meanwhile (another process took the folder): keep it, marked
+                claim(self.path, "a run", legacy=lambda: True)
 
     def create(self) -> RunDir:
-        """Make the folder (and its parents) if missing; returns self."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Make the folder (and its parents) if missing and mark it as the harness's (`MADE_BY`);
+        UserError, writing nothing, for an existing folder the harness did not make that holds
+        anything. Returns self."""
+        claim(self.path, "a run", legacy=self._has_legacy_provenance)
         return self
 
     def mark_done(self) -> None:
@@ -291,9 +373,9 @@ class RunDir:
         """The whole of `args.json`, else the first record (which repeats it); UserError if neither reads."""
         for source in (self.args_file, self.results_file):
             try:
-                text = source.read_text(encoding="utf-8")
+                text = read_text(source, source.name)  # a FIFO there would block: refused
                 obj = json.loads(text if source == self.args_file else text.splitlines()[0])
-            except (OSError, ValueError, IndexError):
+            except (OSError, ValueError, IndexError, UserError):
                 continue
             if isinstance(obj, dict) and isinstance(obj.get("args"), dict):
                 return obj
@@ -304,15 +386,17 @@ class RunDir:
         """The run's stored arguments (`TrainConfig` fields, steps resolved, plus `environments`)."""
         return dict(self.read_static()["args"])
 
-    def differing_args(self, wanted: Mapping[str, Any]) -> list[str]:
+    def differing_args(self, wanted: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> list[str]:
         """Names of the arguments in `wanted` whose stored value differs (placement args ignored).
 
-        `wanted` is compared after a JSON round trip, as the stored values were written.
+        `wanted` is compared after a JSON round trip, as the stored values were written. An argument
+        the run did not store (it predates it) counts as its value in `defaults`, when given.
         """
         stored = self.args
         wanted = json.loads(json.dumps(dict(wanted), default=str))
+        fallback = json.loads(json.dumps(dict(defaults or {}), default=str))
         return sorted(key for key, value in wanted.items()
-                      if key not in PLACEMENT_ARGS and stored.get(key) != value)
+                      if key not in PLACEMENT_ARGS and stored.get(key, fallback.get(key)) != value)
 
 
 class RecordLog:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce results/baselines/: ERM, CORAL, GroupDRO, Mixup, VREx and SWAD on RotatedMNIST
+# Reproduce results/baselines/: ERM, CORAL, GroupDRO, Mixup, VREx and SWAD on RotatedDigits
 # (test domains 0 and 5, one at a time), 2 hparams seeds x 2 trial seeds, 200 steps, on a local
 # pool of 2 workers; then the collected tables in Markdown and LaTeX, and the provenance.
 # Usage: scripts/run_baselines.sh [SWEEP_DIR]   (default runs/baselines; must not hold runs yet
@@ -12,7 +12,7 @@ DRECYCLE=.venv/bin/drecycle
 PY=.venv/bin/python
 mkdir -p "$RESULTS"
 
-SWEEP=("$DRECYCLE" sweep launch --datasets RotatedMNIST
+SWEEP=("$DRECYCLE" sweep launch --datasets RotatedDigits
        --algorithms ERM CORAL GroupDRO Mixup VREx SWAD
        --n_hparams 2 --n_trials 2 --single_test_envs --test_envs 0 5
        --steps 200 --checkpoint_freq 50 --launcher pool --n_workers 2

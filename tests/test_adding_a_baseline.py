@@ -9,6 +9,7 @@ test breaks if the text and the code drift apart.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import cli, hparams_registry
 from domainbed_recycle.algorithms import ALGORITHMS, get_algorithm_class
@@ -29,7 +31,7 @@ from domainbed_recycle.rundir import RunDir
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Adding a baseline"
 MODULE = "my_baselines"  # the module name the section uses
-FAST = ["--hparams", '{"cnn_width": 8}', "--checkpoint_freq", "10", "--no_progress"]  # speed only
+FAST = ["--hparams", json.dumps(TINY_NET), "--checkpoint_freq", "10", "--no_progress"]  # speed only
 
 
 def section_text() -> str:
@@ -91,6 +93,7 @@ def test_the_new_baseline_is_found_by_name_with_its_hyper_parameter(plugin):
         hparams_registry.get_hparams("LabelSmoothing", "small", 0, {"smoothing": 2})
 
 
+@pytest.mark.slow
 def test_sweep_and_collect_as_the_section_says(plugin, capsys):
     sweep_argv, collect_argv = drecycle_commands(code_blocks(section_text(), "bash")[0])
     assert sweep_argv[:2] == ["sweep", "launch"] and collect_argv[0] == "collect"
@@ -115,8 +118,9 @@ def test_sweep_and_collect_as_the_section_says(plugin, capsys):
     assert 0.0 < mean <= 100.0 and not math.isnan(mean)
 
 
+@pytest.mark.slow
 def test_a_fresh_drecycle_sweep_accepts_the_plugin_algorithm(plugin):
-    command = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "RotatedMNIST",
+    command = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "RotatedDigits",
                "--algorithms", "LabelSmoothing", "--test_envs", "0", "--dry_run", "--output_dir", str(plugin / "d")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

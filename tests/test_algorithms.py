@@ -59,6 +59,7 @@ def _record(val_acc: float, test_envs=(2,), n_envs: int = 3) -> dict:
 # --- every registered algorithm steps -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_update_returns_finite_floats_and_moves_parameters(name):
     algorithm = _make(name)
@@ -99,6 +100,28 @@ def test_coral_update_objective_matches_formula():
     out = algorithm.train_step(batches)
     assert out["loss"] == pytest.approx(ce, rel=1e-5)
     assert out["penalty"] == pytest.approx(penalty, rel=1e-4)
+
+
+# --- IGA -----------------------------------------------------------------------------------------
+
+
+def test_iga_penalty_is_the_spread_of_per_domain_gradients_by_hand():
+    algorithm = _make("IGA", penalty=10.0)
+    batches = _batches()
+    params = list(algorithm.network.parameters())
+    per_domain = []
+    for x, y in batches:  # each domain's gradient, one flat vector
+        algorithm.network.zero_grad()
+        F.cross_entropy(algorithm.network(x), y).backward()
+        per_domain.append(torch.cat([p.grad.flatten() for p in params]).double())
+    mean = torch.stack(per_domain).mean(0)
+    penalty = sum(((g - mean) ** 2).sum().item() for g in per_domain)
+    with torch.no_grad():
+        loss = np.mean([F.cross_entropy(algorithm.network(x), y).item() for x, y in batches])
+    algorithm.network.zero_grad()
+    out = algorithm.train_step(batches)
+    assert out["loss"] == pytest.approx(loss, rel=1e-5)
+    assert out["penalty"] == pytest.approx(penalty, rel=1e-3)
 
 
 # --- GroupDRO ------------------------------------------------------------------------------------
@@ -196,6 +219,7 @@ def test_mixup_update_equals_hand_formula_for_fixed_lambda():
     assert algorithm.train_step(batches)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mixup_is_reproducible_under_the_global_torch_seed():
     losses = [[_make("Mixup").train_step(_batches(seed=s))["loss"] for s in range(3)] for _ in range(2)]
     assert losses[0] == losses[1]
@@ -272,6 +296,7 @@ def test_training_validation_loss_reads_training_domains_only():
     assert training_validation_loss(record) == pytest.approx(0.4)
 
 
+@pytest.mark.slow
 def test_swad_eval_state_dict_is_mean_of_iterates_in_window():
     algorithm = _make("SWAD")
     accs = [0.0, 0.2, 0.5, 0.48, 0.4, 0.45, 0.42]  # losses 1 - acc: valley at segment 2 (evaluation 4)
@@ -319,20 +344,21 @@ def test_swad_average_freezes_once_the_valley_is_dead():
 
 @pytest.fixture(scope="module")
 def small_colored_mnist():
-    """ColoredMNIST cut to 100 images per domain (3 domains), so each run below takes about a second."""
+    """ColoredDigits cut to 100 images per domain (3 domains), so each run below takes about a second."""
     pytest.importorskip("domainbed_recycle.datasets.splits")
     pytest.importorskip("domainbed_recycle.datasets.builtin")
     from domainbed_recycle.datasets import get_dataset
 
     try:
-        dataset = get_dataset("ColoredMNIST", None, [2], {})
+        dataset = get_dataset("ColoredDigits", None, [2], {})
     except Exception as error:  # the built-in sources are not installed here
-        pytest.skip(f"ColoredMNIST unavailable: {error}")
+        pytest.skip(f"ColoredDigits unavailable: {error}")
     small = copy.copy(dataset)
     small.datasets = [domain.subset(torch.arange(100)) for domain in dataset.datasets]
     return small
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["CORAL", "GroupDRO", "Mixup", "VREx", "SWAD"])
 def test_train_end_to_end(tmp_path, small_colored_mnist, name):
     from domainbed_recycle import checkpoints
@@ -343,7 +369,7 @@ def test_train_end_to_end(tmp_path, small_colored_mnist, name):
         hparams |= {"swad_n_converge": 1, "swad_n_tolerance": 2}
     if name == "VREx":
         hparams |= {"vrex_penalty_anneal_iters": 4}
-    config = TrainConfig(dataset="ColoredMNIST", output_dir=str(tmp_path / name), algorithm=name,
+    config = TrainConfig(dataset="ColoredDigits", output_dir=str(tmp_path / name), algorithm=name,
                          test_envs=[2], steps=8, checkpoint_freq=4, progress=False, hparams=hparams)
     run = train(config, dataset=small_colored_mnist)
     records = [json.loads(line) for line in (run / RunDir.RESULTS).read_text().splitlines()]
@@ -371,3 +397,20 @@ def test_the_lp_warmup_ends_with_a_new_optimizer_as_the_reference():
     _assert_state_close(_state(warm), _state(fresh))
     assert warm.optimizer.state  # and the new optimiser now holds moments for the featurizer too
     assert any(p.shape == warm.network.featurizer.layers[0].weight.shape for p in warm.optimizer.state)
+
+
+def test_the_lp_warm_up_follows_the_registry_declared_lp_steps():
+    """lp_steps has one default, `algorithms.base.LP_STEPS` (0: the featurizer trains from the first step), the
+    registry's and the algorithm's when hparams lack it; a run's value freezes the featurizer that many steps."""
+    from domainbed_recycle.algorithms.base import LP_STEPS
+
+    assert hparams_registry.default_hparams("ERM")["lp_steps"] == LP_STEPS == 0
+    assert not _make("ERM").featurizer_frozen()
+    partial = {k: v for k, v in hparams_registry.default_hparams("ERM").items() if k != "lp_steps"}
+    assert not get_algorithm_class("ERM")(ARCH, 3, partial).featurizer_frozen()
+    algorithm = _make("ERM", lp_steps=2)
+    frozen = []
+    for _ in range(3):
+        frozen.append(algorithm.featurizer_frozen())
+        algorithm.train_step(_batches())
+    assert frozen == [True, True, False]

@@ -1,4 +1,4 @@
-"""analysis + `drecycle diversity` / `drecycle lmc` on three tiny real RotatedMNIST runs."""
+"""analysis + `drecycle diversity` / `drecycle lmc` on three tiny real RotatedDigits runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import analysis, checkpoints, diversity
 from domainbed_recycle.averaging import uniform_average
@@ -15,6 +16,8 @@ from domainbed_recycle.cli import main
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # its module fixture trains the runs every test reads
 
 TEST_ENV = 5
 
@@ -26,8 +29,8 @@ def run_dirs(tmp_path_factory):
     dirs = []
     for seed in range(3):
         config = TrainConfig(
-            dataset="RotatedMNIST", output_dir=str(root / f"run{seed}"), test_envs=[TEST_ENV], steps=20,
-            checkpoint_freq=10, seed=seed, progress=False, hparams={"cnn_width": 8},
+            dataset="RotatedDigits", output_dir=str(root / f"run{seed}"), test_envs=[TEST_ENV], steps=20,
+            checkpoint_freq=10, seed=seed, progress=False, hparams=TINY_NET,
         )
         dirs.append(train(config))
     return dirs
@@ -65,7 +68,7 @@ def _copy_run(source, target, metadata=None, args=None):
 def test_load_run_reads_what_the_run_was_trained_on(runs, run_dirs):
     info = runs[0]
     assert info.checkpoint == run_dirs[0] / RunDir.BEST
-    assert (info.dataset, info.test_envs, info.trial_seed) == ("RotatedMNIST", [TEST_ENV], 0)
+    assert (info.dataset, info.test_envs, info.trial_seed) == ("RotatedDigits", [TEST_ENV], 0)
     assert info.holdout_fraction == 0.2 and info.data_dir is None and info.init_label == "random"
     assert info.arch["width"] == 8 and info.name == "run0" and 0.0 <= info.val_acc <= 1.0
     assert set(info.state) == set(checkpoints.load_checkpoint(info.checkpoint)[0])
@@ -92,7 +95,7 @@ def test_load_run_refuses_what_is_not_a_finished_run(tmp_path, run_dirs):
     ("field", "metadata", "args"),
     [
         ("trial_seed", {"trial_seed": 1}, None),
-        ("dataset", {"dataset": "ColoredMNIST"}, None),
+        ("dataset", {"dataset": "ColoredDigits"}, None),
         ("holdout_fraction", None, {"holdout_fraction": 0.3}),
         ("architecture", {"arch": {"featurizer": "small_cnn", "input_shape": [3, 28, 28], "num_classes": 10,
                                    "width": 16}}, None),

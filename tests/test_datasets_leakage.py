@@ -22,7 +22,7 @@ import tomllib
 import torch
 
 from domainbed_recycle.datasets import DATASETS, load_all_datasets, sources
-from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, RotatedMNIST, TextureMNIST, Textures
+from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, RotatedDigits, TextureMNIST, Textures
 from domainbed_recycle.datasets.leakage import shared_sources
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -121,6 +121,7 @@ def test_recycling_specs_use_no_target_source_before_the_target(spec: Path, decl
     assert _leaks(declared, before, targets) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUILTIN_DATASETS)
 def test_declared_sources_are_what_the_generator_reads(name: str, declared: Declared):
     cls = DATASETS.get(name)
@@ -187,7 +188,7 @@ def test_each_domain_uses_only_the_pixels_it_declares(name: str, monkeypatch: py
     assert _domains_using_undeclared_pixels(DATASETS.get(name), monkeypatch) == []
 
 
-class _NextDigitMNIST(RotatedMNIST):
+class _NextDigitMNIST(RotatedDigits):
     """Mutant: notes its declared digits as read, but draws the pixels of the next digit in the collection."""
 
     @classmethod
@@ -262,9 +263,9 @@ def test_shipped_recycling_specs_pass_the_spec_time_check():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    # RotatedMNIST and TextureMNIST are drawn from the same MNIST digits
-    ({"auxiliary": {"datasets": ["Glyphs", "RotatedMNIST"]}},
-     r"leakage: auxiliary dataset RotatedMNIST \(domain '0'\) shares \d+ source image\(s\) with test domain "
+    # RotatedDigits and TextureMNIST are drawn from the same MNIST digits
+    ({"auxiliary": {"datasets": ["Glyphs", "RotatedDigits"]}},
+     r"leakage: auxiliary dataset RotatedDigits \(domain '0'\) shares \d+ source image\(s\) with test domain "
      r"'plain' of target TextureMNIST \(e\.g\. "),
     ({"foundation": {"dataset": "TextureMNIST"}}, r"leakage: pre-training dataset TextureMNIST \(domain 'plain'\)"),
     # a target as its own auxiliary task: its fine-tuning saw the test domain

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle import cli
 from domainbed_recycle.averaging import check_finite, first_nonfinite
@@ -17,7 +18,7 @@ from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import DIVERGED, format_status, launch, make_jobs, run_job, status
 
 BLOW_UP = {"lr": 1e6, "optimizer": "sgd", "cnn_width": 8}
-TINY = ["--dataset", "ColoredMNIST", "--test_envs", "0", "--steps", "5", "--checkpoint_freq", "5",
+TINY = ["--dataset", "ColoredDigits", "--test_envs", "0", "--steps", "5", "--checkpoint_freq", "5",
         "--no_progress", "--threads", "1"]
 
 
@@ -38,7 +39,7 @@ def test_a_huge_learning_rate_ends_the_run_as_diverged_with_one_line(tmp_path, c
 
 
 def test_a_sweep_reports_diverged_jobs_and_keeps_them_diverged_unless_forced(tmp_path):
-    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 4, None, tmp_path, checkpoint_freq=4,
+    jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 4, None, tmp_path, checkpoint_freq=4,
                      hparams=BLOW_UP)
     (job,) = jobs
     assert run_job(job.args, threads=1, echo=False).status == "diverged"
@@ -67,8 +68,8 @@ def test_averaging_and_lmc_refuse_non_finite_members_by_name():
 def test_the_collector_skips_diverged_runs_with_one_warning(tmp_path):
     from domainbed_recycle.collect import load_records
 
-    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1,
-                     hparams={"cnn_width": 8})
+    jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=1,
+                     hparams=TINY_NET)
     assert run_job(jobs[0].args, threads=1, echo=False).status == "done"
     bad = RunDir(tmp_path / "bad").create()
     bad.results_file.write_text(jobs[0].run.results_file.read_text())  # records that look valid

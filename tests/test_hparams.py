@@ -3,6 +3,8 @@ ranges, and the one override rule."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from domainbed_recycle import hparams_registry as hr
@@ -48,7 +50,8 @@ def test_overrides_of_the_wrong_kind_are_rejected():
     assert hr.get_hparams("ERM", "small", 0, {"lr": 1})["lr"] == 1  # an int may stand for a float
     with pytest.raises(UserError, match="'lr' must be a finite number > 0, got \\[1\\]"):
         hr.get_hparams("ERM", "small", 0, {"lr": [1]})
-    with pytest.raises(UserError, match="'arch' must be one of 'small_cnn', 'resnet18', 'resnet50', got 3"):
+    with pytest.raises(UserError,
+                       match="'arch' must be one of 'small_cnn', 'mnist_cnn', 'resnet18', 'resnet50', got 3"):
         hr.get_hparams("ERM", "small", 0, {"arch": 3})
 
 
@@ -83,10 +86,13 @@ def test_subclasses_inherit_their_parents_hparams():
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
-    ("batch_size", 0, "an integer >= 1, got 0"),
-    ("batch_size", -3, "an integer >= 1, got -3"),
-    ("batch_size", 2.5, "an integer >= 1, got 2.5"),  # was logged as 2.5 while 2 was used
-    ("batch_size", True, "an integer >= 1, got True"),
+    ("batch_size", 0, "an integer >= 1 and <= 16,384 (set DRECYCLE_MAX_BATCH to raise this limit), got 0"),
+    ("batch_size", -3, "an integer >= 1 and <= 16,384 (set DRECYCLE_MAX_BATCH to raise this limit), got -3"),
+    # 2.5 was once logged while 2 was used
+    ("batch_size", 2.5, "an integer >= 1 and <= 16,384 (set DRECYCLE_MAX_BATCH to raise this limit), got 2.5"),
+    ("batch_size", True, "an integer >= 1 and <= 16,384 (set DRECYCLE_MAX_BATCH to raise this limit), got True"),
+    ("batch_size", 10**9, "an integer >= 1 and <= 16,384 (set DRECYCLE_MAX_BATCH to raise this limit), got 1000000000"),
+    ("cnn_width", 100_000, "an integer >= 1 and <= 4,096 (set DRECYCLE_MAX_WIDTH to raise this limit), got 100000"),
     ("dropout", 2.0, "a finite number >= 0 and < 1, got 2.0"),
     ("dropout", 1, "a finite number >= 0 and < 1, got 1"),
     ("lr", -1e-3, "a finite number > 0, got -0.001"),
@@ -95,10 +101,10 @@ def test_subclasses_inherit_their_parents_hparams():
     ("weight_decay", -1, "a finite number >= 0, got -1"),
     ("optimizer", "rmsprop", "one of 'adam', 'sgd', got 'rmsprop'"),
     ("data_augmentation", 1, "true or false, got 1"),
-    ("lp_steps", -1, "an integer >= 0, got -1"),
+    ("lp_steps", -1, "an integer >= 0 and <= 10,000,000 (set DRECYCLE_MAX_STEPS to raise this limit), got -1"),
 ])
 def test_a_value_outside_its_kind_or_range_is_one_line_naming_it(name, value, message):
-    with pytest.raises(UserError, match=f"^hyper-parameter '{name}' must be {message.replace('.', '[.]')}$") as error:
+    with pytest.raises(UserError, match=f"^hyper-parameter '{name}' must be {re.escape(message)}$") as error:
         hr.get_hparams("ERM", "small", 0, {name: value})
     assert "\n" not in str(error.value)
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import sweep
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep import launchers, make_jobs
 from domainbed_recycle.sweep.launchers import JobOutcome, LaunchReport, SlurmOptions, launch, run_job
-
-SMALL = {"cnn_width": 8}
 
 
 def test_threads_per_worker_never_oversubscribes():
@@ -41,9 +40,9 @@ def test_report_summary_points_at_err_txt():
 
 
 def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 10, None, tmp_path, checkpoint_freq=10,
-                       hparams=SMALL)
-    job.output_dir.mkdir()
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 10, None, tmp_path, checkpoint_freq=10,
+                       hparams=TINY_NET)
+    job.run.create()  # a killed attempt of the harness (its marker is written first)
     (job.output_dir / RunDir.RESULTS).write_text('{"step": 10, "stale": true}\n')
     (job.output_dir / RunDir.OUT).write_text("old attempt\n")
     outcome = run_job(job.args, echo=False)
@@ -55,9 +54,10 @@ def test_run_job_wipes_a_half_written_folder_and_skips_done(tmp_path):
     assert launch([job, job], "inprocess", progress=False).n_skipped == 2
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_real_jobs(tmp_path):
-    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 10, None, tmp_path / "sweep",
-                     checkpoint_freq=10, hparams=SMALL)
+    jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0], [1]], 1, 1, 10, None, tmp_path / "sweep",
+                     checkpoint_freq=10, hparams=TINY_NET)
     report = launch(jobs, "submitit_local", n_workers=2, slurm=SlurmOptions(time_min=10), progress=False)
     assert report.ok and report.n_ran == 2, report.summary()
     for job in jobs:
@@ -68,7 +68,7 @@ def test_submitit_local_runs_real_jobs(tmp_path):
 
 
 def test_a_pool_worker_that_dies_fails_only_its_job(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 100000, None, tmp_path, hparams=SMALL)
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 100000, None, tmp_path, hparams=TINY_NET)
     worker = launchers._PoolWorker(threads=1)
     assert worker.send(job, force=False)
     worker.proc.kill()

@@ -14,17 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import cli
 from domainbed_recycle.locks import FOLDER_LOCK, Lock, LockHeld, folder_lock
+from domainbed_recycle.rundir import MADE_BY
 from domainbed_recycle.sweep import make_jobs, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _job(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
-                       hparams={"cnn_width": 8})
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 3, None, tmp_path, checkpoint_freq=3,
+                       hparams=TINY_NET)
     return job
 
 
@@ -45,7 +47,7 @@ def test_a_job_another_process_runs_is_skipped_then_taken_over_once_that_process
     try:
         outcome = run_job(job.args, threads=1, echo=False)
         assert outcome.status == "running_elsewhere" and f"pid {other.pid}" in outcome.error
-        assert sorted(os.listdir(job.run.path)) == ["lock"]  # nothing trained, nothing reset
+        assert sorted(os.listdir(job.run.path)) == [MADE_BY, "lock"]  # nothing trained, nothing reset
     finally:
         other.send_signal(signal.SIGKILL)
         other.wait()
@@ -77,7 +79,10 @@ def test_a_file_named_lock_that_is_not_ours_is_never_deleted(tmp_path):
 
 
 def test_a_second_recycle_of_one_output_folder_is_refused_naming_the_first(tmp_path, capsys):
+    from domainbed_recycle.recycle.stages import claim_output_dir
+
     out = tmp_path / "recycle"
+    claim_output_dir(out)  # as the first recycle does before it locks the folder
     with folder_lock(out, "first"):
         code = cli.main(["recycle", str(ROOT / "sweeps" / "recycle_tiny.toml"),
                          "--output_dir", str(out)])
@@ -90,8 +95,8 @@ def test_a_second_recycle_of_one_output_folder_is_refused_naming_the_first(tmp_p
 def test_a_second_launch_skips_the_job_another_process_trains_and_runs_the_rest(tmp_path):
     from domainbed_recycle.sweep import launch
 
-    jobs = make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
-                     hparams={"cnn_width": 8})
+    jobs = make_jobs(["ColoredDigits"], ["ERM"], [[0], [1]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
+                     hparams=TINY_NET)
     busy, free = jobs
     busy.run.create()
     other = _holder_process(busy.run.lock_file)
@@ -102,4 +107,4 @@ def test_a_second_launch_skips_the_job_another_process_trains_and_runs_the_rest(
         other.wait()
     assert [o.status for o in report.outcomes] == ["running_elsewhere", "done"] and report.ok
     assert "1 running elsewhere" in report.summary() and f"pid {other.pid}" in report.summary()
-    assert sorted(os.listdir(busy.run.path)) == ["lock"] and free.run.is_done
+    assert sorted(os.listdir(busy.run.path)) == [MADE_BY, "lock"] and free.run.is_done

@@ -6,21 +6,24 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_NET
 
+from domainbed_recycle import merge_ops
 from domainbed_recycle.recycle.pipeline import Pipeline
 from domainbed_recycle.recycle.spec import spec_from_dict
-from domainbed_recycle.strategies import merging
 
-MERGING = ["WiSE-FT", "TaskArithmetic", "TIES", "DARE", "Fisher", "ModelStock", "EoA", "Ratatouille-gated"]
+pytestmark = pytest.mark.slow  # runs a recycling pipeline (every stage trains)
+
+MERGING = ["WiSE-FT", "TaskArithmetic", "TIES", "DARE", "Fisher", "ModelStock", "EoA", "Ratatouille-gated", "SLERP"]
 SPEC = {
     "launcher": "inprocess",
     "strategies": ["LP-FT", "MovingAverage", "Ratatouille", *MERGING],
-    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": {"cnn_width": 8}},
+    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": TINY_NET},
     "auxiliary": {"datasets": ["Glyphs"], "steps": 10, "checkpoint_freq": 10,
-                  "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
-    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
-    "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 2, "n_runs_small": 1,
-               "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
+                  "hparams": TINY_NET, "hparams_profile": "small_finetune"},
+    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET},
+    "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_trials": 1, "n_runs": 2, "n_runs_small": 1,
+               "steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET | {"ma_start_step": 4},
                "hparams_profile": "small_finetune"},
 }
 
@@ -54,14 +57,12 @@ def test_every_merging_row_gets_a_number_and_reuses_the_runs(finished):
 def test_hyper_parameters_are_chosen_on_validation_from_the_grid(finished):
     pipeline, _ = finished
     wise = _combined(pipeline, "WiSE-FT")["info"]
-    assert [p["alpha"] for p in wise["grid"]] == list(merging.WISE_ALPHAS)
+    assert [p["alpha"] for p in wise["grid"]] == list(merge_ops.get("wise_ft").param("alpha").grid)
     best = max(wise["grid"], key=lambda p: p["val_acc"])
-    assert wise["alpha"] == best["alpha"] and "test_acc" in best
-    for variant, size in [("TaskArithmetic", len(merging.TA_SCALES)),
-                          ("TIES", len(merging.TIES_KEEPS) * len(merging.TIES_LAMBDAS)),
-                          ("DARE", len(merging.DARE_DROPS) * len(merging.DARE_SCALES))]:
+    assert wise["chosen"] == {"alpha": best["alpha"]} and "test_acc" in best and wise["fine_tuned"] in wise["members"]
+    for variant, name in [("TaskArithmetic", "task_arithmetic"), ("TIES", "ties"), ("DARE", "dare")]:
         info = _combined(pipeline, variant)["info"]
-        assert len(info["grid"]) == size
+        assert len(info["grid"]) == len(merge_ops.strategy_grid(merge_ops.get(name)))
         chosen = max(info["grid"], key=lambda p: p["val_acc"])
         assert {k: chosen[k] for k in info["chosen"]} == info["chosen"]
     gated = _combined(pipeline, "Ratatouille-gated")["info"]

@@ -3,7 +3,10 @@ preempted Slurm/submitit job is requeued to continue (not restart) its run. Tiny
 
 from __future__ import annotations
 
+import json
+
 import submitit
+from conftest import TINY_NET
 
 from domainbed_recycle import cli
 from domainbed_recycle.errors import os_error_line
@@ -11,8 +14,8 @@ from domainbed_recycle.locks import Lock
 from domainbed_recycle.sweep import make_jobs, run_job
 from domainbed_recycle.sweep.launchers import ResumableJob
 
-TINY = ["--dataset", "ColoredMNIST", "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "2",
-        "--hparams", '{"cnn_width": 8}', "--no_progress", "--threads", "1"]
+TINY = ["--dataset", "ColoredDigits", "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "2",
+        "--hparams", json.dumps(TINY_NET), "--no_progress", "--threads", "1"]
 
 
 def test_an_output_dir_under_a_file_is_one_line_naming_it(tmp_path, capsys):
@@ -27,8 +30,8 @@ def test_an_output_dir_under_a_file_is_one_line_naming_it(tmp_path, capsys):
 def test_a_launcher_job_that_cannot_write_names_the_path(tmp_path):
     blocker = tmp_path / "sweep"
     blocker.write_text("mine")
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, blocker, checkpoint_freq=2,
-                       hparams={"cnn_width": 8})
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, blocker, checkpoint_freq=2,
+                       hparams=TINY_NET)
     outcome = run_job(job.args, threads=1, echo=False)
     assert outcome.status == "failed" and str(blocker) in outcome.error and "Not a directory" in outcome.error
     assert "\n" not in outcome.error and blocker.read_text() == "mine"
@@ -40,8 +43,8 @@ def test_os_error_line_names_the_path_even_when_the_error_does_not():
 
 
 def test_a_requeued_job_continues_without_force_and_frees_its_run_folder(tmp_path):
-    (job,) = make_jobs(["ColoredMNIST"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
-                       hparams={"cnn_width": 8})
+    (job,) = make_jobs(["ColoredDigits"], ["ERM"], [[0]], 1, 1, 2, None, tmp_path, checkpoint_freq=2,
+                       hparams=TINY_NET)
     job.run.create()
     lock = Lock(job.run.lock_file, "run")
     lock.acquire()  # as the preempted attempt holds it when submitit calls `checkpoint`

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle.collect import load_records
 from domainbed_recycle.errors import UserError
@@ -21,12 +22,12 @@ from domainbed_recycle.rundir import RunDir
 TINY = {
     "launcher": "inprocess",
     "strategies": ["ERM", "LP-FT", "MovingAverage", "Soup", "Ensemble", "InterTraining", "Fusing", "Ratatouille"],
-    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": {"cnn_width": 8}},
+    "foundation": {"dataset": "Textures", "steps": 30, "checkpoint_freq": 30, "hparams": TINY_NET},
     "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10,
-                  "hparams": {"cnn_width": 8}, "hparams_profile": "small_finetune"},
-    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8}},
-    "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
-               "steps": 10, "checkpoint_freq": 10, "hparams": {"cnn_width": 8, "ma_start_step": 4},
+                  "hparams": TINY_NET, "hparams_profile": "small_finetune"},
+    "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET},
+    "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_trials": 1, "n_runs": 3, "n_runs_small": 1,
+               "steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET | {"ma_start_step": 4},
                "hparams_profile": "small_finetune", "lp_steps": 3},
 }
 
@@ -40,6 +41,7 @@ def finished(tmp_path_factory):
     return pipeline, table
 
 
+@pytest.mark.slow
 def test_every_strategy_variant_gets_a_number(finished):
     pipeline, table = finished
     rows = {line.split()[0]: line for line in table.splitlines() if line and line.split()[0] in pipeline.variants()}
@@ -50,6 +52,7 @@ def test_every_strategy_variant_gets_a_number(finished):
         assert 0.0 <= float(cell[0]) <= 100.0
 
 
+@pytest.mark.slow
 def test_shared_runs_train_once_and_a_rerun_trains_nothing(finished):
     pipeline, _ = finished
     target_runs = sorted((pipeline.out / "target").glob("*/done"))
@@ -62,6 +65,7 @@ def test_shared_runs_train_once_and_a_rerun_trains_nothing(finished):
     assert "Ratatouille-greedy" in table_again
 
 
+@pytest.mark.slow
 def test_combined_records_are_readable_by_the_collector_cli(finished):
     pipeline, _ = finished
     result = subprocess.run([sys.executable, "-m", "domainbed_recycle.cli", "collect", "--input_dir",
@@ -72,6 +76,7 @@ def test_combined_records_are_readable_by_the_collector_cli(finished):
     json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_import_checks_architecture_and_refuses_code(finished, tmp_path):
     pipeline, _ = finished
     foundation = pipeline.foundation_checkpoint()
@@ -107,7 +112,7 @@ def test_builtin_and_paper_specs_validate_and_dry_run(tmp_path):
     root = Path(__file__).resolve().parent.parent
     for name in sorted(p.name for p in (root / "sweeps").glob("recycle_*.toml")):
         spec = load_recycle_spec(root / "sweeps" / name, {"output_dir": str(tmp_path / name)})
-        listing = Pipeline(spec).dry_run()
+        listing, _ = Pipeline(spec).dry_run()
         assert "stage 4 target runs" in listing
 
 
@@ -121,10 +126,13 @@ def test_bad_spec_keys_and_names_fail_clearly():
 
 
 def test_spec_hparams_follow_the_one_override_rule():
-    # ma_start_step is MovingAverage's: known through the MovingAverage strategy, an error without it.
-    spec_from_dict(TINY | {"output_dir": "x"})
-    with pytest.raises(UserError, match=r"\[target\] hparams: unknown hyper-parameter\(s\) ma_start_step for ERM "):
-        spec_from_dict(TINY | {"output_dir": "x", "strategies": ["ERM", "Soup"]})
+    # ma_start_step is MovingAverage's: used through the MovingAverage strategy, a note (not an error) once
+    # that strategy is removed from the spec; a name no algorithm declares is an error.
+    assert not spec_from_dict(TINY | {"output_dir": "x"}).notes
+    spec = spec_from_dict(TINY | {"output_dir": "x", "strategies": ["ERM", "Soup"]})
+    assert len(spec.notes) == 1 and "ma_start_step: no target run uses them" in spec.notes[0]
+    with pytest.raises(UserError, match=r"\[target\] hparams: unknown hyper-parameter\(s\) ma_start_stepp for "):
+        spec_from_dict(TINY | {"output_dir": "x", "target": TINY["target"] | {"hparams": {"ma_start_stepp": 1}}})
     with pytest.raises(UserError, match=r"\[target\] hparams: hyper-parameter 'batch_size' must be an integer >= 1"):
         spec_from_dict(TINY | {"output_dir": "x", "target": TINY["target"] | {"hparams": {"batch_size": 0}}})
     with pytest.raises(UserError, match=r"\[probe\] hparams: unknown hyper-parameter\(s\) mmd_gamma for ERM"):
@@ -137,8 +145,8 @@ def test_spec_hparams_follow_the_one_override_rule():
 
 def test_target_objective_is_a_spec_key(tmp_path):
     spec = spec_from_dict(TINY | {"output_dir": str(tmp_path), "target": TINY["target"] | {"algorithm": "CORAL"}})
-    listing = Pipeline(spec).dry_run()
-    target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedMNIST")]
+    listing, _ = Pipeline(spec).dry_run()
+    target_lines = [line for line in listing.splitlines() if line.startswith("  RotatedDigits")]
     assert target_lines and all(" CORAL " in line or " MovingAverage " in line for line in target_lines)
     assert any(" CORAL " in line for line in target_lines)
 
@@ -154,6 +162,7 @@ def _combine(pipeline, cells):
     return len(jobs)
 
 
+@pytest.mark.slow
 def test_a_changed_plan_is_recombined_and_the_old_answer_removed(finished):
     """Issue: a marker keyed only by (cell, strategy) kept showing the old runs' table for a new spec."""
     pipeline, _ = finished
@@ -172,6 +181,7 @@ def test_a_changed_plan_is_recombined_and_the_old_answer_removed(finished):
     assert {p.parent.name for p in (pipeline.out / "table").glob("*/done")} == before  # and back
 
 
+@pytest.mark.slow
 def test_combine_runs_on_the_pool_in_parallel_workers_resumes_and_gives_the_same_table(finished, capsys):
     """Issue 10: the combine stage is one job per (cell, strategy) on the spec's launcher."""
     import shutil
@@ -203,14 +213,16 @@ def test_combine_runs_on_the_pool_in_parallel_workers_resumes_and_gives_the_same
 
 def test_a_task_job_runs_only_this_packages_functions(tmp_path):
     from domainbed_recycle.sweep import run_job
+    from domainbed_recycle.sweep.jobs import TASK_KEY
 
-    outcome = run_job({"task": "os:system", "output_dir": str(tmp_path / "job")}, echo=False)
+    outcome = run_job({TASK_KEY: "os:system", "output_dir": str(tmp_path / "job")}, echo=False)
     assert outcome.status == "failed" and "expected 'domainbed_recycle.<module>:<function>'" in outcome.error
-    outcome = run_job({"task": "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
+    outcome = run_job({TASK_KEY: "domainbed_recycle.recycle.combine:no_such", "output_dir": str(tmp_path / "j2")},
                       echo=False)
     assert outcome.status == "failed" and "not found" in outcome.error
 
 
+@pytest.mark.slow
 def test_a_run_the_registry_now_resolves_differently_stops_the_pipeline(finished):
     pipeline, table = finished
     run = RunDir(next((pipeline.out / "target").glob("*/done")).parent)
@@ -238,7 +250,7 @@ def test_pooled_rows_are_one_model_evaluated_once_on_the_whole_test_domain(finis
     pooled = records[records["algorithm"] == "Soup-uniform†"]
     assert len(pooled) == 1 and pooled.iloc[0]["trial_seed"] == -1
     soup = records[records["algorithm"] == "Soup-uniform"].iloc[0]  # one trial: the same runs averaged
-    dataset = get_dataset("RotatedMNIST", None, [5], {"data_augmentation": False})
+    dataset = get_dataset("RotatedDigits", None, [5], {"data_augmentation": False})
     ins, outs = make_splits(dataset, 0.2, 0)
     whole = (len(ins[5]) * soup["env5_in_acc"] + len(outs[5]) * soup["env5_out_acc"]) / len(dataset[5])
     assert pooled.iloc[0]["env5_in_acc"] == pytest.approx(whole, abs=1.5 / len(dataset[5]))
@@ -251,7 +263,7 @@ def test_the_reading_judges_every_claim_and_is_recorded_in_analysis_json(finishe
     lines = [line.strip() for line in text.splitlines() if line.strip().startswith("- ")]
     assert len(lines) > 10
     assert all(any(f": {v} (" in line for v in ("supported", "contradicted", "inconclusive")) for line in lines)
-    analysis = json.loads((pipeline.out / "analysis.json").read_text())["RotatedMNIST"]
+    analysis = json.loads((pipeline.out / "analysis.json").read_text())["RotatedDigits"]
     assert len(analysis["claims"]) == len(lines)
     assert {run["pool"] for run in analysis["runs"]} == {"LP-FT pool", "auxiliary pool"}
-    assert (pipeline.out / "plots" / "RotatedMNIST_claims.png").is_file()
+    assert (pipeline.out / "plots" / "RotatedDigits_claims.png").is_file()

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import package_literals
 
 from domainbed_recycle.collect import CollectResult
 from domainbed_recycle.recycle import evidence
@@ -150,3 +151,33 @@ def test_a_single_cell_gives_no_interval_and_no_verdict_but_inconclusive():
     (claim,) = judge(result, {DATASET: {}})[DATASET]
     assert claim["verdict"] == "inconclusive" and np.isnan(claim["low"])
     assert "[no interval]" in reading(result, {DATASET: {}})
+
+
+def test_claim_rows_come_from_the_strategies_that_report_them():
+    from domainbed_recycle.strategies import STRATEGIES, claims
+    from domainbed_recycle.strategies.builtin import Soup
+
+    reported = {row for name in STRATEGIES for row in STRATEGIES.get(name).variants}
+    pooled = {row for name in STRATEGIES for row in STRATEGIES.get(name).pooled}
+    named = {claims.BEST_SOUP, claims.BASELINE, *claims.ABOVE_BASELINE,
+             *(row for _, *rows in claims.RECYCLING_VS_SOUPS for row in rows),
+             *(row for _, *rows in claims.COMPARISONS for row in rows)}
+    assert named <= reported | pooled, named - reported - pooled
+    with pytest.raises(ValueError, match="reports no row 'Soup-median'"):
+        claims._row(Soup, "median")
+
+
+def test_no_strategy_row_is_spelled_outside_strategies_and_merge_ops():
+    """A string literal (or an f-string's literal part) equal to a strategy's name or row, or to such a name
+    followed by '-', appears only in strategies/ and merge_ops/ (whose files declare the operator rows);
+    docstrings and the names that are also training algorithms (ERM, MovingAverage) are left out."""
+    from domainbed_recycle.algorithms import ALGORITHMS
+    from domainbed_recycle.strategies import STRATEGIES
+
+    names = {n for name in STRATEGIES for n in (name, STRATEGIES.get(name).name, *STRATEGIES.get(name).variants)}
+    names -= set(ALGORITHMS.names())
+    spelled = names | {f"{n}-" for n in names}
+    found = [f"{path}:{line}: {value!r}" for path, line, value in package_literals()
+             if value in spelled and path.split("/")[0] not in ("strategies", "merge_ops")]
+    assert "Soup-greedy" in names and "Ratatouille-" in spelled  # the check can find what it looks for
+    assert not found, found

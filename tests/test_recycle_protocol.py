@@ -3,6 +3,7 @@ checked on the pure plan of a spec (nothing runs, no data is read)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,7 @@ def test_intertraining_selects_over_the_whole_auxiliary_pool_and_pooled_rows(tmp
     spec = spec_from_dict({
         "output_dir": str(tmp_path), "strategies": ["Soup", "InterTraining", "Ratatouille"],
         "auxiliary": {"datasets": ["Glyphs", "RotatedFashion"], "n_runs": 2},
-        "target": {"datasets": ["RotatedMNIST"], "test_envs": [5], "n_runs": 6, "n_trials": 2},
+        "target": {"datasets": ["RotatedDigits"], "test_envs": [5], "n_runs": 6, "n_trials": 2},
     })
     pipeline = Pipeline(spec)
     plan = pipeline.plan()
@@ -131,14 +132,40 @@ def test_intertraining_selects_over_the_whole_auxiliary_pool_and_pooled_rows(tmp
 
 @pytest.mark.parametrize("bad, message", [
     ({"output_dir": 42}, "'output_dir' must be a string, got 42"),
-    ({"strategies": "ERM"}, "'strategies' must be a list of strings"),
-    ({"target": {"datasets": ["RotatedMNIST"], "n_runs": "three"}}, "'n_runs' must be an integer"),
-    ({"target": {"datasets": ["RotatedMNIST"], "steps": "many"}}, "'steps' must be an integer or a table"),
-    ({"target": {"datasets": ["RotatedMNIST"], "test_envs": 0}}, "'test_envs' must be a list of integers"),
+    ({"strategies": "ERM"}, "'strategies' must be a non-empty list of strings"),
+    ({"target": {"datasets": ["RotatedDigits"], "n_runs": "three"}}, "'n_runs' must be an integer"),
+    ({"target": {"datasets": ["RotatedDigits"], "steps": "many"}},
+     "'steps' must be an integer >= 1 and <= 10,000,000 (set DRECYCLE_MAX_STEPS to raise this limit) or a table"),
+    ({"target": {"datasets": ["RotatedDigits"], "test_envs": 0}}, "'test_envs' must be a non-empty list of integers"),
 ])
 def test_spec_fields_of_the_wrong_type_are_one_clear_error(bad, message):
     from domainbed_recycle.errors import UserError
 
-    base = {"output_dir": "x", "strategies": ["ERM"], "target": {"datasets": ["RotatedMNIST"]}}
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+    base = {"output_dir": "x", "strategies": ["ERM"], "target": {"datasets": ["RotatedDigits"]}}
+    with pytest.raises(UserError, match=re.escape(message)):
         spec_from_dict(base | bad)
+
+
+def test_target_settings_carry_every_run_setting_of_the_spec_declared_once(tmp_path):
+    """The [target] run settings are declared once (`TargetRunSettings`): the spec's table and the strategies'
+    settings both extend it, and every value given in a spec reaches the strategies."""
+    from dataclasses import fields
+
+    from domainbed_recycle.recycle.spec import TargetSpec
+    from domainbed_recycle.strategies.base import TargetRunSettings, TargetSettings
+
+    shared = [f.name for f in fields(TargetRunSettings)]
+    assert "lp_steps" in shared and "holdout_fraction" in shared and "checkpoint_freq" in shared
+    for cls in (TargetSpec, TargetSettings):  # none re-declared: same default everywhere
+        assert {f.name: f.default for f in fields(cls) if f.name in shared} == \
+            {f.name: f.default for f in fields(TargetRunSettings)}
+    spec = load_recycle_spec(ROOT / "sweeps" / "recycle_paper.toml", {"output_dir": str(tmp_path)})
+    given = {"n_runs": 5, "n_runs_small": 3, "steps": 7, "checkpoint_freq": 7, "holdout_fraction": 0.3,
+             "hparams": {"lr": 0.001}, "fusing_range": 2.0, "lp_steps": 11, "hparams_profile": "resnet"}
+    assert set(given) | {"algorithm"} == set(shared)
+    for key, value in given.items():
+        setattr(spec.target, key, value)
+    settings = stages.target_settings(spec)
+    assert {name: getattr(settings, name) for name in given} == given
+    assert settings.algorithm == spec.target.algorithm and settings.data_dir == spec.data_dir
+    assert settings.hparams is not spec.target.hparams  # a copy: a strategy never edits the spec

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 from safetensors.torch import load_file
 
 from domainbed_recycle.rundir import RunDir
@@ -42,15 +43,15 @@ run_job(args, threads=1, echo=False)
 """
 
 HPARAMS = {
-    "ERM": {"cnn_width": 8, "dropout": 0.3},
-    "SWAD": {"cnn_width": 8, "swad_n_converge": 1, "swad_n_tolerance": 2},
-    "Mixup": {"cnn_width": 8},
-    "MovingAverage": {"cnn_width": 8, "ma_start_step": 3},
+    "ERM": TINY_NET | {"dropout": 0.3},
+    "SWAD": TINY_NET | {"swad_n_converge": 1, "swad_n_tolerance": 2},
+    "Mixup": TINY_NET,
+    "MovingAverage": TINY_NET | {"ma_start_step": 3},
 }
 
 
 def _job(root: Path, algorithm: str):
-    (job,) = make_jobs(["ColoredMNIST"], [algorithm], [[0]], 1, 1, 8, None, root, checkpoint_freq=2,
+    (job,) = make_jobs(["ColoredDigits"], [algorithm], [[0]], 1, 1, 8, None, root, checkpoint_freq=2,
                        hparams=HPARAMS[algorithm])
     return job
 
@@ -70,6 +71,7 @@ def _same_weights(a: dict, b: dict) -> bool:
         ((a[n], b[n]) for n in a))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", sorted(HPARAMS))
 def test_a_run_killed_at_a_random_step_resumes_to_the_identical_result(tmp_path, algorithm):
     reference = _job(tmp_path / "reference", algorithm)
@@ -92,3 +94,51 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_identical_result(tmp_path,
         records, weights = _result(job.run)
         assert records == expected[0], (where, kill_step)
         assert _same_weights(weights, expected[1]), (where, kill_step)
+
+
+def _write_tree(root: Path) -> None:
+    """root/d<k>/c<j>/<i>.png: 3 domains x 2 classes x 8 small images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for d in range(3):
+        for c in range(2):
+            (root / f"d{d}" / f"c{c}").mkdir(parents=True)
+            for i in range(8):
+                pixels = rng.integers(0, 90, (18, 22, 3)) + 110 * c + 15 * d
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / f"d{d}" / f"c{c}" / f"{i}.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["bf16+channels_last", "folder, loader workers"])
+def test_runs_with_speed_switches_resume_to_the_identical_result(tmp_path, monkeypatch, case):
+    """bf16 autocast with channels-last weights, and a folder dataset whose batches (augmented) come
+    from loader workers: killed, resumed, identical to the uninterrupted run."""
+    if case.startswith("folder"):
+        monkeypatch.setenv("DRECYCLE_CACHE", str(tmp_path / "cache"))
+        _write_tree(tmp_path / "tree")
+        dataset, extra = f"folder:{tmp_path / 'tree'}?resolution=16", {"loader_workers": 1}
+        hparams = {"data_augmentation": True, "batch_size": 4}
+    else:
+        dataset, extra, hparams = "ColoredDigits", {"precision": "bf16", "channels_last": True}, {"dropout": 0.3}
+
+    def job(root: Path):
+        (made,) = make_jobs([dataset], ["ERM"], [[0]], 1, 1, 6, None, root, checkpoint_freq=2,
+                            hparams={"cnn_width": 8} | hparams, extra=extra | {"hparams_profile": "small"})
+        return made
+
+    reference = job(tmp_path / "reference")
+    assert run_job(reference.args, threads=1, echo=False).status == "done"
+    expected = _result(reference.run)
+    assert all(expected[0][-1]["args"][key] == value for key, value in extra.items())
+    killed = job(tmp_path / "killed")
+    child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(killed.args), "3", "train_step"],
+                           env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert killed.run.resume_file.exists()
+    assert run_job(killed.args, threads=1, echo=False).status == "done"
+    assert "resuming" in killed.run.err_file.read_text()
+    records, weights = _result(killed.run)
+    assert records == expected[0]
+    assert _same_weights(weights, expected[1])

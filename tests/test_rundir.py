@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import package_literals
 
 from domainbed_recycle import rundir
 from domainbed_recycle.errors import UserError
@@ -35,7 +36,8 @@ def test_states_follow_the_folder(tmp_path):
     run.mark_done()
     assert run.state == rundir.STATE_DONE and run.is_done
     assert run.done_file.read_text() == "done\n"
-    assert sorted(p.name for p in run.path.iterdir()) == sorted([rundir.DONE, rundir.OUT, rundir.RESULTS])
+    assert sorted(p.name for p in run.path.iterdir()) == sorted([rundir.MADE_BY, rundir.DONE, rundir.OUT,
+                                                                 rundir.RESULTS])
     assert RunDir(str(tmp_path / "r")) == run and run.name == "r" and RunDir.RESULTS == "results.jsonl"
 
 
@@ -43,7 +45,8 @@ def test_reset_deletes_only_the_harness_files(tmp_path):
     run = _harness_run(tmp_path / "r")
     run.mark_done()
     run.reset()
-    assert run.path.is_dir() and not any(run.path.iterdir()) and run.state == rundir.INCOMPLETE
+    assert run.path.is_dir() and [p.name for p in run.path.iterdir()] == [rundir.MADE_BY]
+    assert run.state == rundir.INCOMPLETE and run.is_fresh
     run = _harness_run(tmp_path / "r2")
     run.remove()
     assert run.state == rundir.NOT_LAUNCHED
@@ -65,6 +68,36 @@ def test_a_folder_with_anything_else_is_refused_and_kept_whole(tmp_path, foreign
         assert len(str(error.value).splitlines()) == 1
     assert sorted(p.name for p in run.path.rglob("*")) == before
     assert run.foreign_entries() == [foreign]
+
+
+def test_only_a_folder_the_harness_made_is_ever_cleaned(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / rundir.OUT).write_text("the user's own log")  # named like a harness file
+    (mine / rundir.RESULTS).write_text('{"mine": 1}\n')
+    run = RunDir(mine)
+    assert not run.is_ours and not run.is_fresh
+    for action in (run.reset, run.remove, run.check_is_run, run.create):
+        with pytest.raises(UserError, match="was not made by this harness") as error:
+            action()
+        assert len(str(error.value).splitlines()) == 1
+    assert sorted(p.name for p in mine.iterdir()) == [rundir.OUT, rundir.RESULTS]
+    empty = RunDir(tmp_path / "empty")
+    empty.path.mkdir()
+    assert empty.is_fresh and empty.create().is_ours  # an empty folder is claimed
+    empty.remove()
+    assert not empty.path.exists()
+
+
+def test_a_run_folder_of_an_older_version_is_recognised_by_its_provenance(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / rundir.RESULTS).write_text(json.dumps({"step": 1, "versions": {"torch": "2"}, "git_commit": "abc"}) + "\n")
+    (old / rundir.OUT).write_text("log")
+    run = RunDir(old)
+    assert run.is_ours and not rundir.is_made_by_harness(old)
+    run.reset()
+    assert [p.name for p in old.iterdir()] == [rundir.MADE_BY] or not any(old.iterdir())
 
 
 def test_a_file_where_the_folder_should_be_is_one_clear_error(tmp_path):
@@ -94,7 +127,7 @@ def test_mark_done_is_atomic_and_leaves_no_temp_file(tmp_path):
     run = RunDir(tmp_path / "r").create()
     run.mark_done()
     run.mark_done()  # idempotent
-    assert [p.name for p in run.path.iterdir()] == [rundir.DONE]
+    assert sorted(p.name for p in run.path.iterdir()) == [rundir.MADE_BY, rundir.DONE]
 
 
 def test_model_checkpoint_is_best_else_last(tmp_path):
@@ -125,3 +158,13 @@ def test_rundir_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_run_folder_file_names_are_spelled_in_rundir_only():
+    """The run folder's file names (those with an extension: `done`, `diverged` and `lock` are also the
+    words of states and outcomes) appear as literals in rundir.py only, and in weights.py, whose
+    "model.safetensors" is the file of a Hugging Face Hub repository, not of a run folder."""
+    names = {name for name in rundir.FILES if "." in name}
+    modules = {path for path, _, value in package_literals() if value in names}
+    assert {rundir.BEST, rundir.RESULTS, rundir.ARGS} <= names  # the check looks for the real names
+    assert modules <= {"rundir.py", "weights.py"} and "rundir.py" in modules, modules

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 
 from domainbed_recycle import sweep
 from domainbed_recycle.rundir import RunDir
@@ -99,12 +100,14 @@ def slurm_env(cluster, monkeypatch):
     return cluster
 
 
+@pytest.mark.slow
 def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     out = tmp_path / "sweep"
     mem_gb = min(1.0, _node_memory_gb() / 2)  # asking more than the node's RealMemory is refused
-    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredMNIST",
+    argv = [sys.executable, "-m", "domainbed_recycle.cli", "sweep", "launch", "--datasets", "ColoredDigits",
+            "--algorithms", "ERM", "--n_hparams", "1", "--n_trials", "1",
             "--test_envs", "0", "1", "2", "--single_test_envs", "--steps", "20", "--checkpoint_freq", "10",
-            "--hparams", json.dumps({"cnn_width": 8}), "--output_dir", str(out), "--launcher", "slurm",
+            "--hparams", json.dumps(TINY_NET), "--output_dir", str(out), "--launcher", "slurm",
             "--slurm_partition", "debug", "--slurm_time_min", "10", "--slurm_mem_gb", str(mem_gb),
             "--slurm_cpus_per_task", "1", "--slurm_array_parallelism", "2", "--skip_confirmation",
             "--no_progress"]
@@ -114,8 +117,8 @@ def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "submitted Slurm job array" in result.stderr and "3 ran, 0 already done, 0 failed" in result.stdout
 
-    jobs = sweep.make_jobs(["ColoredMNIST"], ["ERM"], [[0], [1], [2]], 1, 1, 20, None, out,
-                           checkpoint_freq=10, hparams={"cnn_width": 8})
+    jobs = sweep.make_jobs(["ColoredDigits"], ["ERM"], [[0], [1], [2]], 1, 1, 20, None, out,
+                           checkpoint_freq=10, hparams=TINY_NET)
     for job in jobs:
         assert sweep.job_state(job) == "done"
         records = [json.loads(line) for line in (job.output_dir / RunDir.RESULTS).read_text().splitlines()]
@@ -137,11 +140,12 @@ def test_sweep_through_slurm_job_array(slurm_env, tmp_path):
     assert again.returncode == 0 and "Nothing to launch" in again.stdout
 
 
+@pytest.mark.slow
 def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, tmp_path):
     """Without accounting, submitit would wait forever for a job killed before it returned: the sacct
     shim lets the launcher see CANCELLED and report the job failed."""
-    jobs = jobs_from_configs([{"dataset": "ColoredMNIST", "steps": 100000, "checkpoint_freq": 100000,
-                               "hparams": {"cnn_width": 8}}], tmp_path)
+    jobs = jobs_from_configs([{"dataset": "ColoredDigits", "steps": 100000, "checkpoint_freq": 100000,
+                               "hparams": TINY_NET}], tmp_path)
     reports = []
     options = SlurmOptions(partition="debug", time_min=10, poll_s=0.5)
     thread = threading.Thread(
@@ -160,20 +164,20 @@ def test_cancelled_slurm_job_is_reported_failed_not_awaited_forever(slurm_env, t
     assert sweep.job_state(jobs[0]) == "incomplete"
 
 
+@pytest.mark.slow
 def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
     """Issue 10: the combine stage is one Slurm task per cell; the table equals the in-process one."""
     from domainbed_recycle.recycle.pipeline import Pipeline
     from domainbed_recycle.recycle.spec import spec_from_dict
 
-    small = {"cnn_width": 8}
     values = {
         "output_dir": str(tmp_path / "recycle"), "launcher": "inprocess", "strategies": ["LP-FT", "Soup"],
-        "foundation": {"dataset": "Textures", "steps": 20, "checkpoint_freq": 20, "hparams": small},
-        "auxiliary": {"datasets": ["Glyphs"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10, "hparams": small,
+        "foundation": {"dataset": "Textures", "steps": 20, "checkpoint_freq": 20, "hparams": TINY_NET},
+        "auxiliary": {"datasets": ["Glyphs"], "n_runs": 1, "steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET,
                       "hparams_profile": "small_finetune"},
-        "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": small},
-        "target": {"datasets": ["RotatedMNIST"], "test_envs": [4, 5], "n_trials": 1, "n_runs": 2, "steps": 10,
-                   "checkpoint_freq": 10, "hparams": small, "hparams_profile": "small_finetune", "lp_steps": 2},
+        "probe": {"steps": 10, "checkpoint_freq": 10, "hparams": TINY_NET},
+        "target": {"datasets": ["RotatedDigits"], "test_envs": [4, 5], "n_trials": 1, "n_runs": 2, "steps": 10,
+                   "checkpoint_freq": 10, "hparams": TINY_NET, "hparams_profile": "small_finetune", "lp_steps": 2},
     }
     table = Pipeline(spec_from_dict(values)).run()
     for folder in ("combined", "table", "combine_jobs"):
@@ -185,3 +189,20 @@ def test_recycling_combine_stage_through_slurm(slurm_env, tmp_path):
     jobs = [p for p in (tmp_path / "recycle" / "combine_jobs").iterdir() if not p.name.startswith(".")]
     assert len(jobs) == 2 and all(RunDir(job).is_done for job in jobs)  # one task per cell
     assert list((tmp_path / "recycle" / "combine_jobs" / ".submitit").glob("*_1/*_result.pkl"))
+
+
+@pytest.mark.slow
+def test_slurm_options_account_sbatch_lines_and_setup_lines_reach_the_job(slurm_env, tmp_path):
+    """Issue 16: a cluster's own options (account, any sbatch option, setup lines) pass through submitit."""
+    jobs = jobs_from_configs([{"dataset": "ColoredDigits", "steps": 2, "checkpoint_freq": 2,
+                               "hparams": TINY_NET}], tmp_path)
+    options = SlurmOptions.from_dict({"partition": "debug", "time_min": 10, "poll_s": 0.5, "account": "drecycle-lab",
+                                      "sbatch": {"comment": "drecycle-test"},
+                                      "setup": ["echo setup-line-ran-$SLURM_JOB_ID"]})
+    report = launch(jobs, "slurm", slurm=options, progress=False, log_dir=tmp_path / "logs")
+    assert report.ok and report.n_ran == 1, report.summary()
+    (script,) = (tmp_path / "logs").glob("*/*_submission.sh")
+    lines = script.read_text().splitlines()
+    assert "#SBATCH --account=drecycle-lab" in lines and "#SBATCH --comment=drecycle-test" in lines
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*/*_log.out"))
+    assert "setup-line-ran-" in logs

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from domainbed_recycle import checkpoints
 from domainbed_recycle.errors import UserError
@@ -22,8 +23,8 @@ def _records(run_dir):
 
 
 def _config(tmp_path, name, **kwargs):
-    base = dict(dataset="RotatedMNIST", output_dir=str(tmp_path / name), test_envs=[5], steps=20,
-                checkpoint_freq=10, progress=False, hparams={"cnn_width": 8})
+    base = dict(dataset="RotatedDigits", output_dir=str(tmp_path / name), test_envs=[5], steps=20,
+                checkpoint_freq=10, progress=False, hparams=TINY_NET)
     return TrainConfig(**(base | kwargs))
 
 
@@ -39,7 +40,7 @@ def test_run_writes_domainbed_log_checkpoints_and_done(tmp_path):
         assert record["versions"]["torch"] and "git_commit" in record
     assert (run / RunDir.DONE).exists()
     state, meta = checkpoints.load_checkpoint(run / RunDir.BEST)
-    assert meta["arch"]["featurizer"] == "small_cnn" and meta["dataset"] == "RotatedMNIST"
+    assert meta["arch"]["featurizer"] == "small_cnn" and meta["dataset"] == "RotatedDigits"
     assert any(key.startswith("classifier.") for key in state)
     assert checkpoints.read_metadata(run / RunDir.LAST)["step"] == 20
 
@@ -79,11 +80,11 @@ def test_linear_probe_keeps_featurizer_and_lp_warmup_freezes_it_first(tmp_path):
     assert not torch.equal(state["classifier.weight"], probed["classifier.weight"])
     # lp_steps as long as the run: the featurizer must not move either.
     warm = train(_config(tmp_path, "warm", init=str(source / RunDir.LAST),
-                         hparams={"cnn_width": 8, "lp_steps": 20}))
+                         hparams=TINY_NET | {"lp_steps": 20}))
     warmed, _ = checkpoints.load_checkpoint(warm / RunDir.LAST)
     assert all(torch.equal(state[k], warmed[k]) for k in state if k.startswith("featurizer."))
     moved = train(_config(tmp_path, "moved", init=str(source / RunDir.LAST),
-                          hparams={"cnn_width": 8, "lp_steps": 10}))
+                          hparams=TINY_NET | {"lp_steps": 10}))
     moved_state, _ = checkpoints.load_checkpoint(moved / RunDir.LAST)
     assert not all(torch.equal(state[k], moved_state[k]) for k in state if k.startswith("featurizer."))
 
@@ -92,7 +93,7 @@ def test_init_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     source = train(_config(tmp_path, "wide", hparams={"cnn_width": 4}))
     with pytest.raises(UserError, match="featurizer architecture"):
         train(_config(tmp_path, "bad", init=str(source / RunDir.LAST)))
-    other_classes = train(_config(tmp_path, "colored", dataset="ColoredMNIST", test_envs=[2]))
+    other_classes = train(_config(tmp_path, "colored", dataset="ColoredDigits", test_envs=[2]))
     with pytest.raises(UserError, match="classes|classifier"):
         train(_config(tmp_path, "bad2", init_classifier=str(other_classes / RunDir.LAST)))
 
@@ -102,16 +103,26 @@ def test_init_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     [
         (["--dataset", "PACS", "--data_dir", "/nonexistent"], "/nonexistent"),
         (["--dataset", "NoSuchData"], "unknown dataset 'NoSuchData'"),
-        (["--dataset", "RotatedMNIST", "--algorithm", "NoSuchAlgo"], "unknown algorithm 'NoSuchAlgo'"),
-        (["--dataset", "RotatedMNIST", "--test_envs", "9"], "test env 9 out of range"),
-        (["--dataset", "RotatedMNIST", "--hparams", "{bad json"], "--hparams is not valid JSON"),
+        (["--dataset", "RotatedDigits", "--algorithm", "NoSuchAlgo"], "unknown algorithm 'NoSuchAlgo'"),
+        (["--dataset", "RotatedDigits", "--test_envs", "9"], "test env 9 out of range"),
+        (["--dataset", "RotatedDigits", "--hparams", "{bad json"], "--hparams is not valid JSON"),
     ],
 )
-def test_cli_bad_input_exits_non_zero_with_one_clear_line(tmp_path, argv, message):
+def test_cli_bad_input_exits_non_zero_with_one_clear_line(tmp_path, capsys, argv, message):
+    from domainbed_recycle import cli
+
+    assert cli.main(["train", *argv, "--output_dir", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_input_in_a_process_of_its_own_prints_one_line_and_exits_2(tmp_path):
+    """The same as a user sees it: a fresh interpreter (whatever importing prints counts too)."""
     result = subprocess.run(
-        [sys.executable, "-m", "domainbed_recycle.cli", "train", *argv, "--output_dir", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "domainbed_recycle.cli", "train", "--dataset", "NoSuchData",
+         "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    assert len(lines) == 1 and "unknown dataset 'NoSuchData'" in lines[0] and "Traceback" not in result.stderr

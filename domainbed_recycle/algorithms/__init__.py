@@ -4,12 +4,9 @@ Importing this package registers every built-in algorithm (each module registers
 @ALGORITHMS.register()); `get_algorithm_class` also imports the user's modules ($DRECYCLE_PLUGINS).
 """
 
-import importlib
-import os
-
-from domainbed_recycle.algorithms import coral, erm, group_dro, mixup, swad, vrex  # noqa: F401
+from domainbed_recycle.algorithms import coral, erm, group_dro, iga, mixup, swad, vrex  # noqa: F401
 from domainbed_recycle.algorithms.base import ALGORITHMS, Algorithm
-from domainbed_recycle.errors import UserError
+from domainbed_recycle.registry import import_plugins
 
 __all__ = ["ALGORITHMS", "Algorithm", "get_algorithm_class"]
 
@@ -19,11 +16,5 @@ def get_algorithm_class(name: str) -> type[Algorithm]:
     (comma-separated, importable from sys.path): user code outside the package registers its
     algorithms there. Pool and Slurm workers inherit the variable, so they import the modules too
     when they build their run's algorithm."""
-    for module in filter(None, (m.strip() for m in os.environ.get("DRECYCLE_PLUGINS", "").split(","))):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if not f"{module}.".startswith(f"{error.name}."):  # a missing import inside the module
-                raise
-            raise UserError(f"DRECYCLE_PLUGINS: no module named '{module}' (is its folder on PYTHONPATH?)") from None
+    import_plugins()
     return ALGORITHMS.get(name)

@@ -61,7 +61,5 @@ class CORAL(Algorithm):
             for f, (_, y) in zip(features, minibatches, strict=True)
         ]).mean()
         penalty = coral_penalty(features)
-        self.optimizer.zero_grad()
-        (ce + self.hparams["mmd_gamma"] * penalty).backward()
-        self.optimizer.step()
+        self.backward_step(ce + self.hparams["mmd_gamma"] * penalty)
         return {"loss": ce.item(), "penalty": penalty.item()}

@@ -21,9 +21,7 @@ class ERM(Algorithm):
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
         loss = F.cross_entropy(self.network(x), y)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.backward_step(loss)
         return {"loss": loss.item()}
 
 
@@ -46,8 +44,8 @@ class MovingAverage(ERM):
         self.network_average = copy.deepcopy(self.network)
         self._average_stale = True
 
-    def train_step(self, minibatches: Minibatches) -> dict[str, float]:
-        out = super().train_step(minibatches)
+    def train_step(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
+        out = super().train_step(minibatches, unlabeled)
         if self.update_count >= int(self.hparams["ma_start_step"]):
             self.running.update(self.network)
             self._average_stale = True

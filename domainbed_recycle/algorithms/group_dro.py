@@ -47,7 +47,5 @@ class GroupDRO(Algorithm):
         losses = torch.stack([F.cross_entropy(self.network(x), y) for x, y in minibatches])
         self.q = group_dro_weights(self.q, losses, float(self.hparams["groupdro_eta"]))
         loss = torch.dot(losses, self.q)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.backward_step(loss)
         return {"loss": loss.item()}

@@ -68,7 +68,5 @@ class Mixup(Algorithm):
             lam = float(self.rng.beta(alpha, alpha))
             objective = objective + mixup_loss(self.network(lam * xi + (1.0 - lam) * xj), yi, yj, lam)
         objective = objective / len(pairs)
-        self.optimizer.zero_grad()
-        objective.backward()
-        self.optimizer.step()
+        self.backward_step(objective)
         return {"loss": objective.item()}

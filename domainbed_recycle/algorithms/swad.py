@@ -203,8 +203,8 @@ class SWAD(ERM):
         self.network_average = copy.deepcopy(self.network)
         self._average_stale = True
 
-    def train_step(self, minibatches: Minibatches) -> dict[str, float]:
-        out = super().train_step(minibatches)
+    def train_step(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
+        out = super().train_step(minibatches, unlabeled)
         if not self.valley.dead:
             self.segment.update(self.network)
         return out

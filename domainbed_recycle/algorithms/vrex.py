@@ -45,7 +45,5 @@ class VREx(Algorithm):
         loss = nll + weight * penalty
         if self.update_count == anneal:
             self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.backward_step(loss)
         return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}

@@ -27,6 +27,9 @@ import pandas as pd
 from domainbed_recycle import rundir
 from domainbed_recycle.collect.flatten import DOMAINBED_ENVIRONMENTS, flatten_records
 from domainbed_recycle.collect.jsonl import parse_lines
+from domainbed_recycle.errors import UserError
+from domainbed_recycle.files import read_regular
+from domainbed_recycle.performance import describe
 
 RESULTS_FILE = rundir.RESULTS
 DONE_FILE = rundir.DONE
@@ -38,7 +41,7 @@ PROBLEMS: dict[str, str] = {
     "not_text": "line of binary garbage (not UTF-8 text)",
     "bad_json": "line that is not a JSON object",
     "missing_keys": "record missing required keys or with invalid values",
-    "unreadable": "file that could not be read",
+    "unreadable": "file that could not be read (or is a FIFO, a device or a folder)",
     "diverged": "record(s) of diverged runs (loss or weights not finite; never selected)",
 }
 
@@ -59,6 +62,8 @@ class LoadReport:
     #: Folders of finished runs (with `done`) that gave no valid record: empty or missing
     #: results file, or every line skipped. Such a run is absent from the tables.
     empty_done_runs: list[str] = field(default_factory=list)
+    #: Valid records per numeric training settings (`performance.describe`: "fp32", "bf16+channels_last"...).
+    settings: dict[str, int] = field(default_factory=dict)
 
     def add_problem(self, kind: str, file: str, count: int = 1) -> None:
         """Count `count` skipped lines of kind `kind` found in `file`."""
@@ -97,9 +102,19 @@ class LoadReport:
             "The tables below leave them out."
         )
 
+    def settings_warning(self) -> str | None:
+        """One line when runs trained with different numeric settings (precision, memory format,
+        compile...) are tabulated together (None when all share one)."""
+        if len(self.settings) < 2:
+            return None
+        counts = ", ".join(f"{name}: {count} record(s)" for name, count in sorted(self.settings.items()))
+        return (f"warning: runs trained with different speed settings are tabulated together ({counts}); "
+                "collect their sweeps from separate folders to compare them")
+
     def warnings(self, max_files: int = 5) -> list[str]:
         """Every warning, one line each (none when all went well)."""
-        return [w for w in (self.warning(max_files), self.empty_runs_warning(max_files)) if w]
+        found = (self.warning(max_files), self.empty_runs_warning(max_files), self.settings_warning())
+        return [w for w in found if w]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -112,6 +127,7 @@ class LoadReport:
             "skipped": dict(self.skipped),
             "files": {kind: list(names) for kind, names in self.files.items()},
             "empty_done_runs": list(self.empty_done_runs),
+            "settings": dict(self.settings),
         }
 
 
@@ -158,7 +174,8 @@ def load_records(input_dir: str | os.PathLike, only_done: bool = False) -> tuple
     Columns: `run_dir` (folder name, "." for the sweep folder itself), `line` (1-based), `done`,
     `order` (reading order = row order), `dataset`, `algorithm` (these three categorical),
     `test_envs` (tuple), `n_test_envs`, `test_env0` / `test_env1` (first / second test env, -1 if
-    none), `hparams_seed`, `trial_seed`, `environments` (tuple of names or None), `step`,
+    none), `hparams_seed`, `trial_seed`, `environments` (tuple of names or None), `settings`
+    (categorical: the numeric speed switches, "fp32" for DomainBed's and older runs), `step`,
     `n_envs`, and `env{i}_in_acc` / `env{i}_out_acc` (floats; NaN beyond a record's domains).
     Raises FileNotFoundError / NotADirectoryError when `input_dir` is not a folder.
     """
@@ -180,13 +197,12 @@ def _results_files(root: str, only_done: bool, report: LoadReport) -> Iterator[t
         path = folder + results
         done_path = folder + done_file
         try:
-            with open(path, "rb") as file:
-                data = file.read()
+            data = read_regular(path, RESULTS_FILE)  # a FIFO or a device would block or never end
         except (FileNotFoundError, IsADirectoryError):
             if os.path.exists(done_path):  # a finished run without its results
                 report.empty_done_runs.append(folder)
             continue  # else: not a run folder
-        except OSError:
+        except (OSError, UserError):
             report.n_files += 1
             report.add_problem("unreadable", path)
             continue
@@ -226,6 +242,7 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
     file_of_row = np.repeat(np.arange(len(names)), np.asarray(counts, dtype=np.int64))
     run_dir = pd.Categorical.from_codes(file_of_row, categories=pd.Index(names, dtype=object))
     frame.insert(0, "run_dir", run_dir)
+    frame["settings"] = _file_settings(all_records, counts, file_of_row)
     frame.insert(1, "line", np.asarray(line_numbers, dtype=int))
     frame.insert(2, "done", done_of_file[file_of_row])
     for k in np.unique(file_of_row[~valid]):
@@ -241,8 +258,26 @@ def _load(root: str, only_done: bool) -> tuple[pd.DataFrame, LoadReport]:
     for column in ("run_dir", "dataset", "algorithm"):
         frame[column] = frame[column].cat.remove_unused_categories()
     frame["step"] = _int_if_integral(frame["step"])
+    frame["settings"] = frame["settings"].cat.remove_unused_categories()
+    report.settings = {str(name): int(count) for name, count in frame["settings"].value_counts().items()}
     report.n_records = len(frame)
     return frame, report
+
+
+def _file_settings(records: list[dict], counts: list[int], file_of_row: np.ndarray) -> pd.Categorical:
+    """The `settings` column: `performance.describe` of each file's first record's args (a run's records
+    share their args), "fp32" when it names no switch (DomainBed's runs, and ours at the defaults)."""
+    firsts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)[:-1]]) if counts else np.zeros(0, np.int64)
+    names = []
+    for first, count in zip(firsts.tolist(), counts, strict=True):
+        args = records[first].get("args") if count else None
+        switched = type(args) is dict and ("precision" in args or "channels_last" in args or "compile" in args
+                                           or "cudnn_benchmark" in args)  # the numeric switches, inlined: fast
+        names.append(describe(args) if switched else "fp32")
+    categories = sorted(set(names))
+    code_of = {name: code for code, name in enumerate(categories)}
+    codes = np.fromiter(map(code_of.__getitem__, names), np.int64, len(names))
+    return pd.Categorical.from_codes(codes[file_of_row], categories=pd.Index(categories, dtype=object))
 
 
 def _results_path(root: str, name: str) -> str:

@@ -1,18 +1,19 @@
-"""`drecycle data`: list the datasets (role, domains with sizes, classes) and build built-in caches."""
+"""`drecycle data`: list the datasets (role, domains with sizes, classes), build built-in caches, and
+check a dataset's folders against DomainBed's (domains, classes, image counts)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "List the datasets and their domains, or prepare (build and cache) the built-in ones."
+HELP = "List the datasets, prepare (build and cache) the built-in ones, or check a dataset's folders."
 
 MAX_CLASS_NAMES = 6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `drecycle data list` and `drecycle data prepare`."""
-    sub = parser.add_subparsers(dest="data_command", metavar="{list,prepare}")
+    sub = parser.add_subparsers(dest="data_command", metavar="{list,prepare,check}")
     sub.required = True
     listing = sub.add_parser("list", help="print every dataset: role, domains with sizes, classes, shape, sources")
     listing.add_argument("--data_dir", default=None, help="folder holding DomainBed's datasets (and caches)")
@@ -21,12 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prepare.add_argument("--data_dir", default=None, help="cache in DATA_DIR/drecycle_cache instead")
     prepare.add_argument("--datasets", nargs="+", default=None, help="only these built-ins (default: all)")
     prepare.add_argument("--force", action="store_true", help="rebuild even if a current cache exists")
+    check = sub.add_parser("check", help="compare a dataset's folders with DomainBed's domains, classes and image "
+                                         "counts (exit 1 if they differ)")
+    check.add_argument("datasets", nargs="+", metavar="NAME", help="e.g. PACS VLCS, or folder:/path/to/root")
+    check.add_argument("--data_dir", default=None, help="folder holding DomainBed's datasets (PACS/, VLCS/, ...)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to `list` or `prepare`."""
     if args.data_command == "list":
         return run_list(args)
+    if args.data_command == "check":
+        return run_check(args)
     return run_prepare(args)
 
 
@@ -120,3 +127,35 @@ def run_prepare(args: argparse.Namespace) -> int:
         )
     print(f"prepared {len(classes)} dataset(s) in {time.perf_counter() - total:.1f}s")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """One table per dataset (domain, images found / DomainBed's, classes found / DomainBed's), then one
+    line per difference; exit status 1 when any dataset differs or is missing."""
+    from tabulate import tabulate
+
+    from domainbed_recycle.datasets.check import check_dataset
+
+    status = 0
+    for name in args.datasets:
+        result = check_dataset(name, args.data_dir)
+        print(f"{name}: {result.root or '(no folder)'}")
+        if result.rows:
+            rows = [[row.domain, row.folder, _count(row.images), _count(row.expected_images),
+                     _count(row.classes), _count(row.expected_classes)] for row in result.rows]
+            print(tabulate(rows, headers=["domain", "folder", "images", "DomainBed's", "classes", "DomainBed's"]))
+        for line in result.missing:
+            print(f"  MISSING {line}")
+        for line in result.differences:
+            print(f"  DIFFERS {line}")
+        if result.hint:
+            print(f"  HOW TO GET IT: {result.hint}")
+        verdict = ("as DomainBed's" if result.ok else
+                   f"{len(result.missing)} missing, {len(result.differences)} difference(s) from DomainBed's")
+        print(f"{name}: {verdict}\n")
+        status = status or (0 if result.ok else 1)
+    return status
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot", default=None, metavar="OUT.png", help="write a PNG of WA gain vs ratio-error of the pairs"
     )
+    parser.add_argument("--force", action="store_true", help="overwrite the --plot file if it exists")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
 
 
@@ -29,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     """Measure, print, and optionally plot."""
     if len(args.run_dirs) < 2:
         raise UserError(f"give at least 2 run folders, got {len(args.run_dirs)}")
+    if args.plot:
+        from domainbed_recycle.files import check_new_output
+
+        check_new_output(args.plot, args.force, "--plot")
     from domainbed_recycle import analysis
 
     runs = [analysis.load_run(path) for path in args.run_dirs]

@@ -31,15 +31,20 @@ def run(args: argparse.Namespace) -> int:
     if args.name and len(args.files) > 1:
         raise UserError("--name works with one file only")
     output_dir, reference = args.output_dir, args.reference
+    from domainbed_recycle.validation import Annotated, NonEmpty, check
+
+    for flag, value in (("--output_dir", output_dir), ("--reference", reference), ("--name", args.name)):
+        if value is not None:
+            check(value, Annotated[str, NonEmpty()], flag)
     if args.spec:
         pipeline = Pipeline(load_recycle_spec(args.spec, {"output_dir": args.output_dir}))
         output_dir = str(pipeline.out)
         reference = reference or pipeline.foundation_checkpoint()
-    from pathlib import Path
+    from domainbed_recycle import weights
 
-    if not Path(reference).is_file():
-        raise UserError(f"foundation checkpoint not found: {reference} (run `drecycle recycle SPEC` first, "
-                        "or pass --reference)")
+    problem = weights.problem(reference)
+    if problem:
+        raise UserError(f"foundation: {problem} (run `drecycle recycle SPEC` first, or pass --reference)")
     refused = 0
     for path in args.files:
         if args.gate:

@@ -7,8 +7,6 @@ import json
 import math
 from typing import Any
 
-from domainbed_recycle.errors import UserError
-
 HELP = "Linear mode connectivity of two runs: accuracy of (1-λ)θ_a + λθ_b on the test domain, barrier."
 
 
@@ -22,13 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no_val", action="store_true", help="skip the training-domain validation curve")
     parser.add_argument("--plot", default=None, metavar="OUT.png", help="write the curves as a PNG")
+    parser.add_argument("--force", action="store_true", help="overwrite the --plot file if it exists")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print, and optionally plot."""
-    if args.points < 2:
-        raise UserError(f"--points must be at least 2 (the two endpoints), got {args.points}")
+    from domainbed_recycle.files import check_new_output
+    from domainbed_recycle.validation import Annotated, Bounds, check
+
+    check(args.points, Annotated[int, Bounds(2, limit="points")], "--points")  # 2: the two endpoints
+    if args.plot:
+        check_new_output(args.plot, args.force, "--plot")
     import numpy as np
 
     from domainbed_recycle import analysis

@@ -1,8 +1,10 @@
-"""`drecycle merge`: merge fine-tuned models (run folders or checkpoint files) into one checkpoint.
+"""`drecycle merge`: merge fine-tuned models (run folders, checkpoint files, named weights) into one checkpoint.
 
-The operators are those of `merging.py` and `averaging.py`, the same the recycling pipeline's merging
-strategies use; here their hyper-parameters are given, not chosen on validation data. Fisher merging
-needs data and stays a strategy (`Fisher` in a recycle spec).
+The operators are those registered in `merge_ops` (one file each), the same the recycling pipeline's
+merging strategies use; here their parameters are given, on the command line or in a merge config
+(`--config`, mergekit's shape), not chosen on validation data. Fisher merging needs data and stays a
+strategy (`Fisher` in a recycle spec). The options of each operator's parameters are generated from its
+declaration, so a new operator needs no change here.
 """
 
 from __future__ import annotations
@@ -11,41 +13,89 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from domainbed_recycle import merge_ops
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.merge_ops import MergeOp, Param
+from domainbed_recycle.merge_ops.config import MergeJob
+from domainbed_recycle.weights import HARNESS, KEY_FORMATS
 
-HELP = "Merge fine-tuned models (run folders or checkpoints) into one checkpoint: uniform, TIES, DARE, ..."
-
-# method -> the flags it reads (recorded in the output's metadata); all but uniform also need --base (θ0)
-METHODS = {"uniform": (), "task_arithmetic": ("lam",), "ties": ("lam", "keep"), "dare": ("lam", "p", "seed"),
-           "dare_ties": ("lam", "keep", "p", "seed"), "model_stock": (), "wise_ft": ("alpha",)}
+HELP = "Merge fine-tuned models (run folders, checkpoints) into one checkpoint: uniform, TIES, DARE, SLERP, ..."
+# what a merged file keeps of its members' metadata, when every member has the same value: what the
+# model is and which data it must not be tested on (never a member's own training fields: step, val_acc, seed)
+SHARED_FIELDS = ("arch", "classes", "dataset", "environments", "test_envs", "trial_seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `drecycle merge`."""
-    parser.add_argument("models", metavar="MODEL", nargs="+",
-                        help="finished run folders (their best checkpoint) or checkpoint files")
-    parser.add_argument("--method", required=True, choices=sorted(METHODS),
-                        help="uniform: weight average; task_arithmetic: θ0 + λ Σ τ_k; ties: TIES-merging; dare / "
-                             "dare_ties: DARE drop-and-rescale, then task arithmetic / TIES; model_stock; "
-                             "wise_ft: (1 − α) θ0 + α θ_1")
+    """Flags of `drecycle merge`: fixed ones, then one per operator parameter (from `merge_ops`)."""
+    ops = merge_ops.operators()
+    parser.add_argument("models", metavar="MODEL", nargs="*",
+                        help="finished run folders (their best checkpoint), checkpoint files or named weights "
+                             "(torchvision:..., timm:..., hf:...)")
+    parser.add_argument("--method", choices=[op.name for op in ops], help="the merging operator (see --list)")
     parser.add_argument("--base", default=None, metavar="MODEL",
-                        help="θ0, the model every MODEL was fine-tuned from (all methods but uniform)")
-    parser.add_argument("--out", required=True, metavar="OUT.safetensors", help="where to write the merged model")
-    parser.add_argument("--lam", type=float, default=None,
-                        help="scale of the merged task vector (default: 1/K for task_arithmetic and dare, the "
-                             "uniform average; 1 for ties and dare_ties)")
-    parser.add_argument("--keep", type=float, default=0.2, help="ties, dare_ties: fraction of each task vector kept")
-    parser.add_argument("--p", type=float, default=0.5, help="dare, dare_ties: drop rate in [0, 1)")
-    parser.add_argument("--seed", type=int, default=0, help="dare, dare_ties: seed of the drop masks")
-    parser.add_argument("--alpha", type=float, default=0.5, help="wise_ft: weight of the fine-tuned model")
+                        help="θ0, the model every MODEL was fine-tuned from (the methods that need it, see --list)")
+    parser.add_argument("--config", default=None, metavar="MERGE.yaml|toml",
+                        help="take the method, models, base and parameters from a merge config: merge_method, "
+                             "base_model, models (each a path, or {model, parameters}), parameters")
+    parser.add_argument("--out", metavar="OUT.safetensors", help="where to write the merged model")
+    parser.add_argument("--format", choices=KEY_FORMATS, default=HARNESS,
+                        help="key names of the written file: this harness's (default), or torchvision's/timm's "
+                             "ResNet names (a file torchvision.models.resnet50(num_classes=C) loads as it is)")
+    parser.add_argument("--list", action="store_true", help="print every operator with its parameters and exit")
     parser.add_argument("--evaluate", action="store_true",
                         help="print the merged model's accuracies next to each member's (MODELs must be run folders "
                              "of one dataset and trial seed)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    group = parser.add_argument_group("operator parameters", "each method reads its own (see --list); a per-model "
+                                      "parameter takes one value for every model, or one per model")
+    for name, (param, readers) in parameter_options(ops).items():
+        defaults = ", ".join(f"{op.name} {op.param(name).default_text()}" for op in readers)
+        group.add_argument(f"--{name}", dest=_dest(name), type=param.type, default=None, metavar=name.upper(),
+                           nargs="+" if param.per_model else None, choices=param.choices or None,
+                           help=f"{param.help}; {param.range_text() or 'any value'}; default: {defaults}")
+
+
+def parameter_options(ops: list[MergeOp]) -> dict[str, tuple[Param, list[MergeOp]]]:
+    """{parameter name: (its declaration, the operators that read it)}: one option per name. Two operators
+    may share a name only with the same type and per-model kind (ValueError otherwise)."""
+    options: dict[str, tuple[Param, list[MergeOp]]] = {}
+    for op in ops:
+        for param in op.params:
+            if param.name not in options:
+                options[param.name] = (param, [op])
+                continue
+            first, readers = options[param.name]
+            if (first.type, first.per_model, first.choices) != (param.type, param.per_model, param.choices):
+                raise ValueError(f"parameter '{param.name}' of '{op.name}' differs in type from '{readers[0].name}''s")
+            readers.append(op)
+    return options
+
+
+def _dest(name: str) -> str:
+    return f"param_{name}"
+
+
+def _job(args: argparse.Namespace) -> MergeJob:
+    """The merge asked for: from --config, or from MODELs, --method, --base and the parameter options."""
+    given = {name: value for name, value in vars(args).items() if name.startswith("param_") and value is not None}
+    if args.config:
+        mixed = [flag for flag, value in (("MODEL", args.models), ("--method", args.method), ("--base", args.base))
+                 if value] + [f"--{name[len('param_'):]}" for name in given]
+        if mixed:
+            raise UserError(f"--config gives the method, models, base and parameters: drop {', '.join(mixed)}")
+        return merge_ops.config.read_config(args.config)
+    if not args.method or not args.models:
+        raise UserError("give MODELs and --method (or --config MERGE.yaml); --list shows the methods")
+    params = {name[len("param_"):]: value for name, value in given.items()}
+    return MergeJob(args.method, tuple(args.models), args.base, params)
 
 
 def _resolve(model: str) -> Path:
-    """A run folder's model checkpoint, or the file itself."""
+    """A run folder's model checkpoint, or the file itself (or the file of named weights)."""
+    from domainbed_recycle import weights
+
+    if weights.scheme(model):
+        return weights.resolve(model)
     path = Path(model)
     if path.is_dir():
         from domainbed_recycle.rundir import RunDir
@@ -54,13 +104,15 @@ def _resolve(model: str) -> Path:
         if checkpoint is None:
             raise UserError(f"{path}: a folder without a model checkpoint (expected a finished run folder)")
         return checkpoint
+    if path.exists() and not path.is_file():
+        return weights.resolve(path)  # one line: a FIFO or a device, never opened
     if not path.is_file():
         raise UserError(f"{path}: no such run folder or checkpoint file")
     return path
 
 
 def _load(model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(checkpoint path, finite state dict, metadata) of a run folder or checkpoint file."""
+    """(checkpoint path, finite state dict, metadata) of a run folder, checkpoint file or named weights."""
     from domainbed_recycle.averaging import check_finite
     from domainbed_recycle.checkpoints import load_checkpoint
 
@@ -69,58 +121,69 @@ def _load(model: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     return path, dict(check_finite(state, str(path))), metadata
 
 
-def merge(method: str, models: list[dict[str, Any]], base: dict[str, Any] | None, *, lam: float | None = None,
-          keep: float = 0.2, p: float = 0.5, seed: int = 0, alpha: float = 0.5) -> dict[str, Any]:
-    """The merged state dict of `models` (and `base`, θ0) by `method` (see `METHODS`)."""
-    from domainbed_recycle import averaging, merging
-
-    k = len(models)
-    if method == "uniform":
-        return averaging.uniform_average(models)
-    assert base is not None
-    if method == "wise_ft":
-        if k != 1:
-            raise UserError(f"wise_ft interpolates θ0 with ONE fine-tuned model, got {k}")
-        return merging.wise_ft(base, models[0], alpha)
-    if method == "model_stock":
-        return merging.model_stock(base, models)[0]
-    members = list(merging.dare(base, models, p, seed)) if method.startswith("dare") else models
-    if method in ("task_arithmetic", "dare"):
-        return merging.task_arithmetic(base, members, 1.0 / k if lam is None else lam)
-    return merging.ties_merge(base, members, 1.0 if lam is None else lam, keep)
-
-
 def run(args: argparse.Namespace) -> int:
-    """Load, check, merge, write; optionally evaluate."""
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists: choose another --out, or pass --force to overwrite it")
+    """Check the request, load and check the models, merge, write; optionally evaluate."""
+    from domainbed_recycle.files import check_new_output
+
+    if args.list:
+        print(merge_ops.markdown_table(merge_ops.operators()))
+        return 0
+    job = _job(args)
+    op = merge_ops.get(job.method)
+    if not args.out:
+        raise UserError("--out OUT.safetensors is required")
+    out = check_new_output(args.out, args.force, "--out")
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out.name}")
-    if args.method != "uniform" and args.base is None:
-        raise UserError(f"--method {args.method} needs --base (θ0, the model the MODELs were fine-tuned from)")
-    loaded = [_load(model) for model in args.models]
-    base = _load(args.base) if args.base else None
-    from domainbed_recycle.checkpoints import check_compatible, save_checkpoint
+    if op.needs_base and job.base is None:
+        raise UserError(f"--method {op.name} needs --base (θ0, the model the MODELs were fine-tuned from)")
+    if not op.needs_base and job.base is not None:
+        raise UserError(f"--method {op.name} reads no base model: drop --base")
+    arguments = op.arguments(len(job.models), job.parameters, job.model_parameters())  # before loading anything
+    loaded = [_load(model) for model in job.models]
+    base = _load(job.base) if job.base else None
+    from domainbed_recycle.checkpoints import check_compatible, export_keys, save_checkpoint
 
-    reference, reference_name = (base[1], args.base) if base else (loaded[0][1], args.models[0])
-    for index, (model, (_, state, _)) in enumerate(zip(args.models, loaded, strict=True)):
+    reference, reference_name = (base[1], job.base) if base else (loaded[0][1], job.models[0])
+    for index, (model, (_, state, _)) in enumerate(zip(job.models, loaded, strict=True)):
         if base or index:  # every model against θ0, else against the first model
             check_compatible(reference, state, f"its weights (compared with {reference_name})", model)
-    try:  # the operators check their own parameters (finite λ, keep in (0, 1], K >= 2 for Model Stock...)
-        merged = merge(args.method, [state for _, state, _ in loaded], base[1] if base else None, lam=args.lam,
-                       keep=args.keep, p=args.p, seed=args.seed, alpha=args.alpha)
+    try:  # the operators check their own inputs (K >= 2 for Model Stock, ...)
+        merged, reported = op(base[1] if base else None, [state for _, state, _ in loaded], **arguments)
     except ValueError as error:
-        raise UserError(f"--method {args.method}: {error}") from None
-    metadata = {key: value for key, value in loaded[0][2].items() if key != "format"}
-    metadata["merge"] = {"method": args.method, "members": [str(path) for path, _, _ in loaded],
-                         "base": str(base[0]) if base else None,
-                         "params": {name: getattr(args, name) for name in METHODS[args.method]}}
-    save_checkpoint(out, merged, metadata)
-    print(f"wrote {out} ({args.method} of {len(loaded)} model(s))")
+        raise UserError(f"--method {op.name}: {error}") from None
+    written = export_keys(merged, args.format)
+    save_checkpoint(out, written, merged_metadata(op, job, arguments, reported, loaded, base, args.format))
+    print(f"wrote {out} ({op.name} of {len(loaded)} model(s), {args.format} key names)")
     if args.evaluate:
-        _evaluate(args.models, merged)
+        _evaluate(list(job.models), merged)
     return 0
+
+
+def merged_metadata(op: MergeOp, job: MergeJob, arguments: dict[str, Any], reported: dict[str, Any],
+                    loaded: list[tuple[Path, dict, dict]], base: tuple[Path, dict, dict] | None,
+                    key_format: str) -> dict[str, Any]:
+    """What a merged file records: the fields every member shares (`SHARED_FIELDS`), and what was merged:
+    the operator, each member (reference, file, its own per-model values), θ0, the parameters, what the
+    operator reported, the config file; plus versions and git commit. Nothing of one member's training."""
+    from domainbed_recycle import provenance
+    from domainbed_recycle.checkpoints import KEY_FORMAT_FIELD
+
+    metas = [meta for _, _, meta in loaded]
+    metadata: dict[str, Any] = {key: metas[0][key] for key in SHARED_FIELDS
+                                if key in metas[0] and all(meta.get(key) == metas[0][key] for meta in metas)}
+    per_model = [p for p in op.params if p.per_model]
+    metadata["merge"] = {
+        "method": op.name, "reference": op.reference,
+        "members": [{"model": ref, "file": str(path), **{p.key: arguments[p.name][i] for p in per_model}}
+                    for i, (ref, (path, _, _)) in enumerate(zip(job.models, loaded, strict=True))],
+        "base": {"model": job.base, "file": str(base[0])} if base else None,
+        "parameters": {p.key: arguments[p.name] for p in op.params if not p.per_model},
+        "config": job.source, **({"reported": reported} if reported else {}),
+    }
+    metadata[KEY_FORMAT_FIELD] = key_format
+    metadata["versions"], metadata["git_commit"] = provenance.versions(), provenance.git_commit()
+    return metadata
 
 
 def _evaluate(models: list[str], merged: dict[str, Any]) -> None:

@@ -1,17 +1,17 @@
 """Multi-domain datasets, found by name: `get_dataset(name, data_dir, test_envs, hparams)` builds one.
 
-Names are those registered in `DATASETS` (the built-in offline datasets, DomainBed's real ones read
-from `data_dir`), or "folder:/path/to/root" for any root/<domain>/<class>/<image> tree. Real-image
-datasets take options after a "?": "folder:/data/mine?resolution=64", "PACS?resolution=96,cache=yes"
-(see `folder.ImageOptions`).
+Names are those registered in `DATASETS` (the built-in offline datasets, DomainBed's MNIST datasets
+and its real ones, read from `data_dir`), or "folder:/path/to/root" for any
+root/<domain>/<class>/<image> tree. Real-image datasets take options after a "?":
+"folder:/data/mine?resolution=64", "PACS?resolution=96,cache=yes" (see `folder.ImageOptions`).
 
-Floors: `base` (the contract and the registry) <- `builtin`, `folder` (datasets that register
-themselves) <- this package (lookup by name).
+Floors: `base` (the contract and the registry) <- `builtin`, `domainbed_mnist`, `folder` (datasets
+that register themselves), `loaders` <- this package (lookup by name).
 """
 
 from __future__ import annotations
 
-from domainbed_recycle.datasets import builtin, folder  # noqa: F401  (importing registers their datasets)
+from domainbed_recycle.datasets import builtin, domainbed_mnist, folder  # noqa: F401  (importing registers them)
 from domainbed_recycle.datasets.base import DATASETS, InMemoryDomain, MultipleDomainDataset
 from domainbed_recycle.datasets.folder import FOLDER_PREFIX
 from domainbed_recycle.registry import Registry
@@ -39,8 +39,15 @@ def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
 
 
 def get_dataset(
-    name: str, data_dir: str | None, test_envs: list[int] | None = None, hparams: dict | None = None
+    name: str, data_dir: str | None, test_envs: list[int] | None = None, hparams: dict | None = None,
+    seed: int = 0,
 ) -> MultipleDomainDataset:
-    """Build the dataset named `name` (DomainBed's signature: data_dir, test_envs, hparams)."""
+    """Build the dataset named `name` (DomainBed's signature: data_dir, test_envs, hparams).
+
+    `seed` is the run's seed; only datasets whose domains depend on it (`SHUFFLED_BY_SEED`, DomainBed's
+    MNIST datasets) read it.
+    """
     cls = get_dataset_class(name)
+    if getattr(cls, "SHUFFLED_BY_SEED", False):
+        return cls(data_dir, list(test_envs or []), dict(hparams or {}), seed=seed)
     return cls(data_dir, list(test_envs or []), dict(hparams or {}))

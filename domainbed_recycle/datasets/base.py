@@ -23,7 +23,13 @@ class InMemoryDomain(Dataset):
         images: uint8 tensor [N, C, H, W] (0..255) or float tensor [N, C, H, W] already scaled.
         labels: int64 tensor [N].
     Items are (float32 image [C, H, W] in [0, 1] for uint8 storage, int label).
+
+    HEAVY_BATCHES: whether building a batch costs enough (large images gathered, normalised and
+    augmented one by one) to be done by loader workers (`datasets.loading`) rather than by the training
+    process; the built-ins' 28x28 tensors are not (their batches come straight from memory).
     """
+
+    HEAVY_BATCHES = False
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if len(images) != len(labels):
@@ -59,7 +65,17 @@ class MultipleDomainDataset:
     Attributes:
         ENVIRONMENTS: domain names, one per domain, in index order.
         N_STEPS, CHECKPOINT_FREQ: default training length and evaluation period (steps).
-        HPARAMS_PROFILE: "small" (built-in 28x28 images, small CNN) or "resnet" (real images).
+        DOMAINBED_PROTOCOL: True (DomainBed's datasets, MNIST or real, and folder trees): a run follows
+            DomainBed's train.py: its seeds (DomainBed's `seed_hash`, for the in/out splits), its
+            evaluation steps (after the updates at loop indices 0, CHECKPOINT_FREQ, 2 * CHECKPOINT_FREQ,
+            ... and the last one; a record's `step` is that loop index) and, for in-memory domains,
+            its loaders' sampling and evaluation batches (`loaders.DomainBedLoader`).
+            False (the built-in CPU benchmark): records after every CHECKPOINT_FREQ updates and after
+            the last (`step` = updates done), the harness's own seeds and batch generators.
+        SHUFFLED_BY_SEED: the domains depend on the run's seed (DomainBed's MNIST datasets); the
+            constructor then takes `seed=`.
+        HPARAMS_PROFILE: "small" (built-in 28x28 images, small CNN), "mnist" (DomainBed's MNIST
+            datasets, MNIST_CNN) or "resnet" (real images).
         ROLE: "target" (a benchmark), "pretrain" (the foundation model's corpus) or "auxiliary".
         input_shape: (C, H, W) of one image.
         num_classes: number of classes; `classes` holds their names.
@@ -70,6 +86,8 @@ class MultipleDomainDataset:
     N_STEPS = 5001
     CHECKPOINT_FREQ = 100
     HPARAMS_PROFILE = "small"
+    DOMAINBED_PROTOCOL = True
+    SHUFFLED_BY_SEED = False
     N_WORKERS = 0
     ROLE = "target"  # "target", "pretrain" (foundation model corpus) or "auxiliary" (other label spaces)
 
@@ -77,6 +95,11 @@ class MultipleDomainDataset:
     num_classes: int
     classes: list[str]
     datasets: list[Dataset]
+
+    @classmethod
+    def check_available(cls, data_dir: str | None) -> None:
+        """Raise UserError (one line: what is missing, where) when the files this dataset reads are not
+        there, without reading them (cheap: a run calls it before anything else). Default: nothing to check."""
 
     def __getitem__(self, index: int) -> Dataset:
         return self.datasets[index]

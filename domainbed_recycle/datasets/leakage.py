@@ -4,7 +4,7 @@ Built-in datasets declare, per domain, the ids of the source images they are mad
 (`BuiltinDataset.domain_sources`); two datasets leak when a domain of one that a model trains on shares
 an id with a test domain of the other. `tests/test_datasets_leakage.py` proves the shipped specs clean
 (by id and by content); this module refuses a user's spec that combines built-ins that overlap (e.g.
-RotatedMNIST as an auxiliary task of TextureMNIST: both are drawn from the same MNIST digits).
+RotatedDigits as an auxiliary task of TextureMNIST: both are drawn from the same MNIST digits).
 Datasets that declare no sources (DomainBed's real ones, `folder:` trees) cannot be checked here.
 """
 

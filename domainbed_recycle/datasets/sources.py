@@ -143,6 +143,28 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an (uncompressed) IDX file, the inverse of `read_idx`."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + array.tobytes())
+
+
+def write_torchvision_mnist(data_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
+                            n_train: int) -> Path:
+    """Write digits as torchvision's MNIST files, `data_dir/MNIST/raw/{train,t10k}-*-ubyte`, the first
+    `n_train` as the training file, the rest as t10k (DomainBed reads them concatenated, in this order).
+
+    Args: images uint8 [N, 28, 28], labels [N] (0..9). Returns the `raw` folder.
+    """
+    folder = Path(data_dir) / "MNIST" / "raw"
+    for prefix, part in (("train", slice(0, n_train)), ("t10k", slice(n_train, None))):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images[part])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.asarray(labels[part], dtype=np.uint8))
+    return folder
+
+
 def _idx_file(folder: Path, stem: str) -> Path | None:
     """`folder/stem` or `folder/stem.gz`, whichever exists."""
     for candidate in (folder / stem, folder / f"{stem}.gz"):

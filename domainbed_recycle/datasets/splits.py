@@ -2,7 +2,9 @@
 
 DomainBed's train.py calls `out, in_ = split_dataset(env, int(len(env) * holdout_fraction),
 seed_hash(trial_seed, env_i))`; `split_domain(env, holdout_fraction, seed)` returns `(in_, out)`
-with the same index sets for the same seed; `make_splits` splits every domain that way.
+with the same index sets for the same seed; `make_splits` splits every domain that way, seeding with
+DomainBed's own `seed_hash` for datasets of DomainBed's protocol (so their splits are DomainBed's) and
+with this project's for the built-ins.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from domainbed_recycle.datasets.base import InMemoryDomain
-from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.misc import domainbed_seed_hash, seed_hash
 
 
 def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -51,6 +53,13 @@ def _subset(domain: InMemoryDomain, keys: list[int]) -> InMemoryDomain:
     return domain.subset(index)
 
 
+def split_seed(dataset: object, trial_seed: int, env_index: int) -> int:
+    """The seed of domain `env_index`'s split: DomainBed's `seed_hash(trial_seed, env_index)`, with
+    DomainBed's hash for datasets of its protocol (`DOMAINBED_PROTOCOL`), this project's otherwise."""
+    hash_fn = domainbed_seed_hash if getattr(dataset, "DOMAINBED_PROTOCOL", False) else seed_hash
+    return hash_fn(trial_seed, env_index)
+
+
 def make_splits(
     dataset: Sequence[Dataset], holdout_fraction: float, trial_seed: int
 ) -> tuple[list[Dataset], list[Dataset]]:
@@ -60,7 +69,8 @@ def make_splits(
     """
     in_splits, out_splits = [], []
     for env_index in range(len(dataset)):
-        split_in, split_out = split_domain(dataset[env_index], holdout_fraction, seed_hash(trial_seed, env_index))
+        seed = split_seed(dataset, trial_seed, env_index)
+        split_in, split_out = split_domain(dataset[env_index], holdout_fraction, seed)
         in_splits.append(split_in)
         out_splits.append(split_out)
     return in_splits, out_splits

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from domainbed_recycle.averaging import uniform_average
 from domainbed_recycle.checkpoints import read_metadata
 from domainbed_recycle.collect import CollectResult, collect, load_records, render
 from domainbed_recycle.datasets import get_dataset_class
+from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator, EvaluatorCache
+from domainbed_recycle.files import check_inside, read_regular
 from domainbed_recycle.misc import args_hash
 from domainbed_recycle.recycle.spec import RecycleSpec, spec_from_dict
 from domainbed_recycle.recycle.stages import CellPools, target_settings
@@ -36,6 +39,7 @@ from domainbed_recycle.sweep.jobs import TASK_KEY
 TABLE, COMBINED, JOBS = "table", "combined", "combine_jobs"
 TASK = "domainbed_recycle.recycle.combine:run_combine_job"
 POOLED_TRIAL = -1  # trial seed of a pooled (†) record: every trial's runs, as the reference's `--trial_seed -1`
+_TABLE_FOLDER = re.compile(r"[0-9a-f]{32}")  # `args_hash`: what `_write_run` names a table folder
 
 
 def variants(strategies: list[Strategy], pooled: bool) -> list[str]:
@@ -143,12 +147,24 @@ def _combined_runs(out: Path, cell: Cell, strategy: str) -> Any:
 
 
 def read_marker(marker: Path) -> dict[str, Any]:
-    """A marker's content ({} if absent, or written by an older version that listed no runs)."""
+    """A marker's content ({} if absent, unreadable, or written by an older version that listed no runs).
+
+    Its `table_folders` are what `_forget` deletes: UserError (one line, nothing deleted) unless each is
+    the name of a folder `_write_run` makes (an md5 hex digest, so it cannot lead out of `<out>/table/`)."""
     try:
-        content = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        content = json.loads(read_regular(marker, limit=1 << 26))
+    except (OSError, ValueError, UserError):
         return {}
-    return content if isinstance(content, dict) else {}
+    if not isinstance(content, dict):
+        return {}
+    folders = content.get("table_folders", [])
+    bad = [f for f in folders if not (isinstance(f, str) and _TABLE_FOLDER.fullmatch(f))] if isinstance(
+        folders, list) else [folders]
+    if bad:
+        raise UserError(f"{marker}: 'table_folders' names {bad[0]!r}, not a folder this harness writes in {TABLE}/: "
+                        f"the marker was edited or is not the harness's; nothing was deleted (delete {marker} "
+                        f"to combine that cell again)")
+    return content
 
 
 def write_marker(marker: Path, content: dict[str, Any]) -> None:
@@ -157,9 +173,15 @@ def write_marker(marker: Path, content: dict[str, Any]) -> None:
 
 
 def _forget(out: Path, marker: Path) -> None:
-    """Remove the table folders an earlier combination wrote (its runs are no longer the planned ones)."""
-    for folder in read_marker(marker).get("table_folders", []):
-        RunDir(out / TABLE / folder).remove()
+    """Remove the table folders an earlier combination wrote (its runs are no longer the planned ones):
+    each must lie inside `<out>/table/` once resolved (not a link leading elsewhere) and be the harness's
+    (`RunDir.reset` checks); else UserError, nothing deleted."""
+    folders = [RunDir(out / TABLE / name) for name in read_marker(marker).get("table_folders", [])]
+    for run in folders:
+        check_inside(run.path, out / TABLE, f"table folder named by {marker}")
+        run.check_is_run()
+    for run in folders:
+        run.remove()
     marker.unlink(missing_ok=True)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from domainbed_recycle import weights
 from domainbed_recycle.checkpoints import check_compatible, load_checkpoint, save_checkpoint, split_state
 from domainbed_recycle.errors import UserError
-from domainbed_recycle.recycle.stages import IMPORTED
+from domainbed_recycle.recycle.stages import IMPORTED, check_output_dir, claim_output_dir
 
 
 def import_finetuning(path: str | Path, reference: str | Path, into_dir: str | Path, name: str | None = None) -> Path:
@@ -25,10 +26,12 @@ def import_finetuning(path: str | Path, reference: str | Path, into_dir: str | P
         raise UserError(f"{path}: no featurizer weights found (expected keys starting with 'featurizer.', "
                         "a torchvision ResNet state dict, or DomainBed's model.pkl)")
     check_compatible(expected, featurizer, "featurizer of the imported fine-tuning", path)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or Path(path).stem)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or Path(path).stem).lstrip(".") or "imported"
     target = Path(into_dir) / IMPORTED / f"{name}.safetensors"
     if target.exists():
         raise UserError(f"{target} already exists: choose another --name")
-    metadata = {"arch": reference_meta.get("arch"), "imported_from": str(Path(path).resolve()),
+    check_output_dir(Path(into_dir))
+    claim_output_dir(Path(into_dir))
+    metadata = {"arch": reference_meta.get("arch"), "imported_from": weights.normalize(path),
                 "origin": meta.get("origin", "safetensors" if str(path).endswith(".safetensors") else "state dict")}
     return save_checkpoint(target, {f"featurizer.{k}": v for k, v in featurizer.items()}, metadata)

@@ -13,11 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from domainbed_recycle import analysis
+from domainbed_recycle import analysis, weights
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import EvaluatorCache
-from domainbed_recycle.recycle import combine, figures, reading, stages
+from domainbed_recycle.recycle import combine, figures, inputs, reading, stages
 from domainbed_recycle.recycle.spec import RecycleSpec
+from domainbed_recycle.rundir import write_atomic
 from domainbed_recycle.strategies import STRATEGIES
 from domainbed_recycle.sweep import Job
 from domainbed_recycle.sweep.launchers import SlurmOptions, launch
@@ -34,6 +35,7 @@ class Pipeline:
         self.spec = spec
         self.out = Path(spec.output_dir).resolve()
         self.strategies = [STRATEGIES.get(name)() for name in spec.strategies]
+        self._checked: stages.Plan | None = None
 
     def plan(self) -> stages.Plan:
         return stages.plan(self.spec, self.strategies, self.out)
@@ -44,9 +46,16 @@ class Pipeline:
     def variants(self) -> list[str]:
         return combine.variants(self.strategies, self.spec.pooled)
 
-    def dry_run(self) -> str:
-        """Every stage's jobs (without running anything or needing any data), one line per job."""
-        return stages.describe(self.plan(), self.variants())
+    def dry_run(self, gpu: str | None = None) -> tuple[str, inputs.InputCheck]:
+        """Every stage's jobs, one line per job, then what they cost (steps, images, GPU-hours on `gpu` or
+        on every measured GPU kind); and the check of every input (dataset folders, the foundation's
+        weights). Nothing is run or written."""
+        from domainbed_recycle.sweep import cost
+
+        plan = self.plan()
+        estimate = cost.estimate(stages.training_jobs(plan))
+        listing = stages.describe(plan, self.variants()) + "\n" + cost.describe(estimate, gpu)
+        return listing, inputs.check_inputs(self.spec, plan)
 
     def table(self, fmt: str = "text") -> str:
         """The strategy table of what is combined so far."""
@@ -71,19 +80,38 @@ class Pipeline:
         plan = self._prepare()
         cache = EvaluatorCache(self.spec.data_dir, self.spec.target.holdout_fraction)
         report = figures.init_report(plan, cache)
-        (self.out / "inits.json").write_text(json.dumps(analysis.jsonable(report), indent=1))
+        write_atomic(self.out / "inits.json", json.dumps(analysis.jsonable(report), indent=1))
         return figures.format_init_report(report)
+
+    def check(self) -> stages.Plan:
+        """Everything a run checks before it writes anything (the output folder is new, empty or the
+        harness's; no test-domain leakage; every input there); returns the plan. Done once."""
+        if self._checked is None:
+            stages.check_output_dir(self.out)
+            stages.check_leakage(self.spec)
+            plan = self.plan()
+            checked = inputs.check_inputs(self.spec, plan)
+            for line in checked.differences:
+                _log(f"note: {line}")
+            if checked.missing:
+                raise UserError(f"{self.spec.source}: {len(checked.missing)} input(s) missing, nothing was run "
+                                "(`--dry_run` lists them):\n"
+                                + "\n".join(f"  {line}" for line in checked.missing + checked.hints))
+            for note in self.spec.notes:
+                _log(f"note: {note}")
+            self._checked = plan
+        return self._checked
 
     def _prepare(self) -> stages.Plan:
         """Stages 1-3 (foundation, auxiliary LP-FT, target probes); returns the plan."""
-        stages.check_leakage(self.spec)  # before anything is written
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "spec.json").write_text(json.dumps(dataclasses.asdict(self.spec), indent=2))
-        plan = self.plan()
+        plan = self.check()  # before anything is written
+        stages.claim_output_dir(self.out)
+        write_atomic(self.out / stages.SPEC, json.dumps(dataclasses.asdict(self.spec), indent=2))
         if plan.foundation_job is not None:
             self._launch("1/5 foundation", [plan.foundation_job])
-        if not plan.foundation.is_file():
-            raise UserError(f"foundation checkpoint not found: {plan.foundation}")
+        problem = weights.problem(plan.foundation)
+        if problem:
+            raise UserError(f"[foundation] {problem}")
         self._launch("2/5 auxiliary linear probes", list(plan.auxiliary_probe_jobs.values()))
         self._launch("2/5 auxiliary fine-tunings", [job for runs in plan.auxiliary_jobs.values() for job in runs])
         self._launch("3/5 linear probes", list(plan.probe_jobs.values()))

@@ -17,24 +17,10 @@ from domainbed_recycle import stats
 from domainbed_recycle.collect import CollectResult, get_method
 from domainbed_recycle.recycle import evidence
 from domainbed_recycle.stats import Interval
+from domainbed_recycle.strategies.claims import COMPARISONS
 
 POINTS = "accuracy difference (points)"
 
-# (claim, row a, row b): the claim "a > b" on the paired difference of two table rows
-COMPARISONS = (
-    ("recycling > soups (uniform)", "Ratatouille-uniform", "Soup-uniform"),
-    ("recycling > soups (greedy)", "Ratatouille-greedy", "Soup-greedy"),
-    ("recycling > soups (pooled †)", "Ratatouille-uniform†", "Soup-uniform†"),
-    ("soups > inter-training (uniform soup)", "Soup-uniform", "InterTraining"),
-    ("soups > inter-training (greedy soup)", "Soup-greedy", "InterTraining"),
-    ("soups > fusing (uniform soup)", "Soup-uniform", "Fusing"),
-    ("soups > fusing (greedy soup)", "Soup-greedy", "Fusing"),
-    ("LP-FT > ERM", "LP-FT", "ERM"),
-    ("inter-training > ERM", "InterTraining", "ERM"),
-    ("inter-training > LP-FT (the reference's ERM starts from the probe)", "InterTraining", "LP-FT"),
-    ("fusing > ERM", "Fusing", "ERM"),
-    ("fusing > LP-FT", "Fusing", "LP-FT"),
-)
 BARRIER_MAX = 1.0  # points: "linearly connected" (Hyp. 2) and the premise's barrier bound
 WITHIN = 1.0  # points: "as good as" (premise c)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 from domainbed_recycle import hparams_registry
 from domainbed_recycle.algorithms import ALGORITHMS
@@ -24,11 +24,15 @@ from domainbed_recycle.averaging import check_finite
 from domainbed_recycle.checkpoints import load_checkpoint, read_metadata
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.evaluation import Evaluator
-from domainbed_recycle.misc import seed_hash
+from domainbed_recycle.misc import per_dataset, seed_hash
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
+from domainbed_recycle.validation import Bounds, Count, Fraction, Steps
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+# A number, or a table {dataset: number}; None: the dataset's (steps and checkpoint_freq of a spec's stage)
+PerDataset = Steps | dict[str, Steps | None] | None
 
 PHI0 = "phi0"  # init label of runs starting from the foundation featurizer
 
@@ -103,27 +107,36 @@ class DerivedInit(Protocol):
 
 
 @dataclass
-class TargetSettings:
-    """Target-run settings shared by every strategy of a pipeline (from the spec's [target] table)."""
+class TargetRunSettings:
+    """The [target] settings every target run is planned with, declared once: the spec's [target] table
+    (`recycle.spec.TargetSpec`) extends them with the cells, `TargetSettings` with the data folder."""
 
     algorithm: str = "ERM"  # training objective of target runs (any registered Algorithm)
-    n_runs: int = 4  # M: runs per pool (LP-FT pool, auxiliary pool)
-    n_runs_small: int = 2  # runs of MovingAverage (one run reported by selection, like ERM's)
-    steps: int | dict[str, int] | None = None  # None: the dataset's N_STEPS; a table: per dataset
-    checkpoint_freq: int | dict[str, int] | None = None  # None: the dataset's CHECKPOINT_FREQ
-    holdout_fraction: float = 0.2
-    data_dir: str | None = None
+    n_runs: Count = 4  # M: runs per pool (LP-FT pool, auxiliary pool)
+    n_runs_small: Count = 2  # runs of MovingAverage (one run reported by selection, like ERM's; Fusing has M)
+    steps: PerDataset = None  # a number, or a table {dataset: steps}; None: the dataset's N_STEPS
+    checkpoint_freq: PerDataset = None  # likewise; None: the dataset's CHECKPOINT_FREQ
+    holdout_fraction: Fraction = 0.2
+    hparams_profile: str | None = None  # e.g. "small_finetune" (default: the network's, pre-trained)
     hparams: dict[str, Any] = field(default_factory=dict)
-    hparams_profile: str | None = None
-    fusing_range: float = 4.0  # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing (reference README: 4)
-    lp_steps: int = 200  # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
+    # r in kappa_i ~ exp(r U(0,1)); 0 = uniform fusing (reference README: 4). At most 700: exp(r) must stay a float64
+    fusing_range: Annotated[float, Bounds(0, 700)] = 4.0
+    # head-only warm-up of runs whose featurizer is not phi_0 (reference: 200)
+    lp_steps: Annotated[int, Bounds(0, limit="steps")] = 200
+
+
+@dataclass
+class TargetSettings(TargetRunSettings):
+    """Target-run settings shared by every strategy of a pipeline: the spec's [target] run settings and
+    its data folder."""
+
+    data_dir: str | None = None
 
     def steps_for(self, dataset: str) -> int | None:
-        return self.steps.get(dataset) if isinstance(self.steps, dict) else self.steps
+        return per_dataset(self.steps, dataset)
 
     def checkpoint_freq_for(self, dataset: str) -> int | None:
-        freq = self.checkpoint_freq
-        return freq.get(dataset) if isinstance(freq, dict) else freq
+        return per_dataset(self.checkpoint_freq, dataset)
 
 
 @dataclass(frozen=True)
@@ -248,8 +261,10 @@ def target_run(
     LP warm-up, which avoids distorting a foreign featurizer with a head fitted to phi_0).
     """
     algorithm = algorithm or settings.algorithm
-    profile = settings.hparams_profile or get_dataset_class(cell.dataset).HPARAMS_PROFILE
     overrides = dict(settings.hparams)
+    arch = overrides.get("arch")
+    profile = settings.hparams_profile or hparams_registry.default_profile(  # every target run is pre-trained
+        get_dataset_class(cell.dataset).HPARAMS_PROFILE, arch if isinstance(arch, str) else None, pretrained=True)
     if init_label != PHI0 and not init_label.startswith(f"{PHI0}/") and settings.lp_steps:
         overrides["lp_steps"] = settings.lp_steps
     return {

@@ -191,9 +191,11 @@ class FusedInit:
         featurizers = ({f"featurizer.{k}": v
                         for k, v in split_state(check_finite(load_checkpoint(p)[0], str(p)))[0].items()}
                        for _, p in self.sources)
-        meta = read_metadata(self.sources[0][1])
+        # phi_0 may be a file without our metadata (a torchvision .pth, named weights): the architecture
+        # is that of the first source that records one (the auxiliary runs do)
+        arch = next((meta["arch"] for meta in (read_metadata(p) for _, p in self.sources) if meta.get("arch")), None)
         fused = weighted_average(featurizers, list(self.weights))
-        save_checkpoint(self.path, fused, {"arch": meta.get("arch"), "fused_from": [label for label, _ in self.sources],
+        save_checkpoint(self.path, fused, {"arch": arch, "fused_from": [label for label, _ in self.sources],
                                            "weights": list(self.weights)})
 
 

@@ -1,42 +1,42 @@
 """Merging strategies: every merging operator a recycler would try, as rows of the same tables.
 
-Each reuses runs other strategies already plan (no extra target training): the LP-FT pool (WiSE-FT),
-the auxiliary pool (the recycling variants: task arithmetic, TIES, DARE, Fisher, Model Stock, gated
-ratatouille) or the MovingAverage runs (EoA). The base θ0 of every operator is φ0 + the linear probe
-(the LP-FT init), rebuilt from the checkpoints the runs started from. Every merge hyper-parameter is
-chosen on training-domain validation only (`Evaluator.val_acc` with the cell's test domain held out)
-from a small grid; the grid curve is kept in the outcome's info under "grid" (the key "curve" is
-taken: the figures read it as accuracy vs number of averaged models). README's "Merging strategies"
-table lists them.
+Each reuses runs other strategies already plan (no extra target training): the LP-FT pool (operators that
+take one fine-tuned model: WiSE-FT, SLERP), the auxiliary pool (the recycling variants: task arithmetic,
+TIES, DARE, Model Stock, Fisher, gated ratatouille) or the MovingAverage runs (EoA). The base θ0 of every
+operator is φ0 + the linear probe (the LP-FT init), rebuilt from the checkpoints the runs started from.
+
+The strategies of the operators in `merge_ops` are made here from their declarations (`OperatorStrategy`,
+one per operator naming a `row`): each hyper-parameter with a grid is chosen on training-domain
+validation only (`Evaluator.val_acc` with the cell's test domain held out); the grid curve, with each
+point's validation and test accuracy, is kept in the outcome's info under "grid" (the key "curve" is
+taken: the figures read it as accuracy vs number of averaged models). Fisher, EoA and Ratatouille-gated
+need data or predictions, so they are classes of their own below. README's "Merging strategies" lists them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from domainbed_recycle import merge_ops
 from domainbed_recycle.averaging import check_compatible, interpolate, uniform_average
 from domainbed_recycle.checkpoints import load_checkpoint, split_state
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import Evaluator, iterate_batches
 from domainbed_recycle.fisher import diagonal_fisher
 from domainbed_recycle.gate import DEFAULT_MAX_BARRIER, DEFAULT_MAX_DISTANCE, foundation_gate, merge_gate
-from domainbed_recycle.merging import dare, fisher_weighted_average, model_stock, task_arithmetic, ties_merge
+from domainbed_recycle.merge_ops import MergeOp
+from domainbed_recycle.merging import fisher_weighted_average
 from domainbed_recycle.misc import seed_hash
 from domainbed_recycle.strategies.base import PHI0, RUNS, STRATEGIES, Cell, ModelOutcome, RunRef, Strategy
 from domainbed_recycle.strategies.builtin import MovingAverage, auxiliary_pool, lpft_pool, prediction_ensemble
 
 State = dict[str, Tensor]
 
-WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-TA_SCALES = (0.5, 1.0, 1.5, 2.0, 3.0)  # λ = s / K; s = 1 is the uniform soup
-TIES_KEEPS = (0.2, 0.5, 1.0)
-TIES_LAMBDAS = (0.5, 1.0, 1.5)
-DARE_DROPS = (0.3, 0.6, 0.9)
-DARE_SCALES = (0.5, 1.0, 2.0)  # task arithmetic after DARE, λ = s / K
 FISHER_EXAMPLES = 256  # training-domain examples per model
 
 
@@ -70,15 +70,18 @@ def _phi0(theta0: State) -> State:
 
 
 def _select(
-    grid: Sequence[dict[str, Any]], build: Callable[[dict[str, Any]], State], val: Callable[[State], float]
+    grid: Sequence[dict[str, Any]], build: Callable[[dict[str, Any]], State], cell: Cell, evaluator: Evaluator
 ) -> tuple[State, dict[str, Any], list[dict[str, Any]]]:
-    """The grid point with the best validation accuracy (first on ties): (its state, its point, curve)."""
+    """The grid point with the best validation accuracy (first on ties): (its state, its point, curve).
+
+    The curve holds each point's validation accuracy (what chooses) and test accuracy (only reported)."""
+    val = _validation(cell, evaluator)
     best: tuple[float, State, dict[str, Any]] | None = None
     curve = []
     for point in grid:
         state = build(point)
         acc = val(state)
-        curve.append({**point, "val_acc": acc})
+        curve.append({**point, "val_acc": acc, "test_acc": evaluator.test_acc(state, cell.test_env)})
         if best is None or acc > best[0]:
             best = (acc, state, point)
     assert best is not None
@@ -101,89 +104,67 @@ class _AuxiliaryMerge(Strategy):
         return {RUNS: auxiliary_pool(cell, inits, settings)}
 
 
-@STRATEGIES.register("WiSE-FT")
-class WiSEFT(Strategy):
-    """WiSE-FT: (1 − α) θ0 + α θ_ft, θ_ft the LP-FT run with the best validation accuracy; α on validation."""
+class OperatorStrategy(Strategy):
+    """The merging strategy of one registered operator (`op`): its members, θ0 = φ0 + probe, its grid.
 
-    name = "WiSE-FT"
-    variants = ("WiSE-FT",)
+    Members: an operator taking one fine-tuned model gets the LP-FT run with the best validation accuracy
+    (WiSE-FT's setting); the others merge the auxiliary pool. A parameter named `seed` (DARE's masks) is
+    seeded by the strategy and the cell. With a scale parameter (linear around θ0) each combination of the
+    other grid values is merged once, at the unit scale, and the grid's scales are interpolations of it.
+    """
+
+    op: ClassVar[MergeOp]
 
     def pools(self, cell, inits, settings):
-        return {RUNS: lpft_pool(cell, inits, settings)}
+        pool = lpft_pool if self.op.max_models == 1 else auxiliary_pool
+        return {RUNS: pool(cell, inits, settings)}
 
     def combine(self, cell, pools, evaluator):
-        runs = pools[RUNS]
-        theta0 = lpft_init(runs)
-        best_run = max(runs, key=lambda r: r.val_acc)  # max keeps the first on ties
-        theta_ft = best_run.weights()
-        val = _validation(cell, evaluator)
-        curve = []
-        best: tuple[float, float] | None = None
-        for alpha in WISE_ALPHAS:  # the α curve: validation and test accuracy
-            state = interpolate(theta0, theta_ft, alpha)
-            acc = val(state)
-            curve.append({"alpha": alpha, "val_acc": acc, "test_acc": evaluator.test_acc(state, cell.test_env)})
-            if best is None or acc > best[0]:
-                best = (acc, alpha)
-        assert best is not None
-        state = interpolate(theta0, theta_ft, best[1])
-        return [_outcome("WiSE-FT", cell, runs, state, evaluator, fine_tuned=best_run.run_id, alpha=best[1],
-                         grid=curve)]
+        op, runs = self.op, pools[RUNS]
+        theta0 = lpft_init(runs) if op.needs_base else None
+        info: dict[str, Any] = {}
+        if op.max_models == 1:
+            chosen_run = max(runs, key=lambda r: r.val_acc)  # max keeps the first on ties
+            models, info["fine_tuned"] = [chosen_run.weights()], chosen_run.run_id
+        else:
+            models = [r.weights() for r in runs]
+        k = len(models)
+        fixed = {merge_ops.SEED: seed_hash(self.name, cell.dataset, cell.test_env, cell.trial_seed)} \
+            if merge_ops.SEED in op.param_names else {}
+        grid = merge_ops.strategy_grid(op)
+        if not grid:
+            state, reported = op(theta0, models, **op.arguments(k, fixed))
+            return [_outcome(self.name, cell, runs, state, evaluator, **info, **fixed, **reported)]
+        scale = op.scale_param
+        units: dict[tuple, State] = {}
+
+        def build(point: dict[str, Any]) -> State:
+            given = {**fixed, **{n: v / k if op.param(n).per_k else v for n, v in point.items()}}
+            if scale is None:
+                return op(theta0, models, **op.arguments(k, given))[0]
+            rest = tuple((n, v) for n, v in point.items() if n != scale.name)
+            if rest not in units:  # merged once at the unit scale (1, or 1/K), then interpolated
+                unit = {**given, scale.name: 1.0 / k if scale.per_k else 1.0}
+                units[rest] = op(theta0, models, **op.arguments(k, unit))[0]
+            return interpolate(theta0, units[rest], point[scale.name])
+
+        state, point, curve = _select(grid, build, cell, evaluator)
+        curve = [{**merge_ops.record_point(op, p, k), "val_acc": c["val_acc"], "test_acc": c["test_acc"]}
+                 for p, c in zip(grid, curve, strict=True)]
+        return [_outcome(self.name, cell, runs, state, evaluator, **info,
+                         chosen=merge_ops.record_point(op, point, k), grid=curve, **fixed)]
 
 
-@STRATEGIES.register("TaskArithmetic")
-class TaskArithmetic(_AuxiliaryMerge):
-    """Task arithmetic: θ0 + λ Σ_k τ_k over the auxiliary pool; λ = s/K, s on validation."""
-
-    name = "TaskArithmetic"
-    variants = ("TaskArithmetic",)
-
-    def combine(self, cell, pools, evaluator):
-        runs = pools[RUNS]
-        theta0 = lpft_init(runs)
-        unit = task_arithmetic(theta0, (r.weights() for r in runs), 1.0 / len(runs))  # s = 1: the uniform soup
-        state, point, curve = _select([{"s": s, "lambda": s / len(runs)} for s in TA_SCALES],
-                                      lambda p: interpolate(theta0, unit, p["s"]), _validation(cell, evaluator))
-        return [_outcome("TaskArithmetic", cell, runs, state, evaluator, chosen=point, grid=curve)]
+def operator_strategy(op: MergeOp) -> type[OperatorStrategy]:
+    """A new OperatorStrategy class for `op` (named after its row)."""
+    doc = f"{op.row}: {op.summary} ({op.reference}); grid hyper-parameters chosen on validation."
+    return type(re.sub(r"\W", "", op.row or op.name), (OperatorStrategy,),
+                {"op": op, "name": op.row, "variants": (op.row,), "__doc__": doc})
 
 
-@STRATEGIES.register("TIES")
-class TIES(_AuxiliaryMerge):
-    """TIES-merging of the auxiliary pool: trim to the top-k fraction, elect signs, disjoint mean; k, λ on
-    validation."""
-
-    name = "TIES"
-    variants = ("TIES",)
-
-    def combine(self, cell, pools, evaluator):
-        runs = pools[RUNS]
-        theta0 = lpft_init(runs)
-        models = [r.weights() for r in runs]
-        units = {keep: ties_merge(theta0, models, 1.0, keep) for keep in TIES_KEEPS}  # λ only scales
-        grid = [{"keep": keep, "lambda": lam} for keep in TIES_KEEPS for lam in TIES_LAMBDAS]
-        state, point, curve = _select(grid, lambda p: interpolate(theta0, units[p["keep"]], p["lambda"]),
-                                      _validation(cell, evaluator))
-        return [_outcome("TIES", cell, runs, state, evaluator, chosen=point, grid=curve)]
-
-
-@STRATEGIES.register("DARE")
-class DARE(_AuxiliaryMerge):
-    """DARE + task arithmetic over the auxiliary pool: drop rate p and λ = s/K on validation; the masks
-    are seeded by the cell."""
-
-    name = "DARE"
-    variants = ("DARE",)
-
-    def combine(self, cell, pools, evaluator):
-        runs = pools[RUNS]
-        theta0 = lpft_init(runs)
-        models = [r.weights() for r in runs]
-        seed = seed_hash("DARE", cell.dataset, cell.test_env, cell.trial_seed)
-        units = {p: task_arithmetic(theta0, dare(theta0, models, p, seed), 1.0 / len(runs)) for p in DARE_DROPS}
-        grid = [{"p": p, "s": s, "lambda": s / len(runs)} for p in DARE_DROPS for s in DARE_SCALES]
-        state, point, curve = _select(grid, lambda q: interpolate(theta0, units[q["p"]], q["s"]),
-                                      _validation(cell, evaluator))
-        return [_outcome("DARE", cell, runs, state, evaluator, chosen=point, grid=curve, seed=seed)]
+for _op in merge_ops.operators():  # one strategy per operator that names a row
+    if _op.row:
+        STRATEGIES.register(_op.row)(operator_strategy(_op))
 
 
 def training_examples(evaluator: Evaluator, test_env: int, n: int) -> Tensor:
@@ -215,22 +196,6 @@ class Fisher(_AuxiliaryMerge):
 
         state = fisher_weighted_average((r.weights() for r in runs), fishers())
         return [_outcome("Fisher", cell, runs, state, evaluator, n_examples=len(x), labels="sampled", seed=seed)]
-
-
-@STRATEGIES.register("ModelStock")
-class ModelStock(_AuxiliaryMerge):
-    """Model Stock over the auxiliary pool: per layer, toward the mean by the ratio the deltas' angle gives."""
-
-    name = "ModelStock"
-    variants = ("ModelStock",)
-
-    def combine(self, cell, pools, evaluator):
-        runs = pools[RUNS]
-        theta0 = lpft_init(runs)
-        state, ratios = model_stock(theta0, [r.weights() for r in runs])
-        t = list(ratios.values())
-        return [_outcome("ModelStock", cell, runs, state, evaluator, ratio_mean=sum(t) / len(t),
-                         ratio_min=min(t), ratio_max=max(t))]
 
 
 @STRATEGIES.register("EoA")

@@ -14,6 +14,8 @@ from domainbed_recycle.sweep.jobs import (
     changed_hparams,
     dataset_environments,
     delete_incomplete,
+    delete_jobs,
+    folder_status,
     format_status,
     job_id_of,
     job_state,
@@ -48,7 +50,8 @@ __all__ = [
     "DIVERGED", "DIVERGED_OUTCOME", "DONE", "FAILED", "INCOMPLETE", "LAUNCHERS", "NOT_LAUNCHED", "RAN",
     "SKIPPED", "SLURM_KEYS",
     "SPEC_KEYS", "STATES", "UNHASHED_ARGS", "Job", "JobOutcome", "LaunchReport", "SlurmOptions",
-    "SweepSpec", "changed_hparams", "dataset_environments", "delete_incomplete", "format_status", "job_id_of",
+    "SweepSpec", "changed_hparams", "dataset_environments", "delete_incomplete", "delete_jobs", "folder_status",
+    "format_status", "job_id_of",
     "job_state", "jobs_from_configs", "launch", "load_spec", "make_jobs", "read_spec_file",
     "run_job", "spec_from_dict", "status", "test_env_combinations", "train_config_fields",
 ]

@@ -1,14 +1,17 @@
 """Sweep jobs: lists of training jobs with stable ids, and their on-disk state (through `RunDir`).
 
 A job is one `TrainConfig`, held as a dict of its arguments. Its id is `args_hash` of those
-arguments (without `output_dir`, `progress` and `threads`, which do not change the result), and its
-run folder is `<sweep_dir>/<id>`, as in DomainBed, so relaunching a sweep finds the jobs it already
-ran. Arguments whose value is None are dropped before hashing (None is every optional field's
-default), so a job's id does not depend on whether a caller spelled a default out.
+arguments (without `output_dir`, `progress`, `threads` and the loader switches, which do not change
+the result), and its run folder is `<sweep_dir>/<id>`, as in DomainBed, so relaunching a sweep finds
+the jobs it already ran. Arguments whose value is None, and speed switches at their default
+(`performance`), are dropped before hashing, so a job's id does not depend on whether a caller spelled
+a default out, and jobs made before the switches existed keep their ids.
 
 `make_jobs` expands datasets x algorithms x test domains x hparams seeds x trial seeds the way
-DomainBed's `make_args_list` does; `jobs_from_configs` wraps any list of argument dicts (the
-recycling pipeline's jobs, with init checkpoints and strategy labels). Launching lives in
+DomainBed's `make_args_list` does (hparams seeds `range(n_hparams_from, n_hparams)`, each job's seed
+`seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)`, with DomainBed's own hash for its
+datasets so that a job trains with the seed DomainBed's sweep gives it); `jobs_from_configs` wraps any
+list of argument dicts (the recycling pipeline's jobs, with init checkpoints and strategy labels). Launching lives in
 `sweep.launchers`, spec files in `sweep.spec`.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shlex
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,14 +33,19 @@ from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.hparams_registry import validate_overrides
 from domainbed_recycle.locks import Lock, describe, is_alive
-from domainbed_recycle.misc import args_hash, seed_hash
+from domainbed_recycle.misc import args_hash, domainbed_seed_hash, seed_hash
+from domainbed_recycle.performance import is_default
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.training import TrainConfig, resolved_hparams
+from domainbed_recycle.validation import check_limit
 
 # Arguments that say where or how a job runs, not what it computes: left out of its id.
 UNHASHED_ARGS = rundir.PLACEMENT_ARGS
-# The argument that makes a job a task: "module:function" run instead of training (see `run_job`).
-TASK_KEY = "task"
+# Job arguments that `drecycle train` has no flag for (its command line leaves them out).
+NO_TRAIN_FLAG = ("init_label", "progress")
+# The argument that makes a job a task: "module:function" run instead of training (see `run_job`). Not
+# "task", which is DomainBed's train.py argument (domain_generalization or domain_adaptation).
+TASK_KEY = "package_task"
 
 DONE = rundir.STATE_DONE
 DIVERGED = rundir.STATE_DIVERGED
@@ -46,12 +55,20 @@ STATES = rundir.STATES
 
 
 def job_id_of(args: Mapping[str, Any]) -> str:
-    """The stable id of a job's arguments: md5 of their JSON without `UNHASHED_ARGS` and None values."""
+    """The stable id of a job's arguments: md5 of their JSON without `UNHASHED_ARGS`, None values and
+    speed switches at their default (`performance.is_default`)."""
     return args_hash(_hashed_args(args))
 
 
 def _hashed_args(args: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in args.items() if key not in UNHASHED_ARGS and value is not None}
+    return {key: value for key, value in _kept_args(args).items() if key not in UNHASHED_ARGS}
+
+
+def _kept_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments a job passes on: without None values, switches at their default, and the placement
+    arguments the launchers set themselves (`output_dir`, `progress`, `threads`); loader switches stay."""
+    return {key: value for key, value in args.items()
+            if value is not None and not is_default(key, value) and key not in ("output_dir", "progress", "threads")}
 
 
 class Job:
@@ -60,16 +77,16 @@ class Job:
     Attributes:
         job_id: hash of the arguments (see `job_id_of`); also the run folder's name.
         run: the run folder, `<sweep_dir>/<job_id>` (`output_dir` is its path).
-        args: keyword arguments of `TrainConfig`, `output_dir` included (None values dropped).
+        args: keyword arguments of `TrainConfig`, `output_dir` included (None values and switches at
+            their default dropped; loader switches kept but not hashed).
     """
 
     __slots__ = ("args", "job_id", "run")
 
     def __init__(self, args: Mapping[str, Any], sweep_dir: str | Path) -> None:
-        clean = _hashed_args(args)
-        self.job_id = args_hash(clean)
+        self.job_id = job_id_of(args)
         self.run = RunDir(Path(sweep_dir) / self.job_id)
-        self.args: dict[str, Any] = clean | {"output_dir": str(self.output_dir)}
+        self.args: dict[str, Any] = _kept_args(args) | {"output_dir": str(self.output_dir)}
 
     @property
     def output_dir(self) -> Path:
@@ -86,6 +103,26 @@ class Job:
         if a.get("init_label"):
             text += f" init={a['init_label']}"
         return text
+
+    def command(self) -> str:
+        """The `drecycle train` command line that trains this job (DomainBed's dummy launcher prints
+        them); a task job's is its function. Arguments without a train flag (`init_label`) are left out."""
+        if self.args.get(TASK_KEY):
+            return f"(task {self.args[TASK_KEY]} {self.args.get('label', '')})".rstrip()
+        parts = ["drecycle", "train"]
+        for key, value in sorted(self.args.items()):
+            if key in NO_TRAIN_FLAG or value is None or value is False:
+                continue
+            if value is True:
+                parts.append(f"--{key}")
+            elif isinstance(value, list):
+                parts += [f"--{key}", *(str(v) for v in value)]
+            elif isinstance(value, dict):
+                if value:
+                    parts += [f"--{key}", shlex.quote(json.dumps(value, sort_keys=True))]
+            else:
+                parts += [f"--{key}", shlex.quote(str(value))]
+        return " ".join(parts)
 
     def __repr__(self) -> str:
         return f"Job({self.job_id}: {self.describe()})"
@@ -113,6 +150,11 @@ def test_env_combinations(n_envs: int, single_test_envs: bool = False,
     return combos
 
 
+def _n_combinations(n_envs: int, single_test_envs: bool) -> int:
+    """How many test-domain sets `test_env_combinations(n_envs, single_test_envs)` makes."""
+    return n_envs if single_test_envs else n_envs + n_envs * (n_envs - 1) // 2
+
+
 def dataset_environments(name: str) -> list[str]:
     """Domain names of dataset `name`, read from its class (no data is loaded)."""
     return list(get_dataset_class(name).ENVIRONMENTS)
@@ -127,7 +169,7 @@ def make_jobs(
     steps: int | None = None,
     data_dir: str | None = None,
     output_dir: str | Path = "sweep_output",
-    hparams_from: int = 0,
+    n_hparams_from: int = 0,
     extra: Mapping[str, Any] | None = None,
     *,
     single_test_envs: bool = False,
@@ -139,19 +181,27 @@ def make_jobs(
     Args:
         test_envs_list: explicit test-domain sets (e.g. [[0], [1, 2]]); None: every single domain
             and, unless `single_test_envs`, every pair of domains of each dataset.
-        n_hparams, hparams_from: hparams seeds `hparams_from .. hparams_from + n_hparams - 1`
-            (seed 0 is the registry's default hyper-parameters, as in DomainBed).
+        n_hparams_from, n_hparams: hparams seeds `range(n_hparams_from, n_hparams)`, DomainBed's meaning
+            (`n_hparams` is the end of the range, not a count; seed 0 is the registry's defaults).
         n_trials: trial seeds 0 .. n_trials - 1 (each seeds the in/out split of every domain).
         extra: more `TrainConfig` arguments given to every job (e.g. holdout_fraction, init).
         hparams: hyper-parameter overrides, each given to the jobs whose algorithm declares it
             (`hparams_registry.validate_overrides`: one no algorithm declares is a UserError).
-    Each job's `seed` is `seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)`.
-    Raises UserError for a test domain that a dataset does not have.
+    Each job's `seed` is `seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)`, DomainBed's
+    hash for datasets of its protocol (`DOMAINBED_PROTOCOL`), this project's for the built-ins.
+    Raises UserError for a test domain that a dataset does not have, or an empty range of seeds.
     """
-    if n_hparams < 1 or n_trials < 1 or hparams_from < 0:
-        raise UserError(f"need n_hparams >= 1, n_trials >= 1, hparams_from >= 0 "
-                        f"(got {n_hparams}, {n_trials}, {hparams_from})")
+    if n_trials < 1 or n_hparams_from < 0 or n_hparams <= n_hparams_from:
+        raise UserError(f"no jobs: hparams seeds are range(n_hparams_from, n_hparams) = range({n_hparams_from}, "
+                        f"{n_hparams}) and trial seeds range({n_trials}); need 0 <= n_hparams_from < n_hparams "
+                        f"and n_trials >= 1")
     envs_of = {dataset: dataset_environments(dataset) for dataset in datasets}
+    n_seeds = n_hparams - n_hparams_from
+    n_jobs = len(algorithms) * n_seeds * n_trials * sum(
+        len(test_envs_list) if test_envs_list is not None else _n_combinations(len(envs), single_test_envs)
+        for envs in envs_of.values())
+    check_limit("jobs", n_jobs, f"the sweep's jobs ({len(datasets)} dataset(s) x {len(algorithms)} algorithm(s) x "
+                                f"test domains x {n_seeds} hparams seed(s) x {n_trials} trial(s))")
     if test_envs_list is not None:
         for dataset, envs in envs_of.items():
             bad = sorted({e for combo in test_envs_list for e in combo if not 0 <= e < len(envs)})
@@ -162,14 +212,17 @@ def make_jobs(
     profile_of = {dataset: common.get("hparams_profile") or get_dataset_class(dataset).HPARAMS_PROFILE
                   for dataset in datasets}
     overrides = {dataset: validate_overrides(algorithms, profile_of[dataset], hparams or {}) for dataset in datasets}
+    hash_of = {dataset: domainbed_seed_hash if get_dataset_class(dataset).DOMAINBED_PROTOCOL else seed_hash
+               for dataset in datasets}
     jobs = []
+    checked: set[str] = set()
     for trial_seed in range(n_trials):
         for dataset in datasets:
             for algorithm in algorithms:
                 combos = ([list(c) for c in test_envs_list] if test_envs_list is not None
                           else test_env_combinations(len(envs_of[dataset]), single_test_envs))
                 for test_envs in combos:
-                    for hparams_seed in range(hparams_from, hparams_from + n_hparams):
+                    for hparams_seed in range(n_hparams_from, n_hparams):
                         args = common | {
                             "dataset": dataset,
                             "algorithm": algorithm,
@@ -177,12 +230,13 @@ def make_jobs(
                             "hparams": dict(overrides[dataset][algorithm]),
                             "hparams_seed": hparams_seed,
                             "trial_seed": trial_seed,
-                            "seed": seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed),
+                            "seed": hash_of[dataset](dataset, algorithm, test_envs, hparams_seed, trial_seed),
                             "steps": steps,
                             "checkpoint_freq": checkpoint_freq,
                             "data_dir": data_dir,
                         }
                         jobs.append(Job(args, output_dir))
+                        check_values(jobs[-1], checked)
     return jobs
 
 
@@ -200,6 +254,7 @@ def jobs_from_configs(configs: Iterable[Mapping[str, Any]], output_dir: str | Pa
     """
     known = train_config_fields()
     jobs: dict[str, Job] = {}
+    checked: set[str] = set()
     for index, config in enumerate(configs):
         unknown = sorted(set(config) - known)
         if unknown:
@@ -208,8 +263,32 @@ def jobs_from_configs(configs: Iterable[Mapping[str, Any]], output_dir: str | Pa
         if "dataset" not in config:
             raise UserError(f"job config {index}: missing 'dataset'")
         job = Job(config, output_dir)
+        if job.job_id not in jobs:
+            check_values(job, checked)
         jobs.setdefault(job.job_id, job)
     return list(jobs.values())
+
+
+def check_values(job: Job, checked: set[str]) -> None:
+    """UserError (one line) if a training job's arguments would fail `TrainConfig.check` when it runs,
+    so a dry run refuses what a run would. Jobs differing only in their seeds, init files or labels
+    (values the harness derives) are checked once: `checked` holds what was seen."""
+    if job.args.get(TASK_KEY):
+        return
+    key = json.dumps({k: v for k, v in job.args.items() if k not in _DERIVED_ARGS}, sort_keys=True, default=str)
+    if key in checked:
+        return
+    checked.add(key)
+    try:
+        config = TrainConfig(**{k: v for k, v in job.args.items() if k not in ("progress", "threads")})
+    except TypeError as error:
+        raise UserError(f"job {job.describe()}: {error}") from None
+    config.check(f"job {job.describe()}: ")
+
+
+# Arguments the harness derives (bounded by construction): left out of `check_values`'s key.
+_DERIVED_ARGS = ("seed", "hparams_seed", "trial_seed", "init", "init_featurizer", "init_classifier", "init_label",
+                 "output_dir")
 
 
 # ----------------------------------------------------------------------------------------- state
@@ -248,6 +327,23 @@ def status(jobs: Iterable[Job]) -> dict[tuple[str, str], Counter[str]]:
     return counts
 
 
+def folder_status(root: str | Path) -> dict[tuple[str, str], Counter[str]]:
+    """Counts of each state per (dataset, algorithm) of the run folders directly inside `root` (those
+    holding a harness file), read from their `args.json` ("?" when it is unreadable)."""
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for path in sorted(Path(root).iterdir()):
+        run = RunDir(path)
+        if not path.is_dir() or not any((path / name).exists() for name in rundir.FILES):
+            continue
+        try:
+            args = run.args
+        except (UserError, KeyError, TypeError):
+            args = {}
+        key = (str(args.get("dataset", "?")), str(args.get("algorithm", "?")))
+        counts.setdefault(key, Counter())[run.state] += 1
+    return counts
+
+
 def format_status(counts: Mapping[tuple[str, str], Counter[str]]) -> str:
     """A text table of `status(...)`: one row per dataset and algorithm, and a total row."""
     rows = [[dataset, algorithm, *(c[s] for s in STATES), sum(c.values())]
@@ -263,7 +359,14 @@ def delete_incomplete(jobs: Iterable[Job]) -> list[Job]:
     Only the harness's files are deleted: a folder holding anything else is refused (UserError)
     before any folder is touched.
     """
-    incomplete = [job for job in jobs if job_state(job) == INCOMPLETE]
+    return delete_jobs([job for job in jobs if job_state(job) == INCOMPLETE])
+
+
+def delete_jobs(jobs: Iterable[Job]) -> list[Job]:
+    """Remove the run folder of every job that has one, whatever its state (`sweep delete_all`);
+    returns those jobs. As `delete_incomplete`: only the harness's files, nothing if a folder holds
+    anything else or is in use by a live process."""
+    incomplete = [job for job in jobs if job.run.path.exists()]
     for job in incomplete:
         job.run.check_is_run()
         holder = Lock(job.run.lock_file, "").read()
@@ -274,5 +377,5 @@ def delete_incomplete(jobs: Iterable[Job]) -> list[Job]:
         with Lock(job.run.lock_file, f"run folder {job.run.path}"):
             job.run.reset()
         with contextlib.suppress(OSError):  # emptied: remove it (a lock taken meanwhile keeps it)
-            job.run.path.rmdir()
+            job.run.remove_if_empty()
     return incomplete

@@ -10,9 +10,13 @@ Every launcher runs `sweep.run_job.run_job(job.args)` once per job (one job: see
 that fails is recorded (traceback in `err.txt`, outcome "failed") and the others go on; only the
 `inprocess` launcher, meant for debugging, lets the exception propagate.
 
-Why one module of ~400 lines: the four launchers share `LaunchContext`, the outcome bookkeeping and
-the registry they register in; each is a short function, and splitting them would only add a module
-that imports this one back. submitit is imported inside the two launchers that use it (optional).
+GPUs: on a node with GPUs the `pool` launcher runs one worker per GPU by default, each seeing only its
+GPU (`CUDA_VISIBLE_DEVICES`), as DomainBed's `multi_gpu` launcher does (`gpu_of_worker`); the `slurm`
+launcher can pack `runs_per_task` jobs into each array task, run there by such a pool over the task's GPUs.
+
+Why one module of ~550 lines: the four launchers share `LaunchContext`, the outcome bookkeeping, the
+GPU assignment and the registry they register in; each is a short function, and splitting them would
+only add a module that imports this one back. submitit is imported inside the two launchers that use it (optional).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from domainbed_recycle.errors import UserError
+from domainbed_recycle.locks import release_if_mine
 from domainbed_recycle.registry import Registry
 from domainbed_recycle.rundir import RunDir
 from domainbed_recycle.sweep.jobs import DIVERGED, DONE, Job, changed_hparams, job_state
@@ -45,14 +50,21 @@ from domainbed_recycle.sweep.run_job import (
     run_job,
     threads_per_worker,
 )
+from domainbed_recycle.validation import Annotated, Bounds, check
 
 
 @dataclasses.dataclass
 class SlurmOptions:
-    """Resources of each Slurm job (one sweep job = one task of a Slurm job array).
+    """Resources of each Slurm job (one sweep job = one task of a Slurm job array, or `runs_per_task`
+    jobs packed in one task), passed through submitit.
 
     `mem_gb` None requests no memory (the partition's default); on a single node it must not exceed
-    the node's RealMemory. `cpus_per_task` is also the job's torch thread count.
+    the node's RealMemory. `cpus_per_task` is also the job's torch thread count (shared by the jobs of
+    a packed task, as are its `gpus_per_node` GPUs: one job per GPU, or several per GPU when
+    `runs_per_task` exceeds them). `account`, `qos`, `constraint` and `gres` are sbatch's options of
+    those names; `sbatch` adds any other sbatch option (`{"mail-type" = "END"}` -> `#SBATCH
+    --mail-type=END`); `setup` lines run in the job script before the job (`module load cuda/12.1`,
+    `source ~/venvs/drecycle/bin/activate`).
     """
 
     partition: str | None = None
@@ -61,16 +73,87 @@ class SlurmOptions:
     cpus_per_task: int = 1
     gpus_per_node: int = 0
     array_parallelism: int = 256
+    runs_per_task: int = 1  # jobs packed into one array task, run side by side over its GPUs and CPUs
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gres: str | None = None
+    sbatch: dict[str, Any] = dataclasses.field(default_factory=dict)
+    setup: list[str] = dataclasses.field(default_factory=list)
     poll_s: float = 2.0  # how often the launcher checks for finished jobs
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SlurmOptions:
+        """Options from a spec's `[slurm]` table or flags; UserError naming an unknown key or a bad value."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"unknown Slurm option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
-        return cls(**{key: value for key, value in values.items() if value is not None})
+        given = {key: value for key, value in values.items() if value is not None}
+        for key, value in given.items():
+            problem = _slurm_value_problem(key, value)
+            if problem:
+                raise UserError(f"Slurm option '{key}': {problem}, got {value!r}")
+        return cls(**given)
+
+    def executor_parameters(self) -> dict[str, Any]:
+        """The keyword arguments of submitit's `update_parameters` for these options."""
+        params: dict[str, Any] = {
+            "name": "drecycle", "timeout_min": int(self.time_min), "cpus_per_task": int(self.cpus_per_task),
+            "slurm_array_parallelism": int(self.array_parallelism), "slurm_partition": self.partition,
+        }
+        if self.mem_gb is not None:
+            params["mem_gb"] = self.mem_gb
+        if self.gpus_per_node:
+            params["gpus_per_node"] = int(self.gpus_per_node)
+        for key in ("account", "qos", "constraint", "gres"):
+            if getattr(self, key) is not None:
+                params[f"slurm_{key}"] = getattr(self, key)
+        if self.sbatch:
+            params["slurm_additional_parameters"] = dict(self.sbatch)
+        if self.setup:
+            params["slurm_setup"] = list(self.setup)
+        return params
+
+
+_SLURM_TEXT = ("partition", "account", "qos", "constraint", "gres")
+_SLURM_COUNTS = {"time_min": 1, "cpus_per_task": 1, "gpus_per_node": 0, "array_parallelism": 1,
+                 "runs_per_task": 1}
+
+
+def _one_line(value: Any) -> bool:
+    """A string without line breaks or NUL bytes (a value written into one line of the job script)."""
+    return isinstance(value, str) and not any(c in value for c in "\n\r\x00")
+
+
+def _slurm_value_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be Slurm option `key` (None when it can)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+    if key in _SLURM_TEXT:  # one line: each becomes an `#SBATCH` line of the job script
+        return None if _one_line(value) and value.strip() else "expected a non-empty string on one line"
+    if key == "cpus_per_task":  # also each job's torch threads: bounded as --threads is
+        try:
+            check(value, Annotated[int, Bounds(1, limit="threads")], "cpus_per_task")
+        except UserError as error:
+            return str(error).partition(" must be ")[2].rpartition(", got ")[0] or str(error)
+        return None
+    if key in _SLURM_COUNTS:
+        low = _SLURM_COUNTS[key]
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= low else \
+            f"expected an integer >= {low}"
+    if key in ("mem_gb", "poll_s"):
+        return None if number(value) and value > 0 else "expected a finite number > 0"
+    if key == "sbatch":
+        ok = isinstance(value, dict) and all(_one_line(k) and k and (_one_line(v) or isinstance(v, bool) or number(v))
+                                              for k, v in value.items())
+        return None if ok else 'expected a table of sbatch options, e.g. {"mail-type" = "END"}'
+    if key == "setup":
+        ok = isinstance(value, list) and all(_one_line(line) for line in value)
+        return None if ok else "expected a list of shell lines"
+    return None
 
 
 @dataclasses.dataclass
@@ -174,16 +257,49 @@ def launch_inprocess(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     return outcomes
 
 
+def visible_gpus(environ: Mapping[str, str], device_count: int) -> list[str]:
+    """The GPUs a launcher may hand out, as DomainBed's `multi_gpu` launcher finds them: the entries of
+    CUDA_VISIBLE_DEVICES when it is set (empty entries dropped: "0,1," is two GPUs), else "0" ..
+    str(device_count - 1)."""
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return [gpu.strip() for gpu in environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()]
+    return [str(i) for i in range(device_count)]
+
+
+def gpu_of_worker(worker: int, gpus: Sequence[str]) -> str | None:
+    """The GPU that pool worker `worker` (0-based) runs its jobs on: the GPUs in turn, so with as many
+    workers as GPUs each has its own, and with more, several share one; None when there is no GPU."""
+    return gpus[worker % len(gpus)] if gpus else None
+
+
+def worker_environment(environ: Mapping[str, str], threads: int, gpu: str | None) -> dict[str, str]:
+    """The environment of a pool worker: `threads` OpenMP/MKL/BLAS threads and, with a GPU, only that
+    GPU visible (CUDA_VISIBLE_DEVICES)."""
+    env = dict(environ) | {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                          "OPENBLAS_NUM_THREADS")}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def node_gpus() -> list[str]:
+    """This node's GPUs for the pool (`visible_gpus` of this process's environment and CUDA's count)."""
+    import torch
+
+    return visible_gpus(os.environ, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
 class _PoolWorker:
     """One worker process of the `pool` launcher: a fresh interpreter (`python -c`, so the caller's
     `__main__` is never re-imported, unlike multiprocessing's spawn) that reads one JSON job request
-    a line on stdin and answers one JSON `JobOutcome` a line on a private copy of its stdout."""
+    a line on stdin and answers one JSON `JobOutcome` a line on a private copy of its stdout. With
+    `gpu`, the worker sees only that GPU."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, gpu: str | None = None) -> None:
         import subprocess
 
-        env = os.environ | {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                           "OPENBLAS_NUM_THREADS")}
+        self.gpu = gpu
+        env = worker_environment(os.environ, threads, gpu)
         code = "from domainbed_recycle.sweep.launchers import _worker_main; _worker_main()"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(threads), str(os.getpid())],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
@@ -252,16 +368,34 @@ def _worker_main() -> None:
 
 @LAUNCHERS.register("pool")
 def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
-    """A local pool of `n_workers` worker processes (default: one per core), each with
-    cores // n_workers torch threads. Job output goes to the run folders only. A worker that dies
-    (killed, out of memory) fails only the job it was running, and is replaced."""
+    """A local pool of `n_workers` worker processes (default: one per GPU on a node with GPUs, else one
+    per core), each with cores // n_workers torch threads and, with GPUs, its GPU (`gpu_of_worker`).
+    Job output goes to the run folders only. A worker that dies (killed, out of memory) fails only the
+    job it was running, and is replaced (on the same GPU)."""
+    gpus = node_gpus()
+    n_workers = min(ctx.n_workers or len(gpus) or available_cores(), len(jobs))
+    return _run_pool(jobs, ctx, [gpu_of_worker(i, gpus) for i in range(n_workers)])
+
+
+@LAUNCHERS.register("multi_gpu")
+def launch_multi_gpu(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
+    """DomainBed's `multi_gpu` launcher: one job per GPU at a time, each worker seeing only its GPU
+    (CUDA_VISIBLE_DEVICES); the GPUs are those CUDA_VISIBLE_DEVICES lists, else every visible one."""
+    gpus = node_gpus()
+    if not gpus:
+        raise UserError("multi_gpu launcher: no GPU visible (CUDA_VISIBLE_DEVICES empty and no CUDA device); "
+                        "use --command_launcher local on a CPU machine")
+    return _run_pool(jobs, ctx, list(gpus[:len(jobs)]))
+
+
+def _run_pool(jobs: list[Job], ctx: LaunchContext, worker_gpus: list[str | None]) -> list[JobOutcome]:
+    """Run `jobs` on one worker process per entry of `worker_gpus` (the GPU it sees, or None)."""
     import selectors
 
-    n_workers = min(ctx.n_workers or available_cores(), len(jobs))
-    threads = threads_per_worker(n_workers)
+    threads = threads_per_worker(len(worker_gpus))
     queue = list(reversed(jobs))
     outcomes: dict[str, JobOutcome] = {}
-    idle = [_PoolWorker(threads) for _ in range(n_workers)]
+    idle = [_PoolWorker(threads, gpu) for gpu in worker_gpus]
     busy: list[_PoolWorker] = []
     selector = selectors.DefaultSelector()
     try:
@@ -275,7 +409,7 @@ def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
                 else:  # died before taking the job: replace it, and try the job again
                     worker.stop()
                     queue.append(job)
-                    idle.append(_PoolWorker(threads))
+                    idle.append(_PoolWorker(threads, worker.gpu))
             for key, _ in selector.select():
                 worker = key.data
                 job = worker.job
@@ -287,7 +421,7 @@ def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
                 else:  # it died with the job: replace it if jobs remain
                     worker.stop()
                     if queue:
-                        idle.append(_PoolWorker(threads))
+                        idle.append(_PoolWorker(threads, worker.gpu))
                 outcomes[job.job_id] = outcome
                 _note(ctx.progress, outcome)
     finally:
@@ -297,10 +431,12 @@ def launch_pool(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     return [outcomes[job.job_id] for job in jobs]
 
 
-def _submitit_outcome(job: Job, submitted: Any) -> JobOutcome:
-    """The outcome a submitit job returned, or a failure if it died without returning one."""
+def _submitit_outcomes(jobs: list[Job], submitted: Any) -> list[JobOutcome]:
+    """The outcomes a submitit job returned (one, or a list for a packed task), or failures if it
+    died without returning them."""
     try:
-        return submitted.result()
+        result = submitted.result()
+        return result if isinstance(result, list) else [result]
     except Exception as error:  # submitit's FailedJobError / UncompletedJobError
         logs = getattr(getattr(submitted, "paths", None), "stderr", "?")
         if type(error).__name__ == "UncompletedJobError":  # cancelled, timed out, out of memory...
@@ -309,18 +445,19 @@ def _submitit_outcome(job: Job, submitted: Any) -> JobOutcome:
         else:
             lines = str(error).strip().splitlines()
             message = lines[0] if lines else ""
-        return _failed(job, f"{type(error).__name__}: {message} (submitit log: {logs})")
+        return [_failed(job, f"{type(error).__name__}: {message} (submitit log: {logs})") for job in jobs]
 
 
-def _wait_submitit(pending: dict[Any, Job], ctx: LaunchContext, poll_s: float,
+def _wait_submitit(pending: dict[Any, list[Job]], ctx: LaunchContext, poll_s: float,
                    outcomes: dict[str, JobOutcome], limit: int = 0) -> None:
-    """Poll submitit jobs until at most `limit` are still pending (0: all finished)."""
+    """Poll submitit jobs (each running a list of sweep jobs) until at most `limit` are still pending
+    (0: all finished)."""
     while len(pending) > limit:
         finished = [sub for sub in pending if sub.done()]
         for sub in finished:
-            job = pending.pop(sub)
-            outcomes[job.job_id] = _submitit_outcome(job, sub)
-            _note(ctx.progress, outcomes[job.job_id])
+            for outcome in _submitit_outcomes(pending.pop(sub), sub):
+                outcomes[outcome.job_id] = outcome
+                _note(ctx.progress, outcome)
         if len(pending) > limit and not finished:
             time.sleep(poll_s)
 
@@ -346,7 +483,7 @@ def launch_submitit_local(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcom
     try:
         for job in jobs:
             _wait_submitit(pending, ctx, 0.2, outcomes, limit=n_workers - 1)
-            pending[executor.submit(ResumableJob(), job.args, threads, False, ctx.force)] = job
+            pending[executor.submit(ResumableJob(), job.args, threads, False, ctx.force)] = [job]
         _wait_submitit(pending, ctx, 0.2, outcomes)
     except BaseException:
         _cancel_all(list(pending))
@@ -357,7 +494,8 @@ def launch_submitit_local(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcom
 @LAUNCHERS.register("slurm")
 def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
     """One Slurm job array through submitit (`sbatch --array`, at most `array_parallelism` tasks at
-    a time); each task runs one job with `cpus_per_task` threads, with this process's Python.
+    a time); each task runs one job with `cpus_per_task` threads, with this process's Python, or
+    `runs_per_task` jobs side by side (`PackedJobs`: a pool over the task's GPUs and CPUs).
 
     A preempted or timed-out task is requeued by submitit and continues from its resume state
     (`ResumableJob`). The jobs keep running on the cluster if this process dies; a relaunch
@@ -367,25 +505,23 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
 
     opts = ctx.slurm
     executor = submitit.AutoExecutor(folder=str(ctx.log_dir / "%j"), cluster="slurm")
-    params: dict[str, Any] = {
-        "name": "drecycle", "timeout_min": int(opts.time_min), "cpus_per_task": int(opts.cpus_per_task),
-        "slurm_array_parallelism": int(opts.array_parallelism), "slurm_partition": opts.partition,
-    }
-    if opts.mem_gb is not None:
-        params["mem_gb"] = opts.mem_gb
-    if opts.gpus_per_node:
-        params["gpus_per_node"] = int(opts.gpus_per_node)
-    executor.update_parameters(**params)
-    n = len(jobs)
+    executor.update_parameters(**opts.executor_parameters())
+    size = int(opts.runs_per_task)
+    groups = [jobs[start:start + size] for start in range(0, len(jobs), size)]
+    n = len(groups)
     try:
-        submitted = executor.map_array(ResumableJob(), [job.args for job in jobs], [opts.cpus_per_task] * n,
-                                       [False] * n, [ctx.force] * n)
+        if size == 1:
+            submitted = executor.map_array(ResumableJob(), [job.args for job in jobs], [opts.cpus_per_task] * n,
+                                           [False] * n, [ctx.force] * n)
+        else:
+            submitted = executor.map_array(PackedJobs(), [[job.args for job in group] for group in groups],
+                                           [ctx.force] * n)
     except Exception as error:  # sbatch refused (bad partition, memory above the node's, no slurmctld)
         message = str(error).strip().splitlines()
         raise UserError(f"Slurm refused the job array: {message[-1] if message else error}") from None
-    _say(ctx.progress, f"submitted Slurm job array {submitted[0].job_id.split('_')[0]} ({n} tasks); "
-                       f"logs in {ctx.log_dir}")
-    pending = dict(zip(submitted, jobs, strict=True))
+    _say(ctx.progress, f"submitted Slurm job array {submitted[0].job_id.split('_')[0]} ({n} tasks"
+                       + (f" of up to {size} jobs" if size > 1 else "") + f"); logs in {ctx.log_dir}")
+    pending = dict(zip(submitted, groups, strict=True))
     outcomes: dict[str, JobOutcome] = {}
     try:
         _wait_submitit(pending, ctx, opts.poll_s, outcomes)
@@ -394,6 +530,31 @@ def launch_slurm(jobs: list[Job], ctx: LaunchContext) -> list[JobOutcome]:
         _cancel_all(list(pending))
         raise
     return [outcomes[job.job_id] for job in jobs]
+
+
+class PackedJobs:
+    """Several sweep jobs in one Slurm array task: a `pool` of one worker per job, over the task's GPUs
+    (`gpu_of_worker` of its CUDA_VISIBLE_DEVICES) and its CPUs (cores // jobs threads each).
+
+    Checkpointable as `ResumableJob`: on preemption or time-out, the run folders' locks held by the
+    task's workers are released and the whole group is requeued; each job continues from its resume
+    state, a finished one is skipped.
+    """
+
+    def __call__(self, args_list: list[dict[str, Any]], force: bool = False) -> list[JobOutcome]:
+        from tqdm import tqdm
+
+        jobs = [Job(args, Path(args["output_dir"]).parent) for args in args_list]
+        with tqdm(disable=True) as bar:
+            ctx = LaunchContext(len(jobs), SlurmOptions(), force, default_log_dir(jobs), bar)
+            return launch_pool(jobs, ctx)
+
+    def checkpoint(self, args_list: list[dict[str, Any]], force: bool = False) -> Any:
+        import submitit
+
+        for args in args_list:
+            release_if_mine(RunDir(args["output_dir"]).lock_file, children=True)
+        return submitit.helpers.DelayedSubmission(PackedJobs(), args_list, False)
 
 
 # --------------------------------------------------------------------------------------- API
@@ -433,8 +594,8 @@ def launch(
     from tqdm import tqdm
 
     launch_fn = LAUNCHERS.get(launcher)
-    if n_workers is not None and n_workers < 1:
-        raise UserError(f"n_workers must be >= 1, got {n_workers}")
+    if n_workers is not None:  # each pool worker is a process importing torch: bounded
+        check(n_workers, Annotated[int, Bounds(1, limit="workers")], "n_workers")
     start = time.time()
     jobs = list(jobs)
     outcomes: dict[str, JobOutcome] = {}

@@ -29,11 +29,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+from domainbed_recycle import provenance
 from domainbed_recycle.datasets import get_dataset_class
 from domainbed_recycle.errors import RunDiverged, UserError, os_error_line
 from domainbed_recycle.locks import Lock, LockHeld, release_if_mine
+from domainbed_recycle.misc import available_cores
 from domainbed_recycle.rundir import RunDir
-from domainbed_recycle.sweep.jobs import TASK_KEY
+from domainbed_recycle.sweep.jobs import TASK_KEY, Job
 from domainbed_recycle.training import TrainConfig, can_resume, train
 
 # Outcome statuses.
@@ -56,14 +58,6 @@ class JobOutcome:
     status: str  # "done", "skipped", "diverged", "running_elsewhere", "stale" or "failed"
     seconds: float = 0.0
     error: str | None = None  # one line: exception type and message (details in err.txt)
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask, else os.cpu_count())."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
@@ -208,7 +202,13 @@ def _run_locked(run: RunDir, args: dict[str, Any], threads: int | None, echo: bo
             raise
         return JobOutcome(job_id, str(run_dir), FAILED, time.time() - start, f"cannot prepare {run_dir}: {error}")
     with _tee_output(run, echo):
-        print(f"job {job_id}: {config_args}", flush=True)
+        if task is None:
+            print(f"job {job_id}: {config_args}", flush=True)
+        else:  # a task's arguments can be long (a combine job carries its cell's runs): one line, the rest to a file
+            run.write_args({"args": config_args, "versions": provenance.versions(),
+                            "git_commit": provenance.git_commit()})
+            print(f"job {job_id}: {Job(config_args, run.path.parent).describe()} (arguments in {run.args_file})",
+                  flush=True)
         try:
             if task is None:
                 train(TrainConfig(**config_args, progress=False, threads=threads))
