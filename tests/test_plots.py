@@ -9,8 +9,10 @@ import pytest
 from domainbed_recycle.plots import (
     linear_fit,
     plot_acc_vs_num_models,
+    plot_claims,
     plot_diversity_vs_accuracy,
     plot_lmc_curves,
+    plot_within_cells,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,3 +75,24 @@ def test_percent_inputs_are_rejected(tmp_path):
         plot_lmc_curves({"a-b": [(0.0, 80.0), (1.0, 60.0)]}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="labels"):
         plot_diversity_vs_accuracy([0, 1], [0.5, 0.6], ["a"], tmp_path / "y.png")
+
+
+def test_curves_with_intervals_draw_error_bars(tmp_path):
+    curves = {"uniform": [(1, 0.80, 0.75, 0.85), (2, 0.82, 0.80, 0.84)], "greedy": [(1, 0.8, 0.7, 0.9)]}
+    assert _is_png(plot_acc_vs_num_models(curves, tmp_path / "acc.png"))
+    with pytest.raises(ValueError, match="lower bounds of 'bad'"):  # bounds in percent are caught
+        plot_lmc_curves({"bad": [(0.0, 0.5, 40.0, 0.6)]}, tmp_path / "bad.png")
+
+
+def test_claims_and_within_cell_plots(tmp_path):
+    claims = [
+        {"claim": "a > b", "estimate": 1.0, "low": 0.2, "high": 1.8, "threshold": 0.0, "unit": "points",
+         "verdict": "supported"},
+        {"claim": "c > d", "estimate": -0.5, "low": None, "high": None, "threshold": 0.0, "unit": "points",
+         "verdict": "inconclusive"},
+        {"claim": "r > 0", "estimate": 0.3, "low": -0.1, "high": 0.6, "threshold": 0.0, "unit": "r",
+         "verdict": "inconclusive"},
+    ]
+    assert _is_png(plot_claims(claims, tmp_path / "claims.png"))
+    series = {"pool": ([-0.1, 0.0, 0.1], [-0.01, 0.0, 0.02])}
+    assert _is_png(plot_within_cells(series, {"pool": "r = 0.9"}, tmp_path / "w.png", "x", "y", "t"))

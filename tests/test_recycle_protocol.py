@@ -51,7 +51,7 @@ def test_fused_inits_are_per_run_and_never_contain_the_target_dataset(paper):
     # kappas are drawn per run: two runs of one cell get different mixtures
     cell = next(iter(plan.cells))
     inits = {fused[Path(r.config["init_featurizer"])].weights for r in _runs(plan, "Fusing")[cell]}
-    assert len(inits) == pipeline.spec.target.n_runs_small
+    assert len(inits) == pipeline.spec.target.n_runs  # Fusing has as many runs as the other pools
 
 
 def test_auxiliary_pool_follows_the_reference_indexing(paper):
@@ -69,7 +69,8 @@ def test_auxiliary_pool_follows_the_reference_indexing(paper):
             else:
                 dataset = sources[index - 1]
                 assert run.init_label == f"aux:{dataset}"
-                assert run.config["init_featurizer"] == aux_paths[dataset][h % n_aux_runs]  # last featurizer
+                visit = h // (len(sources) + 1)  # the k-th visit of a source takes its run k mod n
+                assert run.config["init_featurizer"] == aux_paths[dataset][visit % n_aux_runs]  # last featurizer
                 assert run.config["hparams"]["lp_steps"] == pipeline.spec.target.lp_steps == 200
 
 

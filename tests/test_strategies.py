@@ -77,3 +77,25 @@ def test_a_run_with_non_finite_weights_is_refused_by_name(tmp_path):
     save_file({"w": torch.tensor([1.0, float("nan")])}, str(run.checkpoint))
     with pytest.raises(UserError, match="run/model_best.safetensors: its weights are not finite"):
         run.weights()
+
+
+@pytest.mark.parametrize(("n", "k"), [(2, 3), (4, 4), (3, 2), (1, 3)])
+def test_the_auxiliary_pool_uses_every_auxiliary_run_whatever_n_and_k(n, k):
+    """M = (K+1)·n target runs start from every run of every task once (the reference's h mod n would
+    use only n / gcd(n, K+1) of each task's runs: one of two with n = 2, K+1 = 4)."""
+    sources = tuple(AuxSource(f"aux:{t}", tuple(f"{t}{r}.safetensors" for r in range(n))) for t in range(k))
+    inits = Inits(foundation="f.safetensors", probe="p.safetensors", auxiliary=sources)
+    starts = [inits.featurizer_for(h) for h in range((k + 1) * n)]
+    used = [path for label, path in starts if label != "phi0"]
+    assert sorted(used) == sorted(p for s in sources for p in s.checkpoints)
+    assert [label for label, _ in starts].count("phi0") == n
+
+
+def test_with_coprime_n_and_k_both_rules_use_each_run_equally_often():
+    """n = 4, K+1 = 5 (the reference's sizes): over 20 runs, ⌊h/5⌋ mod 4 and the reference's h mod 4 use
+    each run of each task exactly once, in another order."""
+    sources = tuple(AuxSource(f"aux:{t}", tuple(f"{t}{r}" for r in range(4))) for t in range(4))
+    inits = Inits(foundation="f", probe="p", auxiliary=sources)
+    ours = sorted(inits.featurizer_for(h) for h in range(20) if h % 5)
+    reference = sorted((sources[h % 5 - 1].label, sources[h % 5 - 1].pick(h)) for h in range(20) if h % 5)
+    assert ours == reference

@@ -89,7 +89,15 @@ class Algorithm(nn.Module):
         `unlabeled`: with DomainBed's `--task domain_adaptation`, one batch x [B, C, H, W] per test
         domain's unlabeled split; passed on to an `update` that takes an `unlabeled` argument (as in
         DomainBed, algorithms that do not use it ignore it).
+
+        When an LP warm-up ends (step `lp_steps`), the optimiser is made anew over every parameter, as the
+        reference's `_init_optimizer` after its warm-up: no Adam moments of the head-only phase carry over.
+        (The reference trains the head alone for lp_steps + 1 updates, as it re-creates the optimiser
+        after update `lp_steps`; here the head trains alone for exactly `lp_steps` updates.)
         """
+        lp_steps = int(self.hparams.get("lp_steps", LP_STEPS))
+        if lp_steps and not self.linear_probe and self.update_count == lp_steps:
+            self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
         frozen = self.featurizer_frozen()
         for param in self.network.featurizer.parameters():
             param.requires_grad_(not frozen)

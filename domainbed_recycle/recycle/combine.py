@@ -38,6 +38,7 @@ from domainbed_recycle.sweep.jobs import TASK_KEY
 # Sub-folders: the combined models' records, the markers, and the combine jobs' folders (logs, locks).
 TABLE, COMBINED, JOBS = "table", "combined", "combine_jobs"
 TASK = "domainbed_recycle.recycle.combine:run_combine_job"
+POOLED_TRIAL = -1  # trial seed of a pooled (†) record: every trial's runs, as the reference's `--trial_seed -1`
 _TABLE_FOLDER = re.compile(r"[0-9a-f]{32}")  # `args_hash`: what `_write_run` names a table folder
 
 
@@ -104,7 +105,9 @@ def combine_cell(cell: Cell, strategy: Strategy, pools: dict[str, list[RunRef]],
 def combine_pooled(cells: dict[Cell, CellPools], strategies: list[Strategy],
                    spec: RecycleSpec, out: Path, cache: EvaluatorCache) -> None:
     """Pooled (†) variants: the uniform average of a strategy's runs of *every* trial seed of a test domain,
-    evaluated on each trial's splits (the paper's pooled variant; its test domain is never trained on)."""
+    evaluated once, on the whole test domain, as the reference's inference with `--trial_seed -1` (its
+    test domain is never trained on). One record per test domain, trial seed -1: the table shows one
+    number per domain (its ± is 0 by construction), not a spread over trials."""
     groups: dict[tuple[str, int], list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.dataset, cell.test_env), []).append(cell)
@@ -117,11 +120,15 @@ def combine_pooled(cells: dict[Cell, CellPools], strategies: list[Strategy],
                     continue
                 _forget(out, marker)
                 state = uniform_average(run.weights() for run in runs)
-                folders = []
-                for cell in group:
-                    outcome = ModelOutcome(variant, evaluator(cache, cell, runs[0]).record(state),
-                                           {"members": [r.run_id for r in runs]})
-                    folders += _write_outcomes(spec, out, cell, [outcome])
+                ev = evaluator(cache, group[0], runs[0])
+                # each domain's in and out keys both hold its whole-domain accuracy (no trial's split): the
+                # test domain's is what every selection method reports, the others only fill the record
+                # (one model: there is nothing to select)
+                accs = {f"env{env}_{split}_acc": acc for env in range(ev.n_envs)
+                        for acc in [ev.domain_acc(state, env)] for split in ("in", "out")}
+                outcome = ModelOutcome(variant, accs, {"members": [r.run_id for r in runs],
+                                                       "evaluated_on": "whole test domain, once"})
+                folders = _write_outcomes(spec, out, Cell(dataset, test_env, POOLED_TRIAL), [outcome])
                 write_marker(marker, {"runs": [r.run_id for r in runs], "table_folders": folders})
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from domainbed_recycle import analysis, weights
 from domainbed_recycle.errors import UserError
 from domainbed_recycle.evaluation import EvaluatorCache
-from domainbed_recycle.recycle import combine, figures, inputs, stages
-from domainbed_recycle.recycle.reading import reading as read_claims
+from domainbed_recycle.recycle import combine, figures, inputs, reading, stages
 from domainbed_recycle.recycle.spec import RecycleSpec
 from domainbed_recycle.rundir import write_atomic
 from domainbed_recycle.strategies import STRATEGIES
@@ -63,13 +62,17 @@ class Pipeline:
         return combine.table(self.out, self.variants(), list(self.spec.target.datasets), self.spec.selection, fmt)
 
     def reading(self) -> str:
-        """Which of the paper's claims the table and `analysis.json` support ("" before the analysis)."""
+        """The paper's claims judged on the table and `analysis.json`, each with its interval and verdict
+        ("" before the analysis); also recorded in `analysis.json` and drawn (`<dataset>_claims.png`)."""
         path = self.out / figures.ANALYSIS
         if not path.is_file():
             return ""
         result = combine.table_result(self.out, self.variants(), list(self.spec.target.datasets),
                                       self.spec.selection[:1])
-        return read_claims(result, json.loads(path.read_text()))
+        claims = reading.judge(result, {dataset: entry for dataset, entry in json.loads(path.read_text()).items()
+                                        if dataset in self.spec.target.datasets})
+        figures.record_claims(self.out, claims)
+        return reading.format_reading(claims, self.spec.selection[0])
 
     def run_inits(self) -> str:
         """Stages 1-3 only, then the inits diagnostic (`figures.init_report`), also saved as

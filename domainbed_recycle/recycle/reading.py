@@ -1,8 +1,11 @@
-"""A short reading of a recycling table: which of the paper's claims this run supports, with figures.
+"""The reading of a recycling table: each of the paper's claims, its 95% interval and a three-way verdict.
 
-Pure: it takes the collector's result (first selection method's per-dataset table, `Avg` column)
-and the pipeline's analysis (`figures.analyze`), and says for each claim "supported" or "not
-supported" next to the numbers it rests on. A claim whose rows or analysis are missing is skipped.
+Pure: `judge` takes the collector's result (its first selection method's chosen runs) and the
+pipeline's analysis (`figures.analyze`, every cell) and returns, per dataset, one dict per claim;
+`format_reading` prints them under the table. Each claim is a statement "θ > t" or "θ < t" about a
+number θ with an interval (`evidence`): *supported* when the interval lies wholly on the claimed side
+of t, *contradicted* when wholly on the other side, *inconclusive* otherwise (`stats.verdict`). A claim
+whose rows or analysis are missing is skipped.
 """
 
 from __future__ import annotations
@@ -10,70 +13,132 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from domainbed_recycle.collect import CollectResult
-from domainbed_recycle.strategies.claims import (
-    ABOVE_BASELINE,
-    ABOVE_BASELINE_CLAIM,
-    BASELINE,
-    BEST_SOUP,
-    OTHER_INITS,
-    RECYCLING_VS_SOUPS,
-)
+from domainbed_recycle import stats
+from domainbed_recycle.collect import CollectResult, get_method
+from domainbed_recycle.recycle import evidence
+from domainbed_recycle.stats import Interval
+from domainbed_recycle.strategies.claims import COMPARISONS
+
+POINTS = "accuracy difference (points)"
+
+BARRIER_MAX = 1.0  # points: "linearly connected" (Hyp. 2) and the premise's barrier bound
+WITHIN = 1.0  # points: "as good as" (premise c)
+
+HEADER = ("Reading ({method}; 95% intervals: table rows = paired t over (test domain x trial) cells, pooled † rows "
+          "over test domains; run and pair statistics = bootstrap resampling the trials of each test domain, "
+          "then the runs of each cell; supported / contradicted = the interval lies wholly on the claim's / "
+          "the other side of its threshold, else inconclusive):")
 
 
-def _averages(result: CollectResult, dataset: str) -> dict[str, float]:
-    """Row -> mean test accuracy (%) over the dataset's held-out domains, first selection method."""
-    for table in result.tables:
-        if table.dataset == dataset:
-            # the held-out domains of this run: columns with a number (a demo holds out only some)
-            domains = table.mean.drop(columns=["Avg"], errors="ignore").dropna(axis="columns", how="all")
-            column = domains.mean(axis="columns", skipna=False)
-            return {row: float(value) for row, value in column.items() if not math.isnan(float(value))}
-    return {}
+def _claim(claim: str, interval: Interval, threshold: float, direction: str, unit: str, units: str,
+           what: str, figures: str = "", verdict: str | None = None) -> dict[str, Any]:
+    return {"claim": claim, "verdict": verdict or stats.verdict(interval, threshold, direction),
+            "estimate": interval.estimate, "low": interval.low, "high": interval.high, "n": interval.n,
+            "units": units, "unit": unit, "threshold": threshold, "direction": direction,
+            "method": interval.method, "what": what, "figures": figures}
 
 
-def _verdict(ok: bool) -> str:
-    return "supported" if ok else "NOT supported"
+def _table_claims(result: CollectResult, dataset: str) -> list[dict[str, Any]]:
+    if not result.selected:
+        return []
+    selected = next(iter(result.selected.values()))
+    claims = []
+    for claim, a, b in COMPARISONS:
+        interval = evidence.row_difference(selected, dataset, a, b)
+        if interval is not None:
+            units = "test domains" if "†" in a else "cells"
+            claims.append(_claim(claim, interval, 0.0, ">", POINTS, units, f"{a} - {b}"))
+    return claims
 
 
-def reading(result: CollectResult, analysis: dict[str, Any]) -> str:
-    """Lines under the table: the paper's claims, each supported or not by this run, with figures."""
-    lines = ["Reading (first selection method; mean over held-out domains; analysis on trial 0):"]
-    for dataset, entry in analysis.items():
-        row = _averages(result, dataset).get
-        claims: list[tuple[str, bool, str]] = []
-        for kind, recycled_row, soup_row in RECYCLING_VS_SOUPS:
-            rata, soup = row(recycled_row), row(soup_row)
-            if rata is not None and soup is not None:
-                claims.append((f"recycling >= soups ({kind})", rata >= soup, f"{rata:.1f} vs {soup:.1f}"))
-        soup = row(BEST_SOUP)
-        others = {name: row(name) for name in OTHER_INITS if row(name) is not None}
-        if soup is not None and others:
-            claims.append(("soups > inter-training and fusing", all(soup > v for v in others.values()),
-                           f"{BEST_SOUP} {soup:.1f} vs " + ", ".join(f"{k} {v:.1f}" for k, v in others.items())))
-        erm = row(BASELINE)
-        if erm is not None:
-            above = {name: row(name) for name in ABOVE_BASELINE if row(name) is not None}
-            if above:
-                claims.append((f"{ABOVE_BASELINE_CLAIM} > {BASELINE}", all(v > erm for v in above.values()),
-                               f"{BASELINE} {erm:.1f} vs " + ", ".join(f"{k} {v:.1f}" for k, v in above.items())))
-        premise = entry.get("premise") or {}
-        cross, same = premise.get("mean_ratio_error_cross_init"), premise.get("mean_ratio_error_same_init")
-        if cross is not None and same is not None:
-            claims.append(("auxiliary inits make target runs more diverse", cross > same,
-                           f"ratio-error {cross:.2f} across inits vs {same:.2f} from one init"))
-        barrier = premise.get("mean_lmc_barrier_cross_init")
-        if barrier is not None:
-            claims.append(("runs from different inits are linearly connected (Hyp. 2)", barrier <= 0.01,
-                           f"mean barrier {100 * barrier:.2f} points"))
-        phi0, aux = premise.get("mean_acc_phi0_runs"), premise.get("mean_acc_aux_init_runs")
-        if phi0 is not None and aux is not None:
-            claims.append(("auxiliary-init runs as good as phi_0 runs (within 1 point)", aux >= phi0 - 0.01,
-                           f"{100 * aux:.1f} vs {100 * phi0:.1f}"))
-        for pool, fit in (entry.get("diversity_fit_per_pool") or {}).items():
-            if fit:
-                claims.append((f"diversity predicts the WA gain (Hyp. 1, {pool})", fit["r"] > 0,
-                               f"r = {fit['r']:.2f} over {fit['n_pairs']} pairs"))
+def _premise_claims(entry: dict[str, Any], n_boot: int) -> list[dict[str, Any]]:
+    claims = []
+    diversity = evidence.premise_diversity(entry, n_boot)
+    lmc = evidence.lmc_barrier(entry, n_boot)
+    if diversity is not None:
+        barrier = diversity["barrier"]
+        claims.append(_claim("runs from different inits are linearly connected (Hyp. 2, premise a)", barrier,
+                             BARRIER_MAX, "<", "barrier (points)", "cells",
+                             "midpoint barrier of cross-init pairs",
+                             f"{diversity['n_pairs']} pairs, max {diversity['max_barrier']:.2f}"))
+    if lmc is not None:
+        claims.append(_claim("runs from different inits are linearly connected along the whole path (Hyp. 2, "
+                             "11 points, first run of each init)", lmc["barrier"],
+                             BARRIER_MAX, "<", "barrier (points)", "cells", "barrier",
+                             f"{lmc['n_pairs']} pairs, max {lmc['max_barrier']:.2f}"))
+    if diversity is not None:
+        delta = diversity["delta"]
+        more = stats.verdict(delta, 0.0, ">")
+        claims.append(_claim("auxiliary inits add diversity (premise b; same hparams, paired)", delta, 0.0, ">",
+                             "ratio-error difference", "cells", "ratio-error across inits - from phi_0",
+                             f"more diverse in {diversity['n_more_diverse']} of {diversity['n_pairs']} pairs"))
+        connected = stats.verdict(diversity["barrier"], BARRIER_MAX, "<")
+        both = (stats.SUPPORTED if more == connected == stats.SUPPORTED else
+                stats.CONTRADICTED if stats.CONTRADICTED in (more, connected) else stats.INCONCLUSIVE)
+        claims.append(_claim(f"premise (b) as recycling needs it (more diverse and barrier < {BARRIER_MAX:g} point)",
+                             delta, 0.0, ">", "ratio-error difference", "cells", "ratio-error difference",
+                             f"barrier {_interval_text(diversity['barrier'])} points", verdict=both))
+    accuracy = evidence.premise_accuracy(entry, n_boot)
+    if accuracy is not None:
+        claims.append(_claim(f"auxiliary-init runs as good as phi_0 runs (premise c; same hparams, within "
+                             f"{WITHIN:g} point)", accuracy["delta"], -WITHIN, ">", POINTS, "cells",
+                             "auxiliary-init run - phi_0 run",
+                             f"{accuracy['n_runs']} runs: {accuracy['aux']:.1f} vs {accuracy['phi0']:.1f}"))
+    return claims
+
+
+def _hypothesis1_claims(entry: dict[str, Any], n_boot: int) -> list[dict[str, Any]]:
+    claims = []
+    for pool in dict.fromkeys(p["pool"] for p in entry.get("pairs", [])):
+        for control, name in ((False, "within cells"), (True, "within cells, controlling for the accuracy gap")):
+            fit = evidence.hypothesis1(entry, pool, control, n_boot)
+            if fit is not None:
+                claims.append(_claim(f"diversity predicts the WA gain (Hyp. 1, {pool}, {name})", fit["r"], 0.0, ">",
+                                     "correlation r", "cells", "r", f"{fit['n_pairs']} pairs"))
+    return claims
+
+
+def judge(result: CollectResult, analysis: dict[str, Any],
+          n_boot: int = stats.N_BOOT) -> dict[str, list[dict[str, Any]]]:
+    """Per dataset of `analysis`, its claims (dicts: claim, verdict, estimate, low, high, n, units, unit,
+    threshold, direction, method, what, figures), table comparisons first, then the premise, then
+    Hypothesis 1. `n_boot`: bootstrap draws (seeded: the same inputs give the same intervals)."""
+    return {dataset: _table_claims(result, dataset) + _premise_claims(entry, n_boot) +
+            _hypothesis1_claims(entry, n_boot) for dataset, entry in analysis.items()}
+
+
+def _number(value: float) -> str:
+    return f"{value:+.2f}" if math.isfinite(value) else "nan"
+
+
+def _interval_text(interval: Interval | dict[str, Any]) -> str:
+    est, low, high = ((interval.estimate, interval.low, interval.high) if isinstance(interval, Interval)
+                      else (interval["estimate"], interval["low"], interval["high"]))
+    bounds = f"[{_number(low)}, {_number(high)}]" if math.isfinite(low) and math.isfinite(high) else "[no interval]"
+    return f"{_number(est)} {bounds}"
+
+
+def format_claim(claim: dict[str, Any]) -> str:
+    """One line: '- claim: verdict (what = estimate [low, high] unit, n units; figures)'."""
+    low, high = (v if v is not None else math.nan for v in (claim["low"], claim["high"]))
+    text = _interval_text({"estimate": claim["estimate"], "low": low, "high": high})
+    points = " points" if "points" in claim["unit"] else ""
+    units = claim["units"].removesuffix("s") if claim["n"] == 1 else claim["units"]
+    figures = f"; {claim['figures']}" if claim.get("figures") else ""
+    return (f"- {claim['claim']}: {claim['verdict']} ({claim['what']} = {text}{points}, {claim['n']} {units}"
+            f"{figures})")
+
+
+def format_reading(claims: dict[str, list[dict[str, Any]]], selection: str = "iid") -> str:
+    """The lines printed under the table."""
+    lines = [HEADER.format(method=get_method(selection).name)]
+    for dataset, judged in claims.items():
         lines.append(f"  {dataset}:")
-        lines += [f"    - {claim}: {_verdict(ok)} ({figures})" for claim, ok, figures in claims]
+        lines += [f"    {format_claim(claim)}" for claim in judged]
     return "\n".join(lines)
+
+
+def reading(result: CollectResult, analysis: dict[str, Any], n_boot: int = stats.N_BOOT) -> str:
+    """`format_reading(judge(result, analysis))`, for the result's first selection method."""
+    selection = next(iter(result.selected), "iid")
+    return format_reading(judge(result, analysis, n_boot), selection)

@@ -58,7 +58,8 @@ class AuxSource:
     checkpoints: tuple[str, ...]
 
     def pick(self, hparams_seed: int) -> str:
-        """The run a target run with `hparams_seed` starts from: run (h mod n), as the reference does."""
+        """Run (h mod n): what Fusing's run h takes from this task, as the reference does (every fused init
+        holds every task, so h mod n walks through all n runs whatever the number of tasks)."""
         return self.checkpoints[hparams_seed % len(self.checkpoints)]
 
 
@@ -81,14 +82,20 @@ class Inits:
     def featurizer_for(self, hparams_seed: int) -> tuple[str, str]:
         """(label, checkpoint) of the init of target run `hparams_seed` in the auxiliary pool.
 
-        As in the reference (`misc.get_featurizer_aux`): source h mod (K+1) of [phi_0, aux_1..aux_K],
-        then that source's run h mod n.
+        Source h mod (K+1) of [phi_0, aux_1..aux_K], as the reference (`misc.get_featurizer_aux`), then
+        that source's run ⌊h / (K+1)⌋ mod n: the k-th visit of a source takes its run k mod n, so every
+        run of every task is used once (K+1)·n target runs are planned, whatever n and K. The reference
+        takes run h mod n, which uses them all only when n and K+1 are coprime (its n = 4, K+1 = 5);
+        with n = 2 and K+1 = 4 it would take one run per task forever. When they are coprime the two
+        rules differ only by a permutation of each task's runs (h = s + k(K+1) gives the reference
+        run (s + k(K+1)) mod n, a bijection of k mod n), so they use the same runs equally often.
         """
-        index = hparams_seed % (len(self.auxiliary) + 1)
+        n_sources = len(self.auxiliary) + 1
+        index = hparams_seed % n_sources
         if index == 0:
             return PHI0, self.foundation
         source = self.auxiliary[index - 1]
-        return source.label, source.pick(hparams_seed)
+        return source.label, source.checkpoints[(hparams_seed // n_sources) % len(source.checkpoints)]
 
 
 class DerivedInit(Protocol):
@@ -106,7 +113,7 @@ class TargetRunSettings:
 
     algorithm: str = "ERM"  # training objective of target runs (any registered Algorithm)
     n_runs: Count = 4  # M: runs per pool (LP-FT pool, auxiliary pool)
-    n_runs_small: Count = 2  # runs of the strategies that need runs of their own (MovingAverage, Fusing)
+    n_runs_small: Count = 2  # runs of MovingAverage (one run reported by selection, like ERM's; Fusing has M)
     steps: PerDataset = None  # a number, or a table {dataset: steps}; None: the dataset's N_STEPS
     checkpoint_freq: PerDataset = None  # likewise; None: the dataset's CHECKPOINT_FREQ
     holdout_fraction: Fraction = 0.2

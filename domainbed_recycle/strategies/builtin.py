@@ -206,6 +206,7 @@ class Fusing(Strategy):
 
     Reported as one run picked by model selection ("Fusing") and as the uniform average of its runs
     ("Fusing-uniform"). kappa_i ~ exp(r U(0,1)) with r = `fusing_range`, drawn per run from its seed.
+    M runs (`n_runs`), as many as the other pools: the reference fuses over its whole target sweep.
     """
 
     name = "Fusing"
@@ -223,10 +224,10 @@ class Fusing(Strategy):
         return FusedInit(inits.work_dir / f"fused_{name}.safetensors", sources, weights)
 
     def derived_inits(self, cell: Cell, inits: Inits, settings: TargetSettings) -> list[DerivedInit]:
-        return [self.fused_init(cell, inits, settings, h) for h in range(settings.n_runs_small)]
+        return [self.fused_init(cell, inits, settings, h) for h in range(settings.n_runs)]
 
     def pools(self, cell, inits, settings):
-        fused = [str(self.fused_init(cell, inits, settings, h).path) for h in range(settings.n_runs_small)]
+        fused = [str(self.fused_init(cell, inits, settings, h).path) for h in range(settings.n_runs)]
         return {RUNS: [target_run(cell, settings, h, self.init_label, path, inits.probe)
                        for h, path in enumerate(fused)]}
 

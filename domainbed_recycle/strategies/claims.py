@@ -19,6 +19,15 @@ def _row(strategy: type[Strategy], kind: str | None = None) -> str:
     return row
 
 
+def _pooled(strategy: type[Strategy], kind: str) -> str:
+    """The pooled (†) row `strategy` reports after its row `<name>-<kind>`."""
+    row = _row(strategy, kind)
+    found = [p for p, after in strategy.pooled.items() if after == row]
+    if not found:
+        raise ValueError(f"strategy {strategy.name} reports no pooled row after {row!r}")
+    return found[0]
+
+
 #: (kind, recycling row, soup row): "recycling >= soups" for uniform and greedy averaging
 RECYCLING_VS_SOUPS: tuple[tuple[str, str, str], ...] = tuple(
     (kind, _row(Ratatouille, kind), _row(Soup, kind)) for kind in ("uniform", "greedy"))
@@ -30,3 +39,17 @@ OTHER_INITS: tuple[str, ...] = (_row(InterTraining), _row(Fusing))
 BASELINE: str = _row(ERM)
 ABOVE_BASELINE: tuple[str, ...] = (_row(LPFT), *OTHER_INITS)
 ABOVE_BASELINE_CLAIM: str = f"{_row(LPFT)}, inter-training and fusing"
+
+#: (claim, row a, row b): the reading's claim "a > b", judged on the paired difference of two table rows
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    *((f"recycling > soups ({kind})", recycled, soup) for kind, recycled, soup in RECYCLING_VS_SOUPS),
+    ("recycling > soups (pooled †)", _pooled(Ratatouille, "uniform"), _pooled(Soup, "uniform")),
+    *((f"soups > {what} ({kind} soup)", _row(Soup, kind), other)
+      for what, other in (("inter-training", _row(InterTraining)), ("fusing", _row(Fusing)))
+      for kind in ("uniform", "greedy")),
+    (f"{_row(LPFT)} > {BASELINE}", _row(LPFT), BASELINE),
+    (f"inter-training > {BASELINE}", _row(InterTraining), BASELINE),
+    (f"inter-training > {_row(LPFT)} (the reference's ERM starts from the probe)", _row(InterTraining), _row(LPFT)),
+    (f"fusing > {BASELINE}", _row(Fusing), BASELINE),
+    (f"fusing > {_row(LPFT)}", _row(Fusing), _row(LPFT)),
+)
