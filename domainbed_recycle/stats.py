@@ -42,6 +42,7 @@ __all__ = [
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 LEVEL = 0.95
+MIN_UNITS = 3  # fewest independent units (cells) a t interval is made from
 N_BOOT = 2000
 
 # statistic(row indices [r], row weights [r] > 0, row groups [r]) -> float; the groups say which rows
@@ -80,7 +81,9 @@ class Interval:
 def t_interval(values: ArrayLike, level: float = LEVEL) -> Interval:
     """Mean of `values` [n] (independent units) with its Student's t interval (n − 1 degrees of freedom).
 
-    With n < 2 the bounds are nan (no interval from one unit).
+    With fewer than `MIN_UNITS` units the bounds are nan (so the verdict is inconclusive): two cells whose
+    differences happen to be equal (accuracies are counts of images) would otherwise give a zero-width
+    interval and a verdict one degree of freedom cannot carry.
     """
     from scipy import stats  # imported here: scipy is slow to import
 
@@ -90,9 +93,10 @@ def t_interval(values: ArrayLike, level: float = LEVEL) -> Interval:
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0, "paired t")
     mean = float(x.mean())
-    if n < 2:
-        return Interval(mean, float("nan"), float("nan"), n, "paired t")
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(x.std(ddof=1)) / np.sqrt(n)
+    spread = float(x.std(ddof=1)) if n > 1 else 0.0
+    if n < MIN_UNITS:
+        return Interval(mean, float("nan"), float("nan"), n, f"paired t (fewer than {MIN_UNITS} cells: no interval)")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * spread / np.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, "paired t", level)
 
 

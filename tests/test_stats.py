@@ -24,6 +24,16 @@ def test_one_unit_has_no_interval_and_no_verdict():
     assert stats.verdict(interval) == stats.INCONCLUSIVE
 
 
+@pytest.mark.parametrize("values", [[-0.06, -0.06], [1.0, 2.0]])
+def test_two_cells_give_no_interval_and_no_verdict(values):
+    """Two cells whose differences are equal (accuracies are counts of images) made a zero-width
+    interval and a "contradicted" verdict in the demo; fewer than 3 cells is inconclusive."""
+    interval = stats.t_interval(values)
+    assert interval.estimate == pytest.approx(float(np.mean(values)))
+    assert np.isnan(interval.low) and np.isnan(interval.high) and "no interval" in interval.method
+    assert stats.verdict(interval) == stats.INCONCLUSIVE
+
+
 @pytest.mark.parametrize(("low", "high", "threshold", "direction", "expected"), [
     (0.1, 0.5, 0.0, ">", stats.SUPPORTED),
     (-0.5, -0.1, 0.0, ">", stats.CONTRADICTED),
