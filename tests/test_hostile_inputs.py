@@ -185,20 +185,21 @@ def test_a_dry_run_refuses_huge_counts_at_once(tmp_path, capsys, key, value, lim
 
 
 def test_the_total_of_planned_jobs_is_bounded_as_the_plan_grows(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "60")  # the tiny spec: 12 earlier jobs, 12 target jobs per cell
+    # the tiny spec: 12 earlier jobs, 13 target jobs per cell (Fusing trains M runs, issue 19)
+    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "60")
     assert cli.main(["recycle", str(_spec(tmp_path, target__n_trials=50)), "--dry_run"]) == 2
-    line = _one_error_line(capsys)  # projected from the first cell: 12 + 50 x 12
-    assert "the jobs this plan makes (12 target job(s) per cell of TextureMNIST, 50 cells): 612" in line, line
+    line = _one_error_line(capsys)  # projected from the first cell: 12 + 50 x 13
+    assert "the jobs this plan makes (13 target job(s) per cell of TextureMNIST, 50 cells): 662" in line, line
     assert "limit of 60" in line and "DRECYCLE_MAX_JOBS" in line
     monkeypatch.setenv("DRECYCLE_MAX_JOBS", "20")  # past the limit within the first cell
     assert cli.main(["recycle", str(_spec(tmp_path)), "--dry_run"]) == 2
     assert "the jobs planned (so far)" in _one_error_line(capsys)
-    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "24")  # the plan's 24 jobs exactly: valid (unique jobs counted)
+    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "25")  # the plan's 25 jobs exactly: valid (unique jobs counted)
     assert cli.main(["recycle", str(_spec(tmp_path)), "--dry_run"]) == 0
     assert "valid" in capsys.readouterr().out
-    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "23")
+    monkeypatch.setenv("DRECYCLE_MAX_JOBS", "24")
     assert cli.main(["recycle", str(_spec(tmp_path)), "--dry_run"]) == 2
-    assert "limit of 23" in _one_error_line(capsys)
+    assert "limit of 24" in _one_error_line(capsys)
 
 
 def test_a_sweep_of_too_many_jobs_is_refused_before_it_is_made(tmp_path, capsys):

@@ -74,7 +74,7 @@ def test_dry_run_names_each_missing_folder_and_the_missing_weights(tmp_path):
     for folder in ("office_home", "terra_incognita", "domain_net"):
         assert any(str(data / folder) in line for line in missing)
     assert any(str(env_home / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in line for line in missing)
-    assert "stage 4 target runs: 4356 unique job(s)" in result.stdout  # the plan is still listed
+    assert "stage 4 target runs: 5346 unique job(s)" in result.stdout  # the plan is still listed
     assert not (tmp_path / "out").exists()
 
 
