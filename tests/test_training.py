@@ -126,3 +126,17 @@ def test_cli_bad_input_in_a_process_of_its_own_prints_one_line_and_exits_2(tmp_p
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown dataset 'NoSuchData'" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_how_often_a_run_is_evaluated_does_not_change_its_training(tmp_path):
+    """Dropout masks come from torch's global generator; an evaluation pass must not draw from it (its
+    DataLoader drew its base seed there, so a run evaluated every 5 steps trained differently from one
+    evaluated every 10)."""
+    final = {}
+    for freq in (5, 10):
+        out = tmp_path / f"freq{freq}"
+        train(TrainConfig(dataset="ColoredDigits", output_dir=str(out), test_envs=[0], steps=10, checkpoint_freq=freq,
+                          hparams={**TINY_NET, "dropout": 0.5}, progress=False, threads=1))
+        final[freq], _ = checkpoints.load_checkpoint(RunDir(out).last_checkpoint)
+    assert final[5].keys() == final[10].keys()
+    assert all(torch.equal(final[5][key], final[10][key]) for key in final[5])

@@ -46,8 +46,10 @@ class LoaderSettings:
         extra: dict[str, Any] = {}
         if self.workers:
             extra = {"persistent_workers": self.persistent_workers, "prefetch_factor": self.prefetch_factor}
+        # A private generator: each iterator draws its workers' base seed from it, never from torch's
+        # global one, so an evaluation pass leaves the training's RNG stream (dropout masks) untouched.
         return DataLoader(dataset, batch_size=None, sampler=keys, num_workers=self.workers,
-                          pin_memory=self.pin_memory, **extra)
+                          pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0), **extra)
 
 
 def gather(split: Dataset, indices: torch.Tensor, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
